@@ -1,0 +1,109 @@
+"""Convolutions: a plain conv and the Scaled Weight Standardized conv (paper §4.2, REFERENCE §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nf.layers.conv_ops import Padding, conv2d
+
+Initializer = Callable[..., jax.Array]
+
+WS_EPS = 1e-4  # floors fan_in * var, as DeepMind's reference does (timm differs)
+
+
+def he_normal() -> Initializer:
+    """Gaussian He init, variance 2 / fan_in (the paper's baselines)."""
+    return nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def standardize_weight(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPS) -> jax.Array:
+    """Scaled WS: `(W - mean) * gain / sqrt(max(fan_in * var, eps))` per output channel.
+
+    Reduces over the last three-but-one axes (kh, kw, cin), so a stacked (scanned) kernel of
+    shape (n, kh, kw, cin, cout) standardizes each member independently.
+    """
+    axes = (-4, -3, -2)
+    fan_in = kernel.shape[-4] * kernel.shape[-3] * kernel.shape[-2]
+    mean = jnp.mean(kernel, axis=axes, keepdims=True)
+    var = jnp.var(kernel, axis=axes, keepdims=True)
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * jnp.expand_dims(gain, axes)
+    return (kernel - mean) * scale
+
+
+class Conv(nnx.Module):
+    """NHWC conv with HWIO kernel; `padding` is 'SAME', 'VALID' or explicit pairs."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        kernel_init: Initializer = he_normal(),
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if value <= 0 or value % groups:
+                raise ValueError(f"{type(self).__name__}: {name}={value} must be a positive multiple of groups={groups}")
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        self.strides, self.padding, self.dilation, self.dtype = strides, padding, dilation, dtype
+        shape = (kh, kw, in_features // groups, out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+
+    def effective_kernel(self) -> jax.Array:
+        """The kernel the convolution applies."""
+        return self.kernel[...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} expects NHWC input with {self.in_features} channels, got shape {x.shape}"
+            )
+        w = self.effective_kernel()
+        if self.dtype is not None:
+            x, w = x.astype(self.dtype), w.astype(self.dtype)
+        y = conv2d(x, w, strides=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+
+
+class ScaledWSConv(Conv):
+    """Conv whose kernel is standardized in every forward pass, with a learnable gain and bias.
+
+    Outputs have zero mean and the input's variance at init for zero-mean unit-variance inputs;
+    `fold_ws` bakes the standardized kernel in for inference.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], **kwargs):
+        kwargs.setdefault("kernel_init", nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
+        kwargs["use_bias"] = True  # WS convs always carry a bias (REFERENCE §1)
+        super().__init__(in_features, out_features, kernel_size, **kwargs)
+        self.gain = nnx.Param(jnp.ones((out_features,), jnp.float32))
+        self.folded = False  # set by fold_ws: the kernel already holds W_hat
+
+    def effective_kernel(self) -> jax.Array:
+        if self.folded:
+            return self.kernel[...]
+        return standardize_weight(self.kernel[...], self.gain[...])
+
+
+def fold_ws(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` whose Scaled WS convs hold W_hat: same outputs, no standardization cost."""
+    model = nnx.clone(model)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, ScaledWSConv) and not node.folded:
+            node.kernel[...] = node.effective_kernel()
+            node.gain[...] = jnp.ones_like(node.gain[...])  # W_hat already includes the gain
+            node.folded = True
+    return model

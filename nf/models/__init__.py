@@ -1,0 +1,18 @@
+"""Model families and the registry."""
+
+from nf.models.registry import DEFAULT_IMAGE_SIZE, MODELS, RESNET_DEPTHS, create_model, list_models, model_options
+from nf.models.resnet import ResNetV2
+from nf.models.stages import BlockConstants, Stage, block_schedule
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "MODELS",
+    "RESNET_DEPTHS",
+    "BlockConstants",
+    "ResNetV2",
+    "Stage",
+    "block_schedule",
+    "create_model",
+    "list_models",
+    "model_options",
+]

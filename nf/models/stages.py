@@ -1,0 +1,115 @@
+"""What every residual family shares: the alpha/beta bookkeeping and scanned stages.
+
+Blocks implement `block(x, *, beta, drop_rate, key, train) -> (out, residual)`, where
+`residual` is the branch output f(x/beta) before it is scaled and added (the SPP's third
+statistic). A stage runs its first (transition) block directly and its identical remaining
+blocks under `jax.lax.scan`, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nf.signal.stats import signal_stats
+
+
+@dataclass(frozen=True)
+class BlockConstants:
+    """Per-block constants of one stage: input scale beta and stochastic-depth rate."""
+
+    betas: tuple[float, ...]
+    drop_rates: tuple[float, ...]
+
+
+def block_schedule(
+    depths: Sequence[int], alpha: float, drop_rate: float = 0.0, scale_inputs: bool = True
+) -> list[BlockConstants]:
+    """Analytic signal bookkeeping of an NF network (paper §4, REFERENCE §3).
+
+    The expected variance starts at 1 and grows by alpha^2 per block; a transition block's
+    shortcut sees x/beta, so the variance is reset to 1 before its alpha^2 is added.
+    Stochastic depth rate for block i of N is `drop_rate * i / N`. Without `scale_inputs`
+    (normalized or unscaled baselines) every beta is 1.
+    """
+    total, index, expected_var, stages = sum(depths), 0, 1.0, []
+    for depth in depths:
+        betas, rates = [], []
+        for j in range(depth):
+            betas.append(1.0 / math.sqrt(expected_var) if scale_inputs else 1.0)
+            rates.append(drop_rate * index / total)
+            if j == 0:
+                expected_var = 1.0  # the transition's shortcut conv sees unit-variance x/beta
+            expected_var += alpha**2  # block output variance grows by alpha^2
+            index += 1
+        stages.append(BlockConstants(tuple(betas), tuple(rates)))
+    return stages
+
+
+def stack_modules(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`count` independently initialised copies of a module, stacked on a leading axis."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    keys = jax.random.split(rngs.params(), count)
+    states = jax.vmap(lambda k: nnx.state(make(nnx.Rngs(params=k))))(keys)
+    return nnx.merge(graphdef, states)
+
+
+class Stage(nnx.Module):
+    """A transition block followed by `depth - 1` identical blocks run under a scan."""
+
+    def __init__(
+        self,
+        make_block: Callable[[bool, nnx.Rngs], nnx.Module],
+        depth: int,
+        constants: BlockConstants,
+        *,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.first = make_block(True, rngs)
+        self.rest = stack_modules(lambda r: make_block(False, r), depth - 1, rngs) if depth > 1 else None
+        self.betas = np.asarray(constants.betas, np.float32)
+        self.drop_rates = np.asarray(constants.drop_rates, np.float32)
+        self.depth, self.remat = depth, remat
+
+    def __call__(
+        self, x: jax.Array, *, key: jax.Array | None, train: bool, collect_stats: bool
+    ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        keys = None if key is None else jax.random.split(key, self.depth)
+        first_key = None if keys is None else keys[0]
+        x, residual = self.first(
+            x, beta=float(self.betas[0]), drop_rate=float(self.drop_rates[0]), key=first_key, train=train
+        )
+        stats = [signal_stats(x, residual)] if collect_stats else None
+        if self.rest is None:
+            return x, _stack(stats)
+
+        graphdef, state = nnx.split(self.rest)
+
+        def body(h, xs):
+            block_state, beta, rate, block_key = xs
+            block = nnx.merge(graphdef, block_state)
+            h, r = block(h, beta=beta, drop_rate=rate, key=block_key, train=train)
+            out_stats = signal_stats(h, r) if collect_stats else None
+            # Only non-parameter state (e.g. BatchNorm running averages) changes in a forward pass.
+            return h, (nnx.state(block, nnx.Not(nnx.Param)), out_stats)
+
+        if self.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        xs = (state, jnp.asarray(self.betas[1:]), jnp.asarray(self.drop_rates[1:]), None if keys is None else keys[1:])
+        x, (new_state, rest_stats) = jax.lax.scan(body, x, xs)
+        nnx.update(self.rest, new_state)
+        if collect_stats:
+            stats = {k: jnp.concatenate([stats[0][k][None], v]) for k, v in rest_stats.items()}
+            return x, stats
+        return x, None
+
+
+def _stack(stats: list[dict[str, jax.Array]] | None) -> dict[str, jax.Array] | None:
+    return None if stats is None else {k: jnp.stack([s[k] for s in stats]) for k in stats[0]}

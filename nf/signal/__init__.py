@@ -1,0 +1,1 @@
+"""Signal propagation statistics and plots."""
