@@ -57,7 +57,11 @@ def stack_modules(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
     keys = jax.random.split(rngs.params(), count)
     states = jax.vmap(lambda k: nnx.state(make(nnx.Rngs(params=k))))(keys)
-    return nnx.merge(graphdef, states)
+    stacked = nnx.merge(graphdef, states)
+    for _, variable in nnx.iter_graph(stacked):
+        if isinstance(variable, nnx.Variable):
+            variable.set_metadata(stack_axes=1)  # optimizers treat axis 0 as "which block", not a unit
+    return stacked
 
 
 class Stage(nnx.Module):
