@@ -58,6 +58,7 @@ def get_activation(activation: str | Activation) -> tuple[Activation, float]:
     return ACTIVATIONS[activation]
 
 
+@functools.cache  # one object per (activation, gain): equal models get equal graphdefs (no jit recompiles)
 def scaled_activation(activation: str | Activation, gain: float | None = None) -> Activation:
     """`x -> g(x) * gain`; `gain=None` uses the activation's gamma (variance preserving)."""
     fn, gamma = get_activation(activation)

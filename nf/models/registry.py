@@ -42,16 +42,14 @@ RESNET_FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def _resnet_builder(family: str, depth: int) -> Callable[..., nnx.Module]:
-    def build(**overrides):
-        return ResNetV2(RESNET_DEPTHS[depth], **{**RESNET_FAMILIES[family], **overrides})
+    def build(depths=RESNET_DEPTHS[depth], **overrides):  # any depth list may replace the table's
+        return ResNetV2(tuple(depths), **{**RESNET_FAMILIES[family], **overrides})
 
     return build
 
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    f"{family}_resnet{depth}": _resnet_builder(family, depth)
-    for family in RESNET_FAMILIES
-    for depth in RESNET_DEPTHS
+    f"{family}_resnet{depth}": _resnet_builder(family, depth) for family in RESNET_FAMILIES for depth in RESNET_DEPTHS
 }
 
 # Default image size of each registered model (model_stats, SPP defaults).

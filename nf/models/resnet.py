@@ -12,8 +12,8 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nf.layers import Conv, ScaledWSConv, SkipGain, SqueezeExcite, dropout, max_pool, scaled_activation
@@ -179,6 +179,8 @@ class ResNetV2(nnx.Module):
         self.final = PreActivation(in_ch, norm, act if block == "nf" else jax.nn.relu, rngs=rngs)
         head_init = nnx.initializers.zeros if block == "fixup" else nnx.initializers.normal(0.01)
         self.head = nnx.Linear(in_ch, num_classes, kernel_init=head_init, rngs=rngs)
+        for variable in (self.head.kernel, self.head.bias):
+            variable.set_metadata(classifier=True)  # optimizers exempt it from AGC by this tag
         self.stage_ends = tuple(int(e) - 1 for e in np.cumsum(depths))  # index of each stage's last block
 
     def __call__(

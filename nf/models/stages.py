@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from nf.signal.stats import signal_stats
@@ -78,8 +77,8 @@ class Stage(nnx.Module):
     ):
         self.first = make_block(True, rngs)
         self.rest = stack_modules(lambda r: make_block(False, r), depth - 1, rngs) if depth > 1 else None
-        self.betas = np.asarray(constants.betas, np.float32)
-        self.drop_rates = np.asarray(constants.drop_rates, np.float32)
+        # Python floats, not arrays: array attributes are NNX state and would be traced under jit.
+        self.betas, self.drop_rates = tuple(constants.betas), tuple(constants.drop_rates)
         self.depth, self.remat = depth, remat
 
     def __call__(

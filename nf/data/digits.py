@@ -1,0 +1,96 @@
+"""The scikit-learn "digits" set (bundled with scikit-learn, no download) as an image folder.
+
+1,797 grayscale 8x8 images of the digits 0-9 (UCI optdigits test set), pixel values 0..16,
+saved as 8x8 PNGs scaled to 0..255 (`round(v * 255 / 16)`) in
+
+    OUT/train/<digit>/<index:04d>.png   1,497 images
+    OUT/test/<digit>/<index:04d>.png      300 images (30 per class)
+
+The split is stratified and fixed: for each class, its examples (in the order of
+`load_digits()`) are permuted with `numpy.random.default_rng(0)` and the first 30 go to test.
+`<index>` is the example's row in `load_digits()`. The images stay 8x8; the pipeline resizes
+them (bicubic) to the model's px. A marker file `OUT/.complete` (JSON) is written last; when it
+is present `prepare_digits` does nothing, so it is safe to call on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MARKER = ".complete"
+TEST_PER_CLASS = 30
+SPLIT_SEED = 0
+
+
+def split_indices(labels: np.ndarray, test_per_class: int = TEST_PER_CLASS, seed: int = SPLIT_SEED):
+    """Stratified split: (train indices, test indices), each sorted."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test.extend(idx[:test_per_class])
+        train.extend(idx[test_per_class:])
+    return np.sort(np.asarray(train)), np.sort(np.asarray(test))
+
+
+def _check_not_foreign(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never delete a user's files
+        raise FileExistsError(
+            f"{str(out)!r} exists but has no {MARKER} marker, so it was not written by prepare_digits; "
+            "remove it or pass another output folder"
+        )
+
+
+def prepare_digits(out_dir: str | os.PathLike = "data/digits") -> Path:
+    """Writes the digits image folders under `out_dir` (if not already there); returns `out_dir`.
+
+    Use `out_dir/train` and `out_dir/test` as `ImageFolderSource` roots.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    out = Path(out_dir)
+    if (out / MARKER).exists():
+        return out
+    _check_not_foreign(out)
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    train, test = split_indices(labels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename, so an interrupted run leaves no half folder.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the renamed folder should look like any other
+    try:
+        for split, indices in (("train", train), ("test", test)):
+            for c in range(10):
+                (tmp / split / str(c)).mkdir(parents=True, exist_ok=True)
+            for i in indices:
+                Image.fromarray(images[i]).save(tmp / split / str(labels[i]) / f"{i:04d}.png")
+        info = {
+            "source": "sklearn.datasets.load_digits",
+            "image_shape": [8, 8],
+            "pixel_scale": "round(v * 255 / 16)",
+            "split": {"train": len(train), "test": len(test), "test_per_class": TEST_PER_CLASS, "seed": SPLIT_SEED},
+        }
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))
+        if (out / MARKER).exists():  # another process finished first (e.g. multi-process tests)
+            return out
+        if out.exists():
+            _check_not_foreign(out)
+            out.rmdir()
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / MARKER).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

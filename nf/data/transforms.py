@@ -1,0 +1,369 @@
+"""Per-example image transforms (numpy + PIL, picklable) and batch-level MixUp/CutMix.
+
+REFERENCE §6. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
+the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
+"center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize) or
+"resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px).
+
+A per-example transform maps a source record {"image": bytes, "label", "path"} to
+
+    {"image": uint8 (px, px, 3) RGB,  # the pipeline normalizes whole batches (`normalize`)
+     "label": int32 (),
+     "mask": bool ()       # False for padding / a skipped corrupt image
+     "_corrupt": int32 ()} # 1 when this record's file could not be decoded (on_corrupt="skip")
+
+Corrupt or unreadable files never pass silently: `on_corrupt="error"` raises `CorruptImageError`
+naming the file; `on_corrupt="skip"` logs a warning naming the file and returns a zero image with
+mask False and `_corrupt` 1, which the pipeline counts and replaces (train) or masks out (eval).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+from PIL import Image, UnidentifiedImageError
+
+MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+CROP_PADDING = 32
+EVAL_CROPS = ("center_crop", "resize_crop")
+ON_CORRUPT = ("error", "skip")
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom), PIL convention
+
+
+class CorruptImageError(ValueError):
+    """An image file could not be read or decoded; the message names the file."""
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def _corrupt(path: str, e: Exception) -> CorruptImageError:
+    if isinstance(e, UnidentifiedImageError):  # its message only names an anonymous BytesIO
+        return CorruptImageError(f"cannot decode image file {path}: not a known image format, or a damaged header")
+    return CorruptImageError(f"cannot decode image file {path}: {type(e).__name__}: {e}")
+
+
+def open_image(data: bytes, path: str = "<bytes>", read_error: str | None = None) -> Image.Image:
+    """Opens encoded bytes lazily (header only); raises `CorruptImageError` naming `path`."""
+    if read_error:
+        raise CorruptImageError(f"cannot read image file {path}: {read_error}")
+    if not data:
+        raise CorruptImageError(f"image file {path} is empty")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise _corrupt(path, e) from e
+
+
+def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    try:
+        img.load()
+        # Grayscale (digits), palette, CMYK, RGBA: all become 3-channel RGB.
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except Exception as e:
+        raise _corrupt(path, e) from e
+
+
+def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
+    """Decodes encoded bytes to a uint8 RGB array (H, W, 3); raises `CorruptImageError` naming `path`."""
+    return np.asarray(_to_rgb(open_image(data, path), path))
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8/float RGB -> float32 `(x - mean) / std` with the ImageNet statistics (x in 0..255)."""
+    return ((np.asarray(image, np.float32) - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Inverse of `normalize` (float32 in 0..255), for viewing batches."""
+    return np.asarray(image, np.float32) * STDDEV_RGB + MEAN_RGB
+
+
+def center_crop_box(width: int, height: int, fraction: float) -> Box:
+    """Square centre crop whose side is `fraction` of the short side (reference rounding)."""
+    side = max(1, int(fraction * min(width, height)))
+    top = (height - side + 1) // 2
+    left = (width - side + 1) // 2
+    return left, top, left + side, top + side
+
+
+def inception_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    *,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+    fallback_fraction: float = 1.0,
+) -> Box:
+    """Inception-style random crop box (Szegedy et al. 2015; REFERENCE §6).
+
+    Up to `attempts` times: area ~ U(area_range) * image area, aspect ratio (w/h) log-uniform in
+    `aspect_range`; accept the first box that fits and place it uniformly. If none fits, fall back
+    to `center_crop_box(width, height, fallback_fraction)`.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
+    for _ in range(attempts):
+        target_area = rng.uniform(*area_range) * area
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    return center_crop_box(width, height, fallback_fraction)
+
+
+def _draft_for_box(img: Image.Image, box: Box, out_size: int) -> tuple[Image.Image, Box]:
+    """JPEG only: decode at the coarsest DCT scale (1/2, 1/4, 1/8) that keeps the crop >= out_size.
+
+    Decoding is the dominant cost for large JPEGs; this never makes the crop smaller than the
+    output, so the bicubic resize still only downsamples or upsamples as it would anyway.
+    """
+    if img.format != "JPEG":
+        return img, box
+    w, h = img.size
+    crop_short = min(box[2] - box[0], box[3] - box[1])
+    scale = out_size / max(crop_short, 1)
+    if scale >= 0.5:
+        return img, box
+    img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+    nw, nh = img.size
+    if (nw, nh) == (w, h):
+        return img, box
+    sx, sy = nw / w, nh / h
+    return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def _crop_resize(img: Image.Image, box, size: int, path: str) -> np.ndarray:
+    try:
+        img = img if img.mode == "RGB" else _to_rgb(img, path)
+        out = img.resize((size, size), resample=Image.Resampling.BICUBIC, box=box)
+    except CorruptImageError:
+        raise
+    except Exception as e:
+        raise _corrupt(path, e) from e
+    return np.asarray(out)
+
+
+def _example(image: np.ndarray, label: int, valid: bool, corrupt: bool) -> dict[str, Any]:
+    return {
+        "image": image,
+        "label": np.int32(label),
+        "mask": np.bool_(valid),
+        "_corrupt": np.int32(corrupt),
+    }
+
+
+def blank_example(image_size: int, *, corrupt: bool = False) -> dict[str, Any]:
+    """A zero image with mask False: stands for a padding slot or a skipped corrupt image."""
+    return _example(np.zeros((image_size, image_size, 3), np.uint8), 0, valid=False, corrupt=corrupt)
+
+
+class _ImageTransform:
+    def __init__(self, image_size: int, on_corrupt: str, fast_jpeg: bool):
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        _check_choice("on_corrupt", on_corrupt, ON_CORRUPT)
+        self.image_size = int(image_size)
+        self.on_corrupt = on_corrupt
+        self.fast_jpeg = fast_jpeg
+
+    def _guard(self, fn, record: dict[str, Any], *args) -> dict[str, Any]:
+        if record.get("padding"):
+            return blank_example(self.image_size)
+        try:
+            image = fn(record, *args)
+        except CorruptImageError as e:
+            if self.on_corrupt == "error":
+                raise CorruptImageError(f"{e} (set on_corrupt='skip' to skip such files with a warning)") from e
+            logging.warning("skipping corrupt image (on_corrupt='skip'): %s", e)
+            return blank_example(self.image_size, corrupt=True)
+        return _example(np.ascontiguousarray(image), record["label"], valid=True, corrupt=False)
+
+
+class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
+    """Decode -> Inception crop -> random horizontal flip -> bicubic resize (uint8 RGB out).
+
+    Args:
+      image_size: output side px.
+      area_range, aspect_range, attempts: the Inception crop (REFERENCE §6 defaults). Use
+        `area_range=(1, 1), aspect_range=(1, 1)` for a plain resize of square images.
+      hflip: random left-right flip with p=0.5 (turn off for e.g. digits).
+      on_corrupt: "error" (raise naming the file) or "skip" (warn naming the file, mark it).
+      fast_jpeg: decode JPEGs at a reduced DCT scale when the crop is much larger than px.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        area_range: tuple[float, float] = (0.08, 1.0),
+        aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+        attempts: int = 10,
+        hflip: bool = True,
+        on_corrupt: str = "error",
+        fast_jpeg: bool = True,
+    ):
+        super().__init__(image_size, on_corrupt, fast_jpeg)
+        if not (0 < area_range[0] <= area_range[1] <= 1):
+            raise ValueError(f"area_range must satisfy 0 < lo <= hi <= 1, got {area_range}")
+        if not (0 < aspect_range[0] <= aspect_range[1]):
+            raise ValueError(f"aspect_range must satisfy 0 < lo <= hi, got {aspect_range}")
+        self.area_range = tuple(area_range)
+        self.aspect_range = tuple(aspect_range)
+        self.attempts = attempts
+        self.hflip = hflip
+
+    def _image(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        path = record.get("path", "<bytes>")
+        img = open_image(record["image"], path, record.get("read_error"))
+        width, height = img.size
+        px = self.image_size
+        box = inception_crop_box(
+            width,
+            height,
+            rng,
+            area_range=self.area_range,
+            aspect_range=self.aspect_range,
+            attempts=self.attempts,
+            fallback_fraction=px / (px + CROP_PADDING),
+        )
+        if self.fast_jpeg:
+            img, box = _draft_for_box(img, box, px)
+        image = _crop_resize(img, box, px, path)
+        if self.hflip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        return image
+
+    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        return self._guard(self._image, record, rng)
+
+
+class EvalTransform(_ImageTransform, grain.transforms.Map):
+    """Decode -> deterministic centre crop -> bicubic resize (uint8 RGB out).
+
+    Args:
+      image_size: output side px.
+      eval_crop: "center_crop" (square crop of px/(px+32) of the short side, then resize to px;
+        NF-RegNet) or "resize_crop" (resize to (px+32)^2, then centre crop px; NFNet).
+      crop_padding: the 32 above; 0 keeps the whole (square) image, e.g. for tiny digit images.
+      on_corrupt, fast_jpeg: as in `TrainTransform`.
+    Records with {"padding": True} (added by the eval pipeline) become blank, mask-False slots.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        eval_crop: str = "center_crop",
+        crop_padding: int = CROP_PADDING,
+        on_corrupt: str = "error",
+        fast_jpeg: bool = True,
+    ):
+        super().__init__(image_size, on_corrupt, fast_jpeg)
+        _check_choice("eval_crop", eval_crop, EVAL_CROPS)
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.eval_crop, self.crop_padding = eval_crop, int(crop_padding)
+
+    def _image(self, record: dict[str, Any]) -> np.ndarray:
+        path = record.get("path", "<bytes>")
+        img = open_image(record["image"], path, record.get("read_error"))
+        px = self.image_size
+        if self.eval_crop == "center_crop":
+            box = center_crop_box(*img.size, px / (px + self.crop_padding))
+            if self.fast_jpeg:
+                img, box = _draft_for_box(img, box, px)
+            return _crop_resize(img, box, px, path)
+        # resize_crop: resize (aspect not kept) to (px+32)^2, then take the central px x px.
+        big = px + self.crop_padding
+        if self.fast_jpeg:
+            img, _ = _draft_for_box(img, (0, 0, *img.size), big)
+        resized = _crop_resize(img, None, big, path)
+        off = (big - px) // 2
+        return resized[off : off + px, off : off + px]
+
+    def map(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self._guard(self._image, record)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch level: one-hot labels, MixUp, CutMix.
+
+
+def one_hot(labels: np.ndarray, num_classes: int, mask: np.ndarray | None = None) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    if mask is not None:
+        out *= np.asarray(mask, np.float32)[:, None]
+    return out
+
+
+def cutmix_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """CutMix box (y0, y1, x0, x1): side `sqrt(1-U)` of the image side, centre uniform, clipped."""
+    ratio = math.sqrt(1.0 - rng.uniform())
+    bh, bw = int(ratio * height), int(ratio * width)
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+    y0, y1 = max(cy - bh // 2, 0), min(cy + bh // 2, height)
+    x0, x1 = max(cx - bw // 2, 0), min(cx + bw // 2, width)
+    return y0, y1, x0, x1
+
+
+def mix_batch(
+    images: np.ndarray,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mixup_alpha: float = 0.0,
+    cutmix: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """MixUp and/or CutMix of a batch (REFERENCE §6), each example paired with the reversed batch.
+
+    With both on, the first half of the batch gets MixUp and the second half CutMix (as in the
+    reference pipeline); with one on, the whole batch gets it. MixUp: ratio ~ Beta(a, a) per
+    example, `x = r*x + (1-r)*x_partner`. CutMix: a `cutmix_box` per example is pasted from the
+    partner. Targets (one-hot or already soft, rows sum to 1) mix with the same weights, for
+    CutMix the exact pasted area fraction, so each row still sums to 1.
+
+    Returns new (images, targets); inputs are not modified.
+    """
+    images = np.array(images, np.float32, copy=True)
+    targets = np.array(targets, np.float32, copy=True)
+    n = images.shape[0]
+    if mixup_alpha > 0 and cutmix:
+        split = n // 2
+    elif mixup_alpha > 0:
+        split = n
+    elif cutmix:
+        split = 0
+    else:
+        return images, targets
+    if split > 0:
+        x, y = images[:split], targets[:split]
+        r = rng.beta(mixup_alpha, mixup_alpha, size=split).astype(np.float32)
+        images[:split] = r[:, None, None, None] * x + (1 - r)[:, None, None, None] * x[::-1]
+        targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
+    if split < n:
+        x, y = images[split:].copy(), targets[split:].copy()
+        xp, yp = x[::-1], y[::-1]
+        h, w = x.shape[1:3]
+        for k in range(n - split):
+            y0, y1, x0, x1 = cutmix_box(h, w, rng)
+            images[split + k, y0:y1, x0:x1] = xp[k, y0:y1, x0:x1]
+            pasted = (y1 - y0) * (x1 - x0) / (h * w)
+            targets[split + k] = (1 - pasted) * y[k] + pasted * yp[k]
+    return images, targets

@@ -1,0 +1,39 @@
+"""Image classification: softmax cross-entropy with label smoothing, top-1 / top-5 accuracy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def targets(batch: dict[str, jax.Array], num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+    """Target distribution: `label_onehot` (one-hot or MixUp/CutMix mixture) or one-hot `label`."""
+    probs = batch["label_onehot"] if "label_onehot" in batch else jax.nn.one_hot(batch["label"], num_classes)
+    return optax.smooth_labels(probs, label_smoothing) if label_smoothing else probs
+
+
+def loss(logits: jax.Array, batch: dict[str, jax.Array], label_smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy over the batch."""
+    t = targets(batch, logits.shape[-1], label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), t))
+
+
+def eval_sums(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Sums over valid examples (`mask`): correct top-1, correct top-5, loss, count."""
+    labels = batch["label"]
+    mask = batch.get("mask", jnp.ones(labels.shape, bool)).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    per_example_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {
+        "top1": jnp.sum((topk[:, 0] == labels) * mask),
+        "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
+        "loss": jnp.sum(per_example_loss * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, -1) == labels)

@@ -1,0 +1,1 @@
+"""Training: the loop, optimizer recipe, checkpoints, metrics and sharding."""

@@ -1,0 +1,105 @@
+"""The optimizer recipe as one optax chain: AGC -> coupled weight decay -> SGD (Nesterov) on a
+linear-warmup + cosine schedule, and the parameter EMA of the NF papers.
+
+Parameters are selected by structure, never by name: a leaf's *unit rank* is its rank minus the
+leading axes stacked by scanned stages (`stack_axes` metadata), so a stacked conv kernel is still
+a rank-4 kernel. Gains, biases and skip gains (unit rank <= 1) get no weight decay; the classifier
+(variables the model tags `classifier=True`) is exempt from AGC.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+PyTree = Any
+
+
+class LeafInfo(NamedTuple):
+    """Structural facts about one parameter leaf."""
+
+    stack_axes: int  # leading axes that index scanned blocks
+    unit_rank: int  # rank of one block's tensor
+    classifier: bool  # the final linear layer
+
+
+def leaf_info(params: nnx.State) -> PyTree:
+    """A pure-dict tree of LeafInfo with the structure of `nnx.to_pure_dict(params)`."""
+
+    def info(v: nnx.Variable) -> LeafInfo:
+        stack = v.get_metadata().get("stack_axes", 0)
+        return LeafInfo(stack, len(v.shape) - stack, bool(v.get_metadata().get("classifier", False)))
+
+    return nnx.to_pure_dict(jax.tree.map(info, params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def decay_mask(info: PyTree) -> PyTree:
+    """True where weight decay applies: kernels (unit rank >= 2); not gains, biases, skip gains."""
+    return jax.tree.map(lambda i: i.unit_rank >= 2, info, is_leaf=lambda x: isinstance(x, LeafInfo))
+
+
+def unit_norm(x: jax.Array, info: LeafInfo) -> jax.Array:
+    """L2 norm per unit (REFERENCE §5): whole tensor for scalars/vectors, over all but the output
+    axis for kernels (linear: input axis; HWIO conv: axes 0,1,2); stacked block axes kept."""
+    last = x.ndim if info.unit_rank <= 1 else x.ndim - 1
+    axes = tuple(range(info.stack_axes, last))
+    return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True))
+
+
+def adaptive_grad_clip(clipping: float, info: PyTree, eps: float = 1e-3) -> optax.GradientTransformation:
+    """AGC: scale a unit's gradient to `clipping * max(||W||, eps)` when it is larger."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("adaptive_grad_clip needs the parameters: call tx.update(grads, state, params)")
+
+        def clip(g, p, i):
+            if i.classifier:
+                return g
+            g_norm, max_norm = unit_norm(g, i), clipping * jnp.maximum(unit_norm(p, i), eps)
+            return jnp.where(g_norm > max_norm, g * (max_norm / jnp.maximum(g_norm, 1e-6)), g)
+
+        # `info` holds a LeafInfo tuple at each leaf position of `updates`.
+        return jax.tree.map(clip, updates, params, info), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def learning_rate_schedule(base_lr: float, total_steps: int, warmup_steps: int, end_lr: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to `base_lr`, then cosine decay to `end_lr`."""
+    return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 0), max(total_steps, 1), end_lr)
+
+
+def make_optimizer(
+    info: PyTree,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    agc_clip: float | None = None,
+) -> optax.GradientTransformation:
+    """AGC (optional) -> coupled weight decay (masked) -> SGD with (Nesterov) momentum."""
+    chain = []
+    if agc_clip:
+        chain.append(adaptive_grad_clip(agc_clip, info))
+    if weight_decay:
+        chain.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(info)))
+    chain.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov and bool(momentum)))
+    return optax.chain(*chain)
+
+
+def ema_decay(step: jax.Array, decay: float) -> jax.Array:
+    """Warm-up EMA decay `min(decay, (1 + t) / (10 + t))` (NF-RegNet / NFNet recipes)."""
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def ema_update(ema: PyTree, params: PyTree, step: jax.Array, decay: float) -> PyTree:
+    """`ema = d_t * ema + (1 - d_t) * params`."""
+    d = ema_decay(step, decay)
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)

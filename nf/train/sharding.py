@@ -1,0 +1,60 @@
+"""Device meshes and sharding rules.
+
+The batch is split over every mesh axis; parameters (and everything shaped like them: optimizer
+state, EMA) are replicated, or sharded over the `fsdp` axis on their largest divisible dimension
+(never a scanned-block axis); tensors below `min_fsdp_size` elements stay replicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+
+
+def make_mesh(axes: Mapping[str, int]) -> jax.sharding.Mesh:
+    """Mesh over all devices from e.g. {'data': -1, 'fsdp': 1}; one -1 takes the remaining devices."""
+    unknown = set(axes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"Unknown mesh axes {sorted(unknown)}; valid: {MESH_AXES}")
+    sizes = {name: int(axes.get(name, 1)) for name in MESH_AXES}
+    n = jax.device_count()
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if list(sizes.values()).count(-1) > 1 or fixed <= 0 or n % fixed:
+        raise ValueError(f"Mesh {dict(axes)} does not fit {n} devices: sizes must multiply to {n} (one may be -1)")
+    sizes = {k: (n // fixed if v == -1 else v) for k, v in sizes.items()}
+    if int(np.prod(list(sizes.values()))) != n:
+        raise ValueError(f"Mesh {sizes} uses {int(np.prod(list(sizes.values())))} devices but {n} are present")
+    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every mesh axis."""
+    return NamedSharding(mesh, P(MESH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, stack_axes: int = 0, min_size: int = 2**14) -> P:
+    """Shard the largest dimension divisible by `fsdp` (excluding stacked-block axes)."""
+    if fsdp <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    candidates = [(shape[d], d) for d in range(stack_axes, len(shape)) if shape[d] % fsdp == 0]
+    if not candidates:
+        return P()
+    _, dim = max(candidates)
+    return P(*[("fsdp" if d == dim else None) for d in range(len(shape))])
+
+
+def param_shardings(mesh: jax.sharding.Mesh, params: Any, stack_axes: Any) -> Any:
+    """NamedShardings for a parameter-shaped tree (`stack_axes`: int per leaf, same structure)."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x, k: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, k)), params, stack_axes)

@@ -1,0 +1,291 @@
+"""The training loop: config -> mesh -> model, optimizer, data -> jitted steps -> metrics,
+evaluation (raw and EMA) and checkpoints. It knows nothing about a particular model or task
+beyond the task's loss and eval sums.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import periodic_actions
+from flax import nnx
+
+from nf.models import create_model
+from nf.tasks import classification
+from nf.train import data as train_data
+from nf.train.checkpoint import Checkpoints
+from nf.train.metrics import MetricLogger, flatten_config
+from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
+from nf.train.sharding import batch_sharding, make_mesh, param_shardings, replicated
+
+MODEL_KEYS_NOT_OVERRIDES = ("name",)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class Preempted:
+    """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.flag = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exiting.")
+        self.flag = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
+    state = jax.tree.map(lambda x: x, template)  # fresh Variables; the template is not mutated
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
+class ModelFns:
+    """Pure functions of (params, model_state) around an NNX model's graph definition."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.params_template, self.rest_template = nnx.eval_shape(lambda: (params, rest))
+        self.info = leaf_info(params)
+
+    def init_values(self, model: nnx.Module) -> tuple[Any, Any]:
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+    def apply(self, params, model_state, images, *, train: bool, key=None, collect_stats: bool = False):
+        model = nnx.merge(
+            self.graphdef, _from_pure(self.params_template, params), _from_pure(self.rest_template, model_state)
+        )
+        out = model(images, train=train, key=key, collect_stats=collect_stats)
+        return out, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+    def merged(self, params, model_state) -> nnx.Module:
+        return nnx.merge(
+            self.graphdef, _from_pure(self.params_template, params), _from_pure(self.rest_template, model_state)
+        )
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    overrides = {k: v for k, v in config.model.items() if k not in MODEL_KEYS_NOT_OVERRIDES}
+    if overrides.get("dtype"):
+        overrides["dtype"] = jnp.dtype(overrides["dtype"])
+    else:
+        overrides.pop("dtype", None)
+    return create_model(config.model.name, seed=config.seed, num_classes=num_classes, **overrides)
+
+
+def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config):
+    opt = config.optimizer
+    accum = int(opt.get("accum_steps", 1))
+
+    def grads_of(params, model_state, batch, key):
+        def loss_fn(p):
+            logits, new_state = fns.apply(p, model_state, batch["image"], train=True, key=key)
+            return classification.loss(logits, batch, opt.label_smoothing), (logits, new_state)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def train_step(state, batch):
+        step = state["step"]
+        key = jax.random.fold_in(jax.random.key(config.seed), step)  # resumable: no RNG state
+        if accum == 1:
+            (loss, (logits, model_state)), grads = grads_of(state["params"], state["model_state"], batch, key)
+            acc = classification.accuracy(logits, batch["label"])
+        else:
+            micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+            def body(carry, xs):
+                g_sum, l_sum, a_sum, ms = carry
+                mb, i = xs
+                (l, (logits, ms)), g = grads_of(state["params"], ms, mb, jax.random.fold_in(key, i))
+                a = classification.accuracy(logits, mb["label"])
+                return (jax.tree.map(jnp.add, g_sum, g), l_sum + l, a_sum + a, ms), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state["params"])
+            (grads, loss, acc, model_state), _ = jax.lax.scan(
+                body, (zeros, 0.0, 0.0, state["model_state"]), (micro, jnp.arange(accum))
+            )
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss, acc = loss / accum, acc / accum
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = {
+            "step": step + 1,
+            "params": params,
+            "opt_state": opt_state,
+            "ema": ema_update(state["ema"], params, step, opt.ema_decay),
+            "model_state": model_state,
+        }
+        metrics = {
+            "loss": loss,
+            "accuracy": acc,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(step),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(fns: ModelFns):
+    def eval_step(params, model_state, batch):
+        logits, _ = fns.apply(params, model_state, batch["image"], train=False)
+        return classification.eval_sums(logits, batch)
+
+    return eval_step
+
+
+def evaluate(eval_step, state, eval_batches, to_global) -> dict[str, float]:
+    """Raw and EMA top-1 / top-5 / loss over one pass of the eval set (every example once)."""
+    results = {}
+    for prefix, params in (("", state["params"]), ("ema_", state["ema"])):
+        totals = None
+        for batch in eval_batches():
+            sums = eval_step(params, state["model_state"], to_global(batch))
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        count = max(float(totals["count"]), 1.0)
+        results.update({f"{prefix}{k}": float(totals[k]) / count for k in ("top1", "top5", "loss")})
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval."""
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    n_dev = mesh.size
+    if config.batch_size % n_dev:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the {n_dev} devices of mesh "
+            f"{dict(mesh.shape)}; use a multiple of {n_dev}."
+        )
+    data = train_data.build(config, workdir)
+    model = build_model(config, data.num_classes)
+    fns = ModelFns(model)
+    params, model_state = fns.init_values(model)
+    del model
+
+    opt = config.optimizer
+    base_lr = opt.lr * (config.batch_size / 256 if opt.get("scale_lr_by_batch", False) else 1.0)
+    schedule = learning_rate_schedule(base_lr, config.total_steps, opt.warmup_steps, opt.get("end_lr", 0.0))
+    tx = make_optimizer(
+        fns.info,
+        learning_rate=schedule,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay,
+        agc_clip=opt.get("agc_clip") or None,
+    )
+
+    # Shardings: parameter-shaped trees follow the FSDP rule; everything else is replicated.
+    stack_axes = jax.tree.map(lambda i: i.stack_axes, fns.info, is_leaf=lambda x: isinstance(x, LeafInfo))
+    p_shard = param_shardings(mesh, params, stack_axes)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+        "ema": jax.tree.map(jnp.copy, params),  # its own buffers: the step donates the state
+        "model_state": model_state,
+    }
+    state_shard = {
+        "step": replicated(mesh),
+        "params": p_shard,
+        "opt_state": optax.tree_map_params(
+            tx, lambda _, s: s, tx.init(params), p_shard, transform_non_params=lambda _: replicated(mesh)
+        ),
+        "ema": p_shard,
+        "model_state": jax.tree.map(lambda _: replicated(mesh), model_state),
+    }
+    state = jax.device_put(state, state_shard)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shard)
+
+    ckpt = Checkpoints(
+        os.path.join(workdir, "checkpoints"),
+        save_every=config.checkpoint_every_steps,
+        max_to_keep=config.get("keep_checkpoints", 3),
+    )
+    train_iter = data.train_iter()
+    start = ckpt.latest_step()
+    if start is not None:
+        logging.info("Resuming from %s/%d", ckpt.directory, start)
+        state = ckpt.restore(start, abstract_state, train_iter)
+    start = int(state["step"])
+
+    b_shard = batch_sharding(mesh)
+    to_global = lambda batch: jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
+    )
+    train_step = jax.jit(
+        make_train_step(fns, tx, schedule, config), donate_argnums=0, out_shardings=(state_shard, replicated(mesh))
+    )
+    eval_step = jax.jit(make_eval_step(fns))
+
+    logger = MetricLogger(workdir)
+    if start == 0:
+        logger.write_hparams(flatten_config(config.to_dict()))
+    hooks = [
+        periodic_actions.ReportProgress(
+            num_train_steps=config.total_steps, writer=logger.writer, every_steps=config.log_every_steps
+        )
+    ]
+    if config.get("profile_steps", 0) and jax.process_index() == 0:
+        hooks.append(
+            periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps, first_profile=start + 5)
+        )
+    preempted = Preempted()
+    last_eval: dict[str, float] = {}
+    wait_time = step_time = 0.0
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            t0 = time.perf_counter()
+            batch = next(train_iter)
+            t1 = time.perf_counter()
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, to_global(batch))
+            for hook in hooks:
+                hook(step)
+            final = step == config.total_steps or preempted.flag
+            save_due = final or ckpt.due(step)
+            if step % config.log_every_steps == 0 or save_due:
+                metrics = jax.device_get(metrics)
+                if not np.isfinite(metrics["loss"]):  # checked before any save: bad states never land
+                    raise NonFiniteLossError(
+                        f"Loss became {metrics['loss']} at step {step}; stopping. The last good checkpoint in "
+                        f"{ckpt.directory} is intact (step {ckpt.latest_step()})."
+                    )
+                step_time += time.perf_counter() - t0
+                wait_time += t1 - t0
+                metrics["images_per_sec"] = config.batch_size / max(time.perf_counter() - t0, 1e-9)
+                metrics["data_wait_fraction"] = wait_time / max(step_time, 1e-9)
+                logger.write(step, "train", metrics)
+            else:
+                step_time += time.perf_counter() - t0
+                wait_time += t1 - t0
+            if step % config.eval_every_steps == 0 or step == config.total_steps:
+                last_eval = evaluate(eval_step, state, data.eval_batches, to_global)
+                logger.write(step, "eval", last_eval)
+            ckpt.save(step, state, train_iter, force=final)
+            if preempted.flag:
+                ckpt.wait()
+                logging.warning("Saved step %d after SIGTERM; exiting.", step)
+                break
+    finally:
+        preempted.restore()
+        ckpt.close()
+        logger.flush()
+        logger.close()
+    return last_eval | {"step": int(state["step"]), "data_wait_fraction": wait_time / max(step_time, 1e-9)}
