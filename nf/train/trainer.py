@@ -107,14 +107,15 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
             (loss, (logits, model_state)), grads = grads_of(state["params"], state["model_state"], batch, key)
             acc = classification.accuracy(logits, batch["label"])
         else:
-            micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+            # Micro-batch i takes examples i, i+accum, ...: every device contributes to every micro-batch.
+            micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // accum, accum, *x.shape[1:])).swapaxes(0, 1), batch)
 
             def body(carry, xs):
                 g_sum, l_sum, a_sum, ms = carry
                 mb, i = xs
-                (l, (logits, ms)), g = grads_of(state["params"], ms, mb, jax.random.fold_in(key, i))
+                (loss_i, (logits, ms)), g = grads_of(state["params"], ms, mb, jax.random.fold_in(key, i))
                 a = classification.accuracy(logits, mb["label"])
-                return (jax.tree.map(jnp.add, g_sum, g), l_sum + l, a_sum + a, ms), None
+                return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss_i, a_sum + a, ms), None
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
             (grads, loss, acc, model_state), _ = jax.lax.scan(
