@@ -1,6 +1,16 @@
 """Model families and the registry."""
 
-from nf.models.registry import DEFAULT_IMAGE_SIZE, MODELS, RESNET_DEPTHS, create_model, list_models, model_options
+from nf.models.nf_regnet import NFRegNet
+from nf.models.nfnet import NFNet
+from nf.models.registry import (
+    DEFAULT_IMAGE_SIZE,
+    MODELS,
+    RESNET_DEPTHS,
+    TEST_IMAGE_SIZE,
+    create_model,
+    list_models,
+    model_options,
+)
 from nf.models.resnet import ResNetV2
 from nf.models.stages import BlockConstants, Stage, block_schedule
 
@@ -8,7 +18,10 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "MODELS",
     "RESNET_DEPTHS",
+    "TEST_IMAGE_SIZE",
     "BlockConstants",
+    "NFNet",
+    "NFRegNet",
     "ResNetV2",
     "Stage",
     "block_schedule",

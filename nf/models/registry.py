@@ -1,18 +1,21 @@
 """Model registry: `create_model('nf_resnet50', **overrides)`.
 
-Names are `<family>_resnet<depth>`; the family and depth tables are plain data.
+Each registered name is plain data: the model class, its fixed arguments and its train / test
+image sizes. Overrides are the class's keyword arguments; anything else fails with the list.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
-import re
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flax import nnx
 
+from nf.models.nf_regnet import NF_REGNET_VARIANTS, NFRegNet
+from nf.models.nfnet import NFNET_PLUS_WIDTHS, NFNET_VARIANTS, NFNet
 from nf.models.resnet import ResNetV2
 
 RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
@@ -41,47 +44,62 @@ RESNET_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def _resnet_builder(family: str, depth: int) -> Callable[..., nnx.Module]:
-    def build(depths=RESNET_DEPTHS[depth], **overrides):  # any depth list may replace the table's
-        return ResNetV2(tuple(depths), **{**RESNET_FAMILIES[family], **overrides})
-
-    return build
-
-
-MODELS: dict[str, Callable[..., nnx.Module]] = {
-    f"{family}_resnet{depth}": _resnet_builder(family, depth) for family in RESNET_FAMILIES for depth in RESNET_DEPTHS
-}
-
-# Default image size of each registered model (model_stats, SPP defaults).
-DEFAULT_IMAGE_SIZE: dict[str, int] = {name: 224 for name in MODELS}
+@dataclass(frozen=True)
+class ModelSpec:
+    cls: type[nnx.Module]
+    args: dict[str, Any] = field(default_factory=dict)
+    train_size: int = 224
+    test_size: int = 224
 
 
-def _options(name: str) -> list[str]:
-    builder_cls = ResNetV2 if name in MODELS else None
-    params = inspect.signature(builder_cls.__init__).parameters if builder_cls else {}
-    return sorted(p for p in params if p not in ("self", "rngs"))
+def _table() -> dict[str, ModelSpec]:
+    table = {
+        f"{family}_resnet{depth}": ModelSpec(ResNetV2, {"depths": depths, **options})
+        for family, options in RESNET_FAMILIES.items()
+        for depth, depths in RESNET_DEPTHS.items()
+    }
+    for variant, v in NF_REGNET_VARIANTS.items():
+        args = {"widths": v["widths"], "depths": v["depths"], "dropout": v["dropout"]}
+        table[f"nf_regnet_{variant}"] = ModelSpec(NFRegNet, args, v["train_size"], v["test_size"])
+    for variant, v in NFNET_VARIANTS.items():
+        args = {"depths": v["depths"], "dropout": v["dropout"]}
+        table[f"nfnet_{variant}"] = ModelSpec(NFNet, args, v["train_size"], v["test_size"])
+        table[f"nfnet_{variant}_plus"] = ModelSpec(
+            NFNet, {**args, "widths": NFNET_PLUS_WIDTHS}, v["train_size"], v["test_size"]
+        )
+    return table
+
+
+MODELS: dict[str, ModelSpec] = _table()
+DEFAULT_IMAGE_SIZE: dict[str, int] = {name: spec.train_size for name, spec in MODELS.items()}
+TEST_IMAGE_SIZE: dict[str, int] = {name: spec.test_size for name, spec in MODELS.items()}
+
+
+def _check_name(name: str) -> ModelSpec:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=5)
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} Registered models: {sorted(MODELS)}")
+    return MODELS[name]
 
 
 def model_options(name: str) -> list[str]:
     """Valid override names for a registered model."""
-    _check_name(name)
-    return _options(name)
-
-
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        close = [m for m in MODELS if re.sub(r"\d+", "", m) == re.sub(r"\d+", "", name)]
-        hint = f" Did you mean one of {close}?" if close else ""
-        raise ValueError(f"Unknown model {name!r}.{hint} Registered models: {sorted(MODELS)}")
+    params = inspect.signature(_check_name(name).cls.__init__).parameters
+    return sorted(p for p in params if p not in ("self", "rngs"))
 
 
 def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None, **overrides: Any) -> nnx.Module:
     """Build a registered model; unknown names or options fail with the valid choices."""
-    _check_name(name)
-    unknown = sorted(set(overrides) - set(_options(name)))
+    spec = _check_name(name)
+    unknown = sorted(set(overrides) - set(model_options(name)))
     if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for model {name!r}; valid options: {_options(name)}")
-    return MODELS[name](rngs=rngs or nnx.Rngs(seed), **overrides)
+        raise ValueError(f"Unknown option(s) {unknown} for model {name!r}; valid options: {model_options(name)}")
+    args = {**spec.args, **overrides}
+    for key in ("depths", "widths", "strides"):
+        if key in args:
+            args[key] = tuple(args[key])
+    return spec.cls(**args, rngs=rngs or nnx.Rngs(seed))
 
 
 def list_models() -> list[str]:

@@ -289,4 +289,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.close()
         logger.flush()
         logger.close()
-    return last_eval | {"step": int(state["step"]), "data_wait_fraction": wait_time / max(step_time, 1e-9)}
+    summary = last_eval | {"step": int(state["step"]), "data_wait_fraction": wait_time / max(step_time, 1e-9)}
+    if jax.process_index() == 0:
+        spp_path = None
+        if config.get("spp_after_training") and not preempted.flag:
+            spp_path = draw_trained_spp(fns, state, data.eval_batches, config.model.name, workdir)
+        print_summary(workdir, ckpt.directory, summary, spp_path)
+    return summary
+
+
+def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str) -> str:
+    """SPP of the trained (EMA) model on one batch of evaluation images: workdir/spp/spp.{png,json}."""
+    import json
+
+    from nf.signal import compute_spp, plot_spp
+
+    images = next(iter(eval_batches()))["image"]
+    model = fns.merged(jax.device_get(state["ema"]), jax.device_get(state["model_state"]))
+    stats = {f"{name} (trained, EMA)": compute_spp(model, images, train=False)}
+    out = os.path.join(workdir, "spp")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "spp.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    return plot_spp(stats, os.path.join(out, "spp.png"))
+
+
+def print_summary(workdir: str, ckpt_dir: str, summary: dict, spp_path: str | None) -> None:
+    lines = [f"Finished at step {summary['step']}."]
+    if "ema_top1" in summary:
+        lines.append(
+            f"  eval top-1 {summary['top1']:.2%} (EMA {summary['ema_top1']:.2%}), "
+            f"top-5 {summary['top5']:.2%} (EMA {summary['ema_top5']:.2%})"
+        )
+    lines += [
+        f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
+        f"  checkpoints: {ckpt_dir}",
+        f"  TensorBoard: tensorboard --logdir {workdir}",
+    ]
+    if spp_path:
+        lines.append(f"  SPP of the trained model: {spp_path}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,121 @@
+"""NFNets F0-F7 and F0+-F7+ ("High-Performance Large-Scale Image Recognition Without
+Normalization"): grouped bottlenecks with two 3x3 convs, SE on the output, GELU x gamma."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nf.layers import ScaledWSConv, scaled_activation
+from nf.layers.activations import Activation
+from nf.models.blocks import Bottleneck
+from nf.models.network import ResidualNetwork, check_positive
+from nf.models.nf_regnet import FinalConv, grouped_width
+from nf.models.stages import block_schedule
+
+NFNET_WIDTHS = (256, 512, 1536, 1536)
+NFNET_PLUS_WIDTHS = (384, 768, 2048, 2048)
+# F(N-1): depths N * (1, 2, 6, 3), (train px, test px, dropout)  (REFERENCE §5)
+_SIZES = [
+    (192, 256, 0.2),
+    (224, 320, 0.3),
+    (256, 352, 0.4),
+    (320, 416, 0.4),
+    (384, 512, 0.5),
+    (416, 544, 0.5),
+    (448, 576, 0.5),
+    (480, 608, 0.5),
+]
+NFNET_VARIANTS: dict[str, dict] = {
+    f"f{n - 1}": dict(depths=tuple(n * d for d in (1, 2, 6, 3)), train_size=t, test_size=e, dropout=p)
+    for n, (t, e, p) in enumerate(_SIZES, start=1)
+}
+
+
+class NFNetStem(nnx.Module):
+    """3x3 convs 16 (stride 2) -> act -> 32 -> act -> 64 -> act -> width (stride 2); no final act."""
+
+    def __init__(self, in_ch: int, width: int, conv, activation: Activation):
+        chans = (in_ch, 16, 32, 64, width)
+        self.convs = nnx.List([conv(chans[i], chans[i + 1], 3, strides=2 if i in (0, 3) else 1) for i in range(4)])
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, conv in enumerate(self.convs):
+            x = conv(x if i == 0 else self.activation(x))
+        return x
+
+
+class NFNet(ResidualNetwork):
+    """Stem -> 4 stages of grouped bottlenecks -> 1x1 final conv (2x width) -> act -> pool -> linear."""
+
+    def __init__(
+        self,
+        depths: Sequence[int],
+        *,
+        widths: Sequence[int] = NFNET_WIDTHS,
+        strides: Sequence[int] = (1, 2, 2, 2),
+        bottleneck_ratio: float = 0.5,
+        group_width: int = 128,
+        se_ratio: float = 0.5,
+        se_gain: float = 2.0,
+        activation: str | Activation = "gelu",
+        alpha: float = 0.2,
+        stochastic_depth: float = 0.25,
+        dropout: float = 0.2,
+        skipinit: bool = True,
+        final_conv_mult: int = 2,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        remat: bool = False,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        check_positive(
+            depths=depths,
+            widths=widths,
+            strides=strides,
+            group_width=group_width,
+            num_classes=num_classes,
+            in_channels=in_channels,
+        )
+        act = scaled_activation(activation)
+        conv = functools.partial(ScaledWSConv, dtype=dtype, rngs=rngs)
+        self.in_channels, self.dropout_rate = in_channels, dropout
+        self.total_stride = 4 * math.prod(strides)
+        stem_width = widths[0] // 2
+        self.stem = NFNetStem(in_channels, stem_width, conv, act)
+
+        def make_block(stage, in_ch, out_ch, stride, first, r):
+            mid, groups = grouped_width(
+                int(out_ch * bottleneck_ratio), group_width, f"stage {stage + 1} (width {out_ch})"
+            )
+            return Bottleneck(
+                in_ch,
+                out_ch,
+                stride,
+                mid=mid,
+                groups=groups,
+                spatial_convs=2,
+                conv=ScaledWSConv,
+                activation=act,
+                alpha=alpha,
+                se_ratio=se_ratio,
+                se_gain=se_gain,
+                se_position="out",
+                pool_shortcut=True,
+                skipinit=skipinit,
+                dtype=dtype,
+                rngs=r,
+            )
+
+        schedule = block_schedule(depths, alpha, stochastic_depth)
+        out_ch = self.build_stages(make_block, stem_width, widths, depths, strides, schedule, remat=remat, rngs=rngs)
+        final_ch = final_conv_mult * out_ch  # 2 x 1536 = 3072
+        self.final = FinalConv(conv(out_ch, final_ch, 1), act)
+        self.make_head(final_ch, num_classes, nnx.initializers.normal(0.01), rngs=rngs)
