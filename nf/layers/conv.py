@@ -20,6 +20,9 @@ def he_normal() -> Initializer:
     return nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+HE_NORMAL = he_normal()
+
+
 def standardize_weight(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPS) -> jax.Array:
     """Scaled WS: `(W - mean) * gain / sqrt(max(fan_in * var, eps))` per output channel.
 
@@ -48,14 +51,16 @@ class Conv(nnx.Module):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         use_bias: bool = True,
-        kernel_init: Initializer = he_normal(),
+        kernel_init: Initializer = HE_NORMAL,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if value <= 0 or value % groups:
-                raise ValueError(f"{type(self).__name__}: {name}={value} must be a positive multiple of groups={groups}")
+                raise ValueError(
+                    f"{type(self).__name__}: {name}={value} must be a positive multiple of groups={groups}"
+                )
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.strides, self.padding, self.dilation, self.dtype = strides, padding, dilation, dtype
         shape = (kh, kw, in_features // groups, out_features)
@@ -87,7 +92,9 @@ class ScaledWSConv(Conv):
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], **kwargs):
         kwargs.setdefault("kernel_init", nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
-        kwargs["use_bias"] = True  # WS convs always carry a bias (REFERENCE §1)
+        if not kwargs.pop("use_bias", True):
+            raise ValueError("ScaledWSConv always carries a bias (REFERENCE §1); use Conv for a bias-free conv")
+        kwargs["use_bias"] = True
         super().__init__(in_features, out_features, kernel_size, **kwargs)
         self.gain = nnx.Param(jnp.ones((out_features,), jnp.float32))
         self.folded = False  # set by fold_ws: the kernel already holds W_hat
@@ -98,12 +105,15 @@ class ScaledWSConv(Conv):
         return standardize_weight(self.kernel[...], self.gain[...])
 
 
+_standardize_jit = jax.jit(standardize_weight)  # one compile per kernel shape
+
+
 def fold_ws(model: nnx.Module) -> nnx.Module:
     """A copy of `model` whose Scaled WS convs hold W_hat: same outputs, no standardization cost."""
     model = nnx.clone(model)
     for _, node in nnx.iter_graph(model):
         if isinstance(node, ScaledWSConv) and not node.folded:
-            node.kernel[...] = node.effective_kernel()
+            node.kernel[...] = _standardize_jit(node.kernel[...], node.gain[...])
             node.gain[...] = jnp.ones_like(node.gain[...])  # W_hat already includes the gain
             node.folded = True
     return model

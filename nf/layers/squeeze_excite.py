@@ -10,7 +10,8 @@ from nf.layers.activations import Activation
 
 
 class SqueezeExcite(nnx.Module):
-    """`gain * sigmoid(MLP(mean_hw(x))) * x`; sigmoid gating halves the variance, so gain=2."""
+    """`gain * sigmoid(MLP(mean_hw(x))) * x`. At init the gate is ~0.5, halving the std, so gain=2
+    restores unit variance (paper §4.4)."""
 
     def __init__(
         self,
