@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch = 2
     config.data.mixup_alpha = 0.0
     config.data.cutmix = False
+    config.data.randaugment_layers = 0  # 0 = off (NFNets: 4 layers after MixUp/CutMix)
+    config.data.randaugment_magnitude = 0
     config.data.eval_crop = "center_crop"
     config.data.crop_padding = 0  # evaluate on the whole 8x8 digit (ImageNet: 32)
     config.data.on_corrupt = "error"

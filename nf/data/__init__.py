@@ -8,6 +8,7 @@ batch = next(it)  # {"image", "label", "label_onehot", "mask"}: see nf.data.pipe
 
 from nf.data.digits import prepare_digits
 from nf.data.pipeline import DataIterator, make_dataset, make_pipeline, steps_per_epoch
+from nf.data.randaugment import RandAugment
 from nf.data.sources import (
     ArrayRecordImageSource,
     DataSourceError,
@@ -34,6 +35,7 @@ __all__ = [
     "DataSourceError",
     "EvalTransform",
     "ImageFolderSource",
+    "RandAugment",
     "TrainTransform",
     "decode_image",
     "decode_record",

@@ -23,8 +23,9 @@ How it is built (grain `MapDataset`, so every batch is a pure function of its in
   random augmentation seeded by (seed, global example index; uint8) -> this process's share
   `[shard_index::shard_count]` (disjoint across processes within each epoch; every process gets
   the same number of examples) -> corrupt images replaced by the next good one (on_corrupt="skip")
-  -> batch -> normalize, one-hot, MixUp/CutMix with a numpy Generator seeded by
-  (seed, shard_index, step).
+  -> batch -> one-hot, MixUp/CutMix (on float 0..255 images) with a numpy Generator seeded by
+  (seed, shard_index, step) -> RandAugment (uint8, optional) with a Generator per example from
+  (seed, shard_index, step, example in batch) -> normalize.
 * eval: single pass, no shuffle; process i takes examples i, i+n, ...; the last batch is padded
   (mask False) so every process yields the same number of batches and each example is counted
   exactly once over all processes.
@@ -48,6 +49,7 @@ import numpy as np
 from absl import flags, logging
 
 from nf.data import transforms as T
+from nf.data.randaugment import RandAugment
 
 MAX_CONSECUTIVE_CORRUPT = 64
 
@@ -108,11 +110,27 @@ class _EvalShard:
 
 
 class _FinalizeBatch(grain.transforms.MapWithIndex):
-    """Batch index -> one-hot targets, MixUp/CutMix (numpy Generator seeded by (seed, shard, step))."""
+    """Batch index -> one-hot targets, MixUp/CutMix, RandAugment, normalization.
 
-    def __init__(self, num_classes: int, seed: int, shard_index: int, mixup_alpha: float, cutmix: bool):
+    Order (REFERENCE §6, the NFNet recipe "MixUp + CutMix then RandAugment"): the uint8 images
+    become float32 in 0..255; MixUp/CutMix (numpy Generator seeded by (seed, shard, step)) mix them
+    (linear, so this equals mixing normalized images); RandAugment then works on the mixture
+    rounded to uint8, each example with its own Generator from (seed, shard, step, example);
+    finally `normalize`. Without mixing or RandAugment the uint8 batch is normalized directly.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        seed: int,
+        shard_index: int,
+        mixup_alpha: float,
+        cutmix: bool,
+        randaugment: RandAugment | None = None,
+    ):
         self.num_classes, self.seed, self.shard_index = num_classes, seed, shard_index
         self.mixup_alpha, self.cutmix = mixup_alpha, cutmix
+        self.randaugment = randaugment
 
     def map_with_index(self, index: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = batch["label"]
@@ -121,11 +139,19 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
             raise ValueError(f"label {int(bad)} is outside [0, num_classes={self.num_classes})")
         mask = batch["mask"].astype(bool)
         targets = T.one_hot(labels, self.num_classes, mask)
-        image = T.normalize(batch["image"])
+        image = batch["image"]
+        mixing = self.mixup_alpha > 0 or self.cutmix
+        if mixing or self.randaugment is not None:
+            image = np.asarray(image, np.float32)  # 0..255
+            image[~mask] = T.MEAN_RGB  # blank slots are zero after normalization, as below
+            if mixing:
+                rng = np.random.default_rng([self.seed, self.shard_index, index])
+                image, targets = T.mix_batch(image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
+            if self.randaugment is not None:
+                image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+                image = self.randaugment.augment_batch(image, (self.seed, self.shard_index, index), mask)
+        image = T.normalize(image)
         image[~mask] = 0.0
-        if self.mixup_alpha > 0 or self.cutmix:
-            rng = np.random.default_rng([self.seed, self.shard_index, index])
-            image, targets = T.mix_batch(image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
         return {
             "image": image,
             "label": labels.astype(np.int32),
@@ -148,6 +174,8 @@ def make_dataset(
     num_classes: int | None = None,
     mixup_alpha: float = 0.0,
     cutmix: bool = False,
+    randaugment_layers: int = 0,
+    randaugment_magnitude: float = 0.0,
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
@@ -176,7 +204,12 @@ def make_dataset(
     n = len(source)
     if n == 0:
         raise ValueError(f"{source!r} is empty")
-    finalize = _FinalizeBatch(num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train)
+    randaugment = RandAugment(randaugment_layers, randaugment_magnitude)  # validated in eval too
+    if not (train and randaugment.num_layers):
+        randaugment = None
+    finalize = _FinalizeBatch(
+        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment
+    )
 
     if train:
         transform = T.TrainTransform(
@@ -353,6 +386,8 @@ def make_pipeline(
     num_classes: int | None = None,
     mixup_alpha: float = 0.0,
     cutmix: bool = False,
+    randaugment_layers: int = 0,
+    randaugment_magnitude: float = 0.0,
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
@@ -383,6 +418,9 @@ def make_pipeline(
       num_classes: defaults to `source.num_classes`.
       mixup_alpha, cutmix: train only. MixUp ratio ~ Beta(mixup_alpha, mixup_alpha) (0: off);
         CutMix on/off; both on: half the batch each (REFERENCE §6).
+      randaugment_layers, randaugment_magnitude: train only. RandAugment (`nf.data.randaugment`)
+        with this many random ops per image (0: off) at this magnitude (10-scale), applied after
+        MixUp/CutMix on the uint8-rounded images, before normalization (the NFNet recipe).
       drop_remainder: train with finite num_epochs: drop the last partial batch.
       eval_crop: "center_crop" (NF-RegNet) or "resize_crop" (NFNet), see `transforms`.
       crop_padding: eval crops px of px + crop_padding (default 32; 0: the whole image).
@@ -411,6 +449,8 @@ def make_pipeline(
         num_classes=num_classes,
         mixup_alpha=mixup_alpha,
         cutmix=cutmix,
+        randaugment_layers=randaugment_layers,
+        randaugment_magnitude=randaugment_magnitude,
         drop_remainder=drop_remainder,
         eval_crop=eval_crop,
         crop_padding=crop_padding,

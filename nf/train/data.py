@@ -38,7 +38,6 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
     n_proc, index = jax.process_count(), jax.process_index()
     per_process = config.batch_size // n_proc
     common = dict(
-        image_size=cfg.image_size,
         seed=config.seed,
         shard_index=index,
         shard_count=n_proc,
@@ -51,10 +50,13 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
             train_source,
             train=True,
             batch_size=per_process,
+            image_size=cfg.image_size,
             worker_count=cfg.get("workers", 0),
             prefetch=cfg.get("prefetch", 2),
             mixup_alpha=cfg.get("mixup_alpha", 0.0),
             cutmix=cfg.get("cutmix", False),
+            randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off
+            randaugment_magnitude=cfg.get("randaugment_magnitude", 0.0),
             crop_area_range=tuple(cfg.get("crop_area_range", (0.08, 1.0))),
             hflip=cfg.get("hflip", True),
             **common,
@@ -65,6 +67,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
             eval_source,
             train=False,
             batch_size=per_process,
+            image_size=cfg.get("eval_image_size") or cfg.image_size,  # test px; defaults to the train px
             eval_crop=cfg.get("eval_crop", "center_crop"),
             crop_padding=cfg.get("crop_padding", 32),
             **common,
