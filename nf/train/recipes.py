@@ -51,7 +51,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
     config.model = ml_collections.ConfigDict()
     config.model.name = model_name
     config.model.stochastic_depth = 0.0  # set by the recipe
-    config.model.dropout = float(spec.args["dropout"])  # the variant's own rate (REFERENCE §4-5)
+    config.model.dropout = float(spec.args.get("dropout", 0.0))  # the variant's own rate (REFERENCE §4-5)
     config.model.dtype = ""  # "" = float32; "bfloat16" for bf16 compute with float32 master weights
 
     config.data = ml_collections.ConfigDict()
@@ -130,4 +130,40 @@ def nfnet_imagenet(variant: str) -> ml_collections.ConfigDict:
     config.data.randaugment_layers = NFNET_RANDAUGMENT_LAYERS
     config.data.randaugment_magnitude = NFNET_RANDAUGMENT_MAGNITUDE[variant]
     config.data.eval_crop = "resize_crop"
+    return config
+
+
+def resnet_imagenet(model_name: str, *, regularized: bool = True) -> ml_collections.ConfigDict:
+    """ResNet-50-style recipe of the NF-ResNet paper (Table 1, REFERENCE §6): batch 1024, 90
+    epochs, SGD Nesterov 0.9, 5-epoch linear warmup to 0.4 then cosine to 0, weight decay 5e-5
+    (not on gains, biases or skip gains), label smoothing 0.1, Inception crop + flip, no
+    MixUp/CutMix; the regularized version adds stochastic depth 0.1 and dropout 0.25."""
+    if model_name not in MODELS:
+        raise ValueError(f"Unknown model {model_name!r}")
+    config = _imagenet_base(model_name, batch_size=1024, epochs=90)
+    config.model.stochastic_depth = 0.1 if regularized else 0.0
+    config.model.dropout = 0.25 if regularized else 0.0
+    config.data.mixup_alpha = 0.0
+    config.data.cutmix = False
+    config.data.workers = 16
+    return config
+
+
+SMALL_BATCH_LR = {8: 0.025, 4: 0.01}  # paper Table 2
+
+
+def resnet_small_batch(model_name: str, batch_size: int) -> ml_collections.ConfigDict:
+    """Paper Table 2: ResNet-50 for 15 epochs at batch 8 (lr 0.025) or 4 (lr 0.01), no stochastic
+    depth or dropout; the NF-ResNet is unaffected by the batch size while BN collapses."""
+    if batch_size not in SMALL_BATCH_LR:
+        raise ValueError(f"Small-batch recipes exist for batch sizes {sorted(SMALL_BATCH_LR)}, not {batch_size}")
+    config = resnet_imagenet(model_name, regularized=False)
+    config.batch_size = batch_size
+    config.total_steps = epochs_to_steps(15, batch_size)
+    config.optimizer.lr = SMALL_BATCH_LR[batch_size]
+    config.optimizer.warmup_steps = 5 * epochs_to_steps(1, 1024)  # the same number of images as at batch 1024
+    config.log_every_steps = 1000
+    config.checkpoint_every_steps = 20_000
+    config.eval_every_steps = epochs_to_steps(1, batch_size)
+    config.data.workers = 2
     return config
