@@ -161,7 +161,7 @@ def resnet_small_batch(model_name: str, batch_size: int) -> ml_collections.Confi
     config.batch_size = batch_size
     config.total_steps = epochs_to_steps(15, batch_size)
     config.optimizer.lr = SMALL_BATCH_LR[batch_size]
-    config.optimizer.warmup_steps = 5 * epochs_to_steps(1, 1024)  # the same number of images as at batch 1024
+    config.optimizer.warmup_steps = epochs_to_steps(1, batch_size)  # 1 of the 15 epochs (the paper does not say)
     config.log_every_steps = 1000
     config.checkpoint_every_steps = 20_000
     config.eval_every_steps = epochs_to_steps(1, batch_size)
