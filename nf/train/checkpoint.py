@@ -11,9 +11,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def _path_str(path) -> str:
+    """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
+    while the live state has int keys for list entries (nnx.List stages)."""
+    keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "".join(f"['{k}']" for k in keys)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+    return {_path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
 class Checkpoints:

@@ -70,8 +70,14 @@ def adaptive_grad_clip(clipping: float, info: PyTree, eps: float = 1e-3) -> opta
 
 
 def learning_rate_schedule(base_lr: float, total_steps: int, warmup_steps: int, end_lr: float = 0.0) -> optax.Schedule:
-    """Linear warmup from 0 to `base_lr`, then cosine decay to `end_lr`."""
-    return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 0), max(total_steps, 1), end_lr)
+    """Linear warmup from 0 to `base_lr`, then cosine decay to `end_lr`.
+
+    A run no longer than its warmup (e.g. a short smoke run of a long config) keeps the warmup
+    ramp: the same learning rates as the first steps of the full run."""
+    warmup_steps, total_steps = max(warmup_steps, 0), max(total_steps, 1)
+    if warmup_steps >= total_steps:  # optax's cosine part would need a positive number of steps
+        return optax.linear_schedule(0.0, base_lr, warmup_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps, total_steps, end_lr)
 
 
 def make_optimizer(

@@ -259,14 +259,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, metrics = train_step(state, to_global(batch))
             for hook in hooks:
                 hook(step)
-            final = step == config.total_steps or preempted.flag
+            # Read the flag once per step: a SIGTERM arriving later in this step (logging, eval) is
+            # handled at the next boundary, so the step we stop at is always the step we save.
+            stop = preempted.flag
+            final = step == config.total_steps or stop
             save_due = final or ckpt.due(step)
             if step % config.log_every_steps == 0 or save_due:
                 metrics = jax.device_get(metrics)
-                if not np.isfinite(metrics["loss"]):  # checked before any save: bad states never land
+                # Checked before any save: bad states never land. A finite loss with a non-finite
+                # gradient has already put inf/NaN into this step's parameters.
+                loss, grad_norm = metrics["loss"], metrics["grad_norm"]
+                if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                    what = f"Loss became {loss}" if not np.isfinite(loss) else f"Gradient norm became {grad_norm}"
+                    last = ckpt.latest_step()
+                    kept = (
+                        f"The last good checkpoint (step {last}) in {ckpt.directory} is intact."
+                        if last
+                        else ("No checkpoint had been written yet.")
+                    )
                     raise NonFiniteLossError(
-                        f"Loss became {metrics['loss']} at step {step}; stopping. The last good checkpoint in "
-                        f"{ckpt.directory} is intact (step {ckpt.latest_step()})."
+                        f"{what} at step {step}; stopping. {kept} Lower the learning rate "
+                        "or enable AGC (optimizer.agc_clip)."
                     )
                 step_time += time.perf_counter() - t0
                 wait_time += t1 - t0
@@ -280,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last_eval = evaluate(eval_step, state, data.eval_batches, to_global)
                 logger.write(step, "eval", last_eval)
             ckpt.save(step, state, train_iter, force=final)
-            if preempted.flag:
+            if stop:
                 ckpt.wait()
                 logging.warning("Saved step %d after SIGTERM; exiting.", step)
                 break

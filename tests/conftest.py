@@ -1,0 +1,108 @@
+"""Shared fixtures: the digits data set prepared once per session, and a tiny trainer config
+derived from configs/quickstart.py (as an ml_collections config file usable by `python -m nf.train`
+and as a ConfigDict for in-process runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.py"
+
+# The smallest network that still has a transition block and a scanned (stacked) block: one stage
+# of depth 2. 16 px images (total stride 8), batch 16, 12 steps; log every step.
+TINY_OVERRIDES = {
+    "total_steps": 12,
+    "batch_size": 16,
+    "log_every_steps": 1,
+    "eval_every_steps": 6,
+    "checkpoint_every_steps": 4,
+    "spp_after_training": False,
+    "model.depths": (2,),
+    "model.widths": (16,),
+    "model.strides": (1,),
+    "model.stem_width": 8,
+    "data.image_size": 16,
+    "data.prepare": "",
+    "optimizer.warmup_steps": 3,
+}
+
+_CONFIG_FILE = '''"""Tiny trainer config for tests: configs/quickstart.py with overrides (written by conftest.py)."""
+import importlib.util
+
+QUICKSTART = {quickstart!r}
+OVERRIDES = {overrides!r}
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("nf_quickstart_config", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in OVERRIDES.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+'''
+
+
+def apply_overrides(config, overrides: dict):
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    """scikit-learn's digits as image folders (train/, test/), written once per session."""
+    from nf.data import prepare_digits
+
+    return Path(prepare_digits(tmp_path_factory.mktemp("data") / "digits"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(digits_root, tmp_path_factory) -> Path:
+    """An ml_collections config file: `python -m nf.train --config=<this> --config.total_steps=3`."""
+    overrides = dict(TINY_OVERRIDES)
+    overrides.update(
+        {
+            "data.root": str(digits_root),
+            "data.train": str(digits_root / "train"),
+            "data.eval": str(digits_root / "test"),
+        }
+    )
+    path = tmp_path_factory.mktemp("configs") / "tiny.py"
+    path.write_text(_CONFIG_FILE.format(quickstart=str(QUICKSTART), overrides=overrides))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_config_file):
+    """`tiny_config(**{"optimizer.lr": 1.0})` -> a fresh ConfigDict of the tiny config with overrides."""
+
+    def make(overrides: dict | None = None):
+        spec = importlib.util.spec_from_file_location("nf_tiny_test_config", tiny_config_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return apply_overrides(module.get_config(), overrides or {})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory) -> Path:
+    """Persistent XLA compilation cache shared by the trainer subprocesses of one session (set
+    NF_TEST_JAX_CACHE to keep it across sessions)."""
+    path = os.environ.get("NF_TEST_JAX_CACHE")
+    return Path(path) if path else tmp_path_factory.mktemp("jax_cache")

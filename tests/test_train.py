@@ -1,0 +1,404 @@
+"""The trainer end to end on real files: `python -m nf.train` subprocesses on the digits data with a
+tiny config derived from configs/quickstart.py (conftest.py), real orbax checkpoints, grain iterator
+state, TensorBoard event files and metrics.jsonl. Checked against independent references: a
+numpy evaluation of the restored checkpoint, the schedule formula, an uninterrupted run (resume
+after SIGTERM must be bit-identical) and a one-device run (8 fake devices must agree)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 900  # seconds per trainer subprocess (compilation on a loaded 2-core machine is slow)
+STEPS = 12  # conftest.TINY_OVERRIDES
+SIGTERM_AFTER = 6  # the first eval step: the signal lands while the trainer evaluates
+TIMING_KEYS = {"images_per_sec", "data_wait_fraction"}
+EVAL_KEYS = {"top1", "top5", "loss", "ema_top1", "ema_top5", "ema_loss"}
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _env(cache_dir: Path, devices: int | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        # Trainer subprocesses of one session share compiled programs (a warm cache changes
+        # nothing but the compile time).
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    xla = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    # Multi-threaded Eigen kernels on XLA:CPU are not bit-reproducible from run to run (the last bit
+    # of some gradients changes); single-threaded ones are, and the resume test needs that.
+    xla.append("--xla_cpu_multi_thread_eigen=false")
+    if devices:
+        xla.append(f"--xla_force_host_platform_device_count={devices}")
+    env["XLA_FLAGS"] = " ".join(xla)
+    return env
+
+
+def _cmd(config, workdir, *flags) -> list[str]:
+    return [sys.executable, "-m", "nf.train", f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def _run(cmd, env, log: Path) -> tuple[int, str]:
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    return proc.returncode, log.read_text()
+
+
+def _tail(text: str, n: int = 6000) -> str:
+    return text[-n:]
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """metrics.jsonl lines (an incomplete last line of a running trainer is skipped)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def _train(metrics):
+    return [m for m in metrics if m["split"] == "train"]
+
+
+def _eval(metrics):
+    return [m for m in metrics if m["split"] == "eval"]
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    d = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def _path(keys) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+
+
+def restore_state(workdir: Path, step: int) -> dict[tuple[str, ...], np.ndarray]:
+    """The saved train state as {path: numpy array}, read with plain orbax (no trainer code)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # whatever mesh saved it
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), meta)
+        tree = ckptr.restore(path, target)
+    return {_path(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of every file and folder under `directory`."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            p = Path(root) / name
+            st = p.stat()
+            out[str(p.relative_to(directory))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
+    return out
+
+
+def np_schedule(t: int, base: float, total: int, warmup: int, end: float = 0.0) -> float:
+    """REFERENCE §6: linear warmup from 0, cosine to `end`; runs shorter than the warmup ramp only."""
+    if t < warmup:
+        return base * t / warmup
+    frac = min((t - warmup) / max(total - warmup, 1), 1.0)
+    return end + (base - end) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def read_events(workdir: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    files = glob.glob(str(Path(workdir) / "events.out.tfevents*"))
+    assert files, f"no TensorBoard event file in {workdir}"
+    out: dict[str, dict[int, float]] = {}
+    for f in files:
+        for event in EventFileLoader(f).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "scalars":
+                    continue
+                out.setdefault(value.tag, {})[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return out
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_config_file, jax_cache_dir, tmp_path_factory) -> Path:
+    """One uninterrupted tiny run to STEPS: the reference for the other tests."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    rc, out = _run(_cmd(tiny_config_file, workdir), _env(jax_cache_dir), workdir.parent / "train.log")
+    assert rc == 0, _tail(out)
+    return workdir
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_end_to_end_artifacts(reference_run, tiny_config):
+    config = tiny_config()
+    # orbax checkpoints: periodic every 4 steps, the final one, keep 2 (quickstart)
+    assert checkpoint_steps(reference_run) == [8, 12]
+    for step in (8, 12):
+        d = reference_run / "checkpoints" / str(step)
+        assert (d / "state").is_dir() and (d / "data").is_dir()
+    # the grain iterator state next to the train state: 12 batches consumed
+    data_state = json.loads((reference_run / "checkpoints" / "12" / "data" / "process_0-of-1.json").read_text())
+    assert data_state["next_batch"] == STEPS
+    state = restore_state(reference_run, 12)
+    assert int(state[("step",)]) == STEPS
+
+    # metrics.jsonl: a train line per step, eval lines (raw and EMA) at 6 and 12
+    metrics = read_metrics(reference_run)
+    train, evals = _train(metrics), _eval(metrics)
+    assert [m["step"] for m in train] == list(range(1, STEPS + 1))
+    for m in train:
+        assert {"step", "split", "loss", "accuracy", "grad_norm", "learning_rate"} <= set(m)
+        assert math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1
+    assert [m["step"] for m in evals] == [6, 12]
+    for m in evals:
+        assert set(m) == {"step", "split"} | EVAL_KEYS
+        for prefix in ("", "ema_"):
+            assert 0 <= m[prefix + "top1"] <= m[prefix + "top5"] <= 1
+
+    # the learning rate of step k is the schedule at update count k - 1 (REFERENCE §6 formula)
+    opt = config.optimizer
+    for m in train:
+        want = np_schedule(m["step"] - 1, opt.lr, config.total_steps, opt.warmup_steps, opt.end_lr)
+        assert m["learning_rate"] == pytest.approx(want, rel=1e-5, abs=1e-9), m["step"]
+
+    # TensorBoard event files hold the same scalars
+    events = read_events(reference_run)
+    for m in train:
+        assert events["train/loss"][m["step"]] == pytest.approx(m["loss"], rel=1e-6)
+        assert events["train/learning_rate"][m["step"]] == pytest.approx(m["learning_rate"], rel=1e-6, abs=1e-12)
+    for m in evals:
+        for k in EVAL_KEYS:
+            assert events[f"eval/{k}"][m["step"]] == pytest.approx(m[k], rel=1e-6), k
+
+    # the final eval line, recomputed from the restored checkpoint with numpy metrics
+    final = evals[-1]
+    for prefix, part in (("", "params"), ("ema_", "ema")):
+        got = independent_eval(config, state, part)
+        assert got["count"] == 300
+        assert got["top1"] == pytest.approx(final[prefix + "top1"], abs=1.01 / 300), prefix
+        assert got["top5"] == pytest.approx(final[prefix + "top5"], abs=1.01 / 300), prefix
+        assert got["loss"] == pytest.approx(final[prefix + "loss"], rel=1e-4), prefix
+
+
+def independent_eval(config, state: dict[str, np.ndarray], part: str) -> dict[str, float]:
+    """Evaluate `state[part]` on the whole test split: model forward in JAX, metrics in numpy."""
+    import jax
+    from flax import nnx
+
+    from nf import data as nf_data
+    from nf.models import create_model
+
+    options = {k: v for k, v in config.model.items() if k not in ("name", "dtype")}
+    abstract = nnx.eval_shape(lambda: create_model(config.model.name, num_classes=10, **options))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    pure = nnx.to_pure_dict(params)
+    paths = jax.tree_util.tree_flatten_with_path(pure)[0]
+    values = [state[(part, *_path(p))] for p, _ in paths]
+    nnx.replace_by_pure_dict(params, jax.tree.unflatten(jax.tree.structure(pure), values))
+    model_graph, model_state = nnx.split(nnx.merge(graphdef, params, rest))
+    forward = jax.jit(lambda s, x: nnx.merge(model_graph, s)(x, train=False))
+
+    train_source = nf_data.open_source(config.data.train)
+    source = nf_data.open_source(config.data.eval, classes=train_source.classes)
+    it = nf_data.make_pipeline(
+        source,
+        train=False,
+        batch_size=config.batch_size,
+        image_size=config.data.image_size,
+        eval_crop=config.data.eval_crop,
+        crop_padding=config.data.crop_padding,
+        num_classes=10,
+    )
+    logits, labels = [], []
+    for batch in it:
+        out = np.asarray(forward(model_state, batch["image"]), np.float64)
+        logits.append(out[batch["mask"]])
+        labels.append(batch["label"][batch["mask"]])
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    assert np.bincount(labels, minlength=10).tolist() == [30] * 10  # every test image exactly once
+    order = np.argsort(-logits, axis=1)
+    lse = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + logits.max(1)
+    return {
+        "count": len(labels),
+        "top1": float(np.mean(order[:, 0] == labels)),
+        "top5": float(np.mean(np.any(order[:, :5] == labels[:, None], axis=1))),
+        "loss": float(np.mean(lse - logits[np.arange(len(labels)), labels])),
+    }
+
+
+def test_resume_after_sigterm_is_bit_exact(reference_run, tiny_config_file, jax_cache_dir, tmp_path):
+    """SIGTERM mid-run: the trainer saves at the next step boundary and exits 0; the same command
+    then finishes the run with params, EMA and optimizer state bit-identical to an uninterrupted
+    run, and metrics.jsonl holds exactly the uninterrupted run's lines."""
+    workdir = tmp_path / "run"
+    env, cmd = _env(jax_cache_dir), _cmd(tiny_config_file, workdir)
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while max([m["step"] for m in _train(read_metrics(workdir))], default=0) < SIGTERM_AFTER:
+                assert proc.poll() is None, "trainer exited before the signal:\n" + _tail(log.read_text())
+                assert time.monotonic() < deadline, f"timed out waiting for step {SIGTERM_AFTER}"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = log.read_text()
+    assert rc == 0, _tail(out)
+    assert "SIGTERM received" in out
+    stopped = max(m["step"] for m in _train(read_metrics(workdir)))
+    assert SIGTERM_AFTER <= stopped < STEPS, "the interrupted run did not stop early"
+    # the step it stopped at is the step it saved (nothing trained or logged past the checkpoint)
+    assert max(checkpoint_steps(workdir)) == stopped
+    assert int(restore_state(workdir, stopped)[("step",)]) == stopped
+
+    rc, out = _run(cmd, env, tmp_path / "second.log")
+    assert rc == 0, _tail(out)
+    assert f"Resuming from {workdir / 'checkpoints'}/{stopped}" in out
+
+    want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
+    assert set(got) == set(want)
+    assert {k[0] for k in got} == {"step", "params", "opt_state", "ema"}  # model_state is empty
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+
+    def comparable(metrics):
+        return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+    assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
+
+
+@pytest.mark.slow  # ~1-2 min: its own compilation for 8 devices
+def test_eight_devices_match_one_device(reference_run, tiny_config_file, jax_cache_dir, tmp_path):
+    """Same global batch on 8 fake CPU devices: the same losses as one device. The run also
+    checks command-line overrides: --config.total_steps=3 and --config.eval_every_steps=2."""
+    workdir = tmp_path / "run"
+    flags = ("--config.total_steps=3", "--config.eval_every_steps=2")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir, devices=8), tmp_path / "log")
+    assert rc == 0, _tail(out)
+    assert "CpuDevice(id=7)" in out
+    metrics = read_metrics(workdir)
+    assert [m["step"] for m in _train(metrics)] == [1, 2, 3]
+    assert [m["step"] for m in _eval(metrics)] == [2, 3]
+    assert checkpoint_steps(workdir) == [3]
+    assert int(restore_state(workdir, 3)[("step",)]) == 3
+
+    # The learning rates of the first 3 steps do not depend on total_steps (warmup is 3 steps),
+    # so the 12-step one-device reference run is the one-device baseline.
+    ref = {m["step"]: m for m in _train(read_metrics(reference_run))}
+    for m in _train(metrics):
+        r = ref[m["step"]]
+        assert m["learning_rate"] == pytest.approx(r["learning_rate"], rel=1e-6, abs=1e-12)
+        assert m["loss"] == pytest.approx(r["loss"], rel=1e-4), m["step"]
+        assert m["accuracy"] == pytest.approx(r["accuracy"], abs=1.01 / 16)  # at most a near-tie flip
+        assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3), m["step"]
+
+
+def test_batch_not_divisible_by_devices(tiny_config_file, jax_cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    rc, out = _run(
+        _cmd(tiny_config_file, workdir, "--config.batch_size=12"), _env(jax_cache_dir, devices=8), tmp_path / "log"
+    )
+    assert rc != 0
+    assert "ValueError: batch_size=12 is not divisible by the 8 devices" in out, _tail(out)
+    assert checkpoint_steps(workdir) == [] and not (workdir / "metrics.jsonl").exists()
+
+
+def test_unknown_config_key_fails(jax_cache_dir, tmp_path):
+    workdir = tmp_path / "run"
+    rc, out = _run(
+        _cmd("configs/quickstart.py", workdir, "--config.optimizer.lrr=0.1"), _env(jax_cache_dir), tmp_path / "log"
+    )
+    assert rc != 0
+    assert "lrr" in out and 'Did you mean "lr"' in out, _tail(out)
+    assert not workdir.exists()
+
+
+def test_checkpoint_of_another_model_is_refused(reference_run, tiny_config_file, jax_cache_dir, tmp_path):
+    """A workdir holding another architecture's checkpoints: the error names the differing
+    parameters and not one file of the workdir changes."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    before = snapshot(workdir)
+    rc, out = _run(
+        _cmd(tiny_config_file, workdir, "--config.model.widths=(24,)"), _env(jax_cache_dir), tmp_path / "log"
+    )
+    assert rc != 0
+    assert "holds a different model" in out, _tail(out)
+    assert "['head']['kernel'] (16, 10) vs (24, 10)" in out, _tail(out)
+    assert "['stages']['0']['first']['conv_out']['kernel'] (1, 1, 4, 16) vs (1, 1, 6, 24)" in out, _tail(out)
+    assert snapshot(workdir) == before
+    np.testing.assert_array_equal(restore_state(workdir, 12)[("step",)], STEPS)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config_file, jax_cache_dir, tmp_path):
+    """lr=1e6 (warmup 3: lr 1e6/3 at the second update): step 3's gradient overflows (its loss is
+    still finite) and the loss after it is NaN. With a checkpoint every step, the run must stop at
+    step 3 without saving it, naming the step; every checkpoint left restores finite values."""
+    workdir = tmp_path / "run"
+    flags = ("--config.optimizer.lr=1e6", "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=5")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log")
+    assert rc != 0
+    assert "NonFiniteLossError" in out and "at step 3;" in out, _tail(out)
+    assert "is intact (step 2)" in out, _tail(out)
+    train = _train(read_metrics(workdir))
+    assert [m["step"] for m in train] == [1, 2]
+    assert train[1]["learning_rate"] == pytest.approx(1e6 / 3, rel=1e-6)  # the --config overrides reached the run
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]  # no later (or half-written) checkpoint
+    for step in (1, 2):
+        state = restore_state(workdir, step)
+        assert int(state[("step",)]) == step
+        for k, v in state.items():
+            assert np.all(np.isfinite(v)), (step, k)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_missing_data_directory(tiny_config, tmp_path, split):
+    """In process: the error names the missing folder before anything is built or written."""
+    from nf.train.trainer import train_and_evaluate
+
+    missing = tmp_path / "no_such_data" / split
+    config = tiny_config({f"data.{split}": str(missing)})
+    with pytest.raises(ValueError, match=re.escape(str(missing))):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
