@@ -1,13 +1,23 @@
 """Convolution primitives tuned for XLA:CPU (and fine on accelerators).
 
-XLA:CPU runs some convolution backward passes far slower than the equivalent matmul
-(REFERENCE §9): a 1x1 conv through `conv_general_dilated` reaches ~9 GFLOP/s forward+backward,
-the same product as a matmul ~60. `conv2d` therefore routes each case to the fastest
-formulation; every path computes exactly `lax.conv_general_dilated` (NHWC, HWIO).
+XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
+equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
+formulation measured by `tools/conv_microbench.py` (ResNet-50 shapes, forward+backward):
+
+  1x1 (any stride/padding)        one 2-D matmul on the (sub-sampled) pixels
+  k x k, >= 256 output pixels     XLA conv forward and input gradient, kernel gradient as
+                                  cache-sized im2col matmuls (custom VJP)
+  k x k, fewer output pixels      im2col: concatenated taps, one matmul
+  groups, dilation, negative pads lax.conv_general_dilated itself
+
+Every path computes `lax.conv_general_dilated` (NHWC, HWIO) up to float rounding. `max_pool`'s
+backward is a custom VJP too. Custom VJPs support reverse mode (also grad-of-grad) but not
+forward mode (`jax.jvp`/`jacfwd`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -15,10 +25,35 @@ import jax.numpy as jnp
 from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+_DN = ("NHWC", "HWIO", "NHWC")
+# k x k convs with at least this many output pixels per image run on XLA's own conv for the
+# forward and input gradient (fast: ~matmul speed) with a matmul kernel gradient; smaller
+# spatial extents (ResNet stages 3-4) are faster as one im2col matmul.
+_LAX_FORWARD_MIN_PIXELS = 256
+# Kernel-gradient patches are built this many bytes at a time, so they stay in cache.
+_PATCH_CHUNK_BYTES = 4 << 20
+_MAX_PATCH_CHUNKS = 16  # the chunk loop is unrolled: bound it for big batches
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _resolve_padding(padding: Padding, hw, khw, strides, dilation) -> Pads:
+    """Explicit ((top, bottom), (left, right)) pads, as lax computes them for a string."""
+    if isinstance(padding, str):
+        window = tuple((k - 1) * d + 1 for k, d in zip(khw, dilation))
+        return tuple(map(tuple, lax.padtype_to_pads(hw, window, strides, padding)))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _lax_conv(x, w, strides, pads, dilation=(1, 1), groups=1):
+    """The reference op; also the fallback for everything without a fast path."""
+    return lax.conv_general_dilated(
+        x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_DN, feature_group_count=groups
+    )
 
 
 def conv2d(
@@ -32,42 +67,157 @@ def conv2d(
 ) -> jax.Array:
     """NHWC x HWIO convolution; `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right))."""
     strides, dilation = _pair(strides), _pair(dilation)
-    kh, kw = w.shape[:2]
-    if (kh, kw) == (1, 1) and groups == 1 and padding in ("SAME", "VALID"):
-        # A 1x1 conv is a matmul over channels; strides subsample first (SAME adds no padding).
-        if strides != (1, 1):
-            x = x[:, :: strides[0], :: strides[1], :]
-        return jnp.einsum("nhwc,co->nhwo", x, w[0, 0])
-    return lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=strides,
-        padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
+    khw = tuple(w.shape[:2])
+    pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
+    plain = groups == 1 and dilation == (1, 1) and x.dtype == w.dtype and min(min(p) for p in pads) >= 0
+    if not plain:
+        return _lax_conv(x, w, strides, pads, dilation, groups)
+    if khw == (1, 1):
+        return _conv_1x1(x, w, strides, pads)
+    oh, ow = (_out_size(x.shape[i + 1] + sum(pads[i]), khw[i], strides[i]) for i in range(2))
+    if oh * ow >= _LAX_FORWARD_MIN_PIXELS:
+        return _conv_matmul_kernel_grad(x, w, strides, pads)
+    return _im2col_conv(x, w, strides, pads)
+
+
+def _pad(x: jax.Array, pads: Pads, value=0.0) -> jax.Array:
+    """Spatial padding; a no-op (no copy) when all pads are zero."""
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
+
+
+def _out_size(size: int, k: int, s: int) -> int:
+    """Output length of a VALID window of k with stride s over an (already padded) axis."""
+    return (size - k) // s + 1
+
+
+def _matmul_nhwc(x: jax.Array, w2d: jax.Array) -> jax.Array:
+    """(n, h, w, k) @ (k, o) as one 2-D matmul: XLA:CPU's fastest product, also in backward."""
+    n, h, wd, k = x.shape
+    return (x.reshape(n * h * wd, k) @ w2d).reshape(n, h, wd, w2d.shape[-1])
+
+
+def _conv_1x1(x, w, strides, pads):
+    """A 1x1 conv is a matmul over channels; padding and striding just select input pixels."""
+    x = _pad(x, pads)
+    if strides != (1, 1):
+        x = x[:, :: strides[0], :: strides[1], :]
+    return _matmul_nhwc(x, w[0, 0])
+
+
+def _taps(xp: jax.Array, khw, strides, out_hw) -> list[jax.Array]:
+    """The kh*kw (strided) views of the padded input that each kernel tap multiplies."""
+    n, _, _, c = xp.shape
+    (kh, kw), (sh, sw), (oh, ow) = khw, strides, out_hw
+    return [
+        lax.slice(xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _im2col_conv(x, w, strides, pads):
+    """Concatenate the taps on the channel axis, then one matmul (backward: two matmuls)."""
+    kh, kw, c, o = w.shape
+    xp = _pad(x, pads)
+    out_hw = (_out_size(xp.shape[1], kh, strides[0]), _out_size(xp.shape[2], kw, strides[1]))
+    return _matmul_nhwc(_patches(xp, (kh, kw), strides, out_hw), w.reshape(kh * kw * c, o))
+
+
+def _patches(xp, khw, strides, out_hw):
+    """im2col: the taps concatenated on the channel axis, (n, oh, ow, kh * kw * c)."""
+    return jnp.concatenate(_taps(xp, khw, strides, out_hw), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_kernel_grad(x, w, strides, pads):
+    """lax's conv, whose forward and input gradient are fast; the kernel gradient is ours."""
+    return _lax_conv(x, w, strides, pads)
+
+
+def _conv_matmul_kernel_grad_fwd(x, w, strides, pads):
+    return _lax_conv(x, w, strides, pads), (x, w)
+
+
+def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
+    """XLA's input gradient (a conv, fast); kernel gradient as patches^T @ g, in batch chunks.
+
+    XLA:CPU computes the kernel gradient as a conv with a g-sized window, ~5-15x slower than
+    the matmul; chunking keeps each chunk's patches (kh*kw times the input) cache-resident.
+    """
+    x, w = res
+    kh, kw, c, o = w.shape
+    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, pads), x)[1](g)[0]
+    xp = _pad(x, pads)
+    n, oh, ow, _ = g.shape
+    step = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * c * x.dtype.itemsize), -(-n // _MAX_PATCH_CHUNKS))
+    dw = jnp.zeros((kh * kw * c, o), jnp.float32) if n == 0 else None
+    for b in range(0, n, step):
+        p = _patches(xp[b : b + step], (kh, kw), strides, (oh, ow)).reshape(-1, kh * kw * c)
+        part = jnp.matmul(p.T, g[b : b + step].reshape(-1, o), preferred_element_type=jnp.float32)
+        dw = part if dw is None else dw + part  # f32 sum, so bf16 chunks lose nothing
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
+
+
+# ----------------------------------------------------------------------------- max pooling
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: str = "SAME") -> jax.Array:
-    """Max pooling as a max over strided shifted views (its backward is elementwise selects)."""
-    n, h, w, c = x.shape
-    if padding == "SAME":
-        out_h, out_w = -(-h // stride), -(-w // stride)
-        ph = max((out_h - 1) * stride + window - h, 0)
-        pw = max((out_w - 1) * stride + window - w, 0)
-        pads = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
-        x = jnp.pad(x, pads, constant_values=-jnp.inf)
-    elif padding == "VALID":
-        out_h, out_w = (h - window) // stride + 1, (w - window) // stride + 1
-    else:
+    """Max pooling (-inf padding), equal to `lax.reduce_window(x, -inf, lax.max, ...)`.
+
+    The forward is a max over the window's strided views; the backward routes each output's
+    gradient to the first maximal element of its window (as reduce_window's does) with
+    elementwise selects, instead of XLA:CPU's ~20x slower select-and-scatter.
+    """
+    if padding not in ("SAME", "VALID"):
         raise ValueError(f"max_pool padding must be 'SAME' or 'VALID', got {padding!r}")
-    views = [
-        x[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :]
-        for i in range(window)
-        for j in range(window)
-    ]
-    out = views[0]
-    for v in views[1:]:
-        out = jnp.maximum(out, v)
-    return out
+    pads = _resolve_padding(padding, x.shape[1:3], (window, window), (stride, stride), (1, 1))
+    return _max_pool(x, window, stride, pads, tuple(x.shape))
+
+
+def _pool_views(x, window, stride, pads):
+    """The window's strided views of the -inf padded input."""
+    xp = _pad(x, pads, -jnp.inf)
+    out_hw = (_out_size(xp.shape[1], window, stride), _out_size(xp.shape[2], window, stride))
+    return _taps(xp, (window, window), (stride, stride), out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(x, window, stride, pads, x_shape):
+    views = _pool_views(x, window, stride, pads)
+    return functools.reduce(jnp.maximum, views)
+
+
+def _max_pool_fwd(x, window, stride, pads, x_shape):
+    views = _pool_views(x, window, stride, pads)
+    out = functools.reduce(jnp.maximum, views)
+    # Index of the first view attaining the max; int8 keeps the residual 4x smaller than x.
+    dtype = jnp.int8 if len(views) <= 127 else jnp.int32
+    first = jnp.zeros(out.shape, dtype)
+    for k in range(len(views) - 1, -1, -1):
+        first = jnp.where(views[k] == out, jnp.asarray(k, dtype), first)
+    return out, first
+
+
+def _max_pool_bwd(window, stride, pads, x_shape, first, g):
+    (top, bottom), (left, right) = pads
+    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    _, oh, ow, _ = g.shape
+    zero = jnp.zeros((), g.dtype)
+    dxp = None
+    for k in range(window * window):
+        i, j = divmod(k, window)
+        contrib = jnp.where(first == k, g, zero)
+        # Put the view's gradient back where the view was read: an interior (strided) pad.
+        rows = (i, hp - i - (oh - 1) * stride - 1, stride - 1)
+        cols = (j, wp - j - (ow - 1) * stride - 1, stride - 1)
+        spread = lax.pad(contrib, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
+        dxp = spread if dxp is None else dxp + spread
+    return (lax.slice(dxp, (0, top, left, 0), (x_shape[0], top + x_shape[1], left + x_shape[2], x_shape[3])),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -1,0 +1,176 @@
+"""conv2d / max_pool equal lax.conv_general_dilated / lax.reduce_window, values and gradients."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from nf.layers import conv_ops
+from nf.layers.conv_ops import conv2d, max_pool
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _ref_conv(x, w, *, strides, padding, dilation, groups):
+    s = (strides, strides) if isinstance(strides, int) else strides
+    d = (dilation, dilation) if isinstance(dilation, int) else dilation
+    return lax.conv_general_dilated(x, w, s, padding, rhs_dilation=d, dimension_numbers=DN, feature_group_count=groups)
+
+
+def _assert_close(got, want, rtol=1e-5):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(float(np.max(np.abs(want))), 1e-30))
+
+
+CONV_CASES = [
+    # (hw, cin, cout, k, strides, padding, dilation, groups)
+    ((8, 8), 16, 24, 1, 1, "SAME", 1, 1),
+    ((8, 8), 16, 24, 1, 2, "SAME", 1, 1),
+    ((9, 7), 16, 24, 1, 2, "VALID", 1, 1),
+    ((8, 8), 8, 8, 1, 1, ((1, 0), (2, 1)), 1, 1),
+    ((8, 8), 16, 16, 3, 1, "SAME", 1, 1),
+    ((8, 8), 16, 16, 3, 2, "SAME", 1, 1),
+    ((8, 8), 16, 16, 3, 1, "VALID", 1, 1),
+    ((8, 8), 16, 16, 3, 2, ((0, 2), (2, 0)), 1, 1),
+    ((7, 7), 8, 16, 3, 2, "SAME", 1, 1),
+    ((9, 9), 8, 16, 3, 2, "SAME", 1, 1),
+    ((9, 9), 8, 16, 3, 2, "VALID", 1, 1),
+    ((9, 7), 8, 16, 3, (2, 1), "SAME", 1, 1),
+    ((16, 16), 3, 8, 7, 2, "SAME", 1, 1),
+    ((15, 13), 3, 8, 7, 2, "SAME", 1, 1),
+    ((9, 9), 4, 8, 5, 3, "SAME", 1, 1),
+    ((8, 8), 8, 8, 3, 1, "SAME", 2, 1),
+    ((9, 9), 8, 8, 3, 2, "SAME", 2, 1),
+    ((8, 8), 8, 16, 3, 1, "SAME", 1, 2),
+    ((8, 8), 16, 16, 3, 2, "SAME", 1, 4),
+    ((8, 8), 16, 16, 1, 1, "SAME", 1, 4),
+    ((6, 6), 4, 6, (1, 3), 1, "SAME", 1, 1),
+    ((8, 8), 8, 8, 3, 1, ((-1, 2), (1, 0)), 1, 1),
+]
+
+
+def _normal(rng, shape):
+    return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+
+# Compiling dominates this file's run time; LLVM's -O0 halves it and leaves the math alone.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _vjp_all(f, proj, *args):
+    """f(*args) and the vjp of `proj` w.r.t. every argument, in one jit."""
+
+    def body(proj, *args):
+        y, vjp = jax.vjp(f, *args)
+        return y, *vjp(proj)
+
+    return jax.jit(body).lower(proj, *args).compile(_FAST_COMPILE)(proj, *args)
+
+
+@functools.cache
+def _conv_case(index):
+    """Inputs, projection and lax's (y, dx, dw) for CONV_CASES[index]."""
+    hw, cin, cout, k, strides, padding, dilation, groups = CONV_CASES[index]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(index)
+    x = _normal(rng, (2, *hw, cin))
+    w = _normal(rng, (kh, kw, cin // groups, cout))
+    opts = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
+    ref = functools.partial(_ref_conv, **opts)
+    proj = _normal(rng, jax.eval_shape(ref, x, w).shape)
+    return opts, (x, w, proj), _vjp_all(ref, proj, x, w)
+
+
+# Every k x k case runs through both of conv2d's k x k formulations (XLA conv forward with a
+# matmul kernel gradient, or one im2col matmul), whatever its size would pick.
+_PATHS = {"xla_fwd": 0, "im2col": 10**9}
+
+
+@pytest.mark.parametrize("path", _PATHS)
+@pytest.mark.parametrize("index", range(len(CONV_CASES)), ids=[str(c) for c in CONV_CASES])
+def test_conv2d_matches_lax(index, path, monkeypatch):
+    _, _, _, k, _, padding, dilation, groups = CONV_CASES[index]
+    falls_back = dilation != 1 or groups != 1 or (not isinstance(padding, str) and min(map(min, padding)) < 0)
+    if path != "xla_fwd" and (k == 1 or falls_back):
+        pytest.skip("a single path: 1x1 matmul or lax.conv_general_dilated itself")
+    monkeypatch.setattr(conv_ops, "_LAX_FORWARD_MIN_PIXELS", _PATHS[path])
+    opts, (x, w, proj), want = _conv_case(index)
+    got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
+    for g, r in zip(got, want):  # y, dx, dw
+        _assert_close(g, r)
+
+
+def _both_orders(conv):
+    """Gradients of a loss and of a gradient penalty (grad-of-grad) w.r.t. x and w."""
+    rng = np.random.default_rng(7)
+    x, w = _normal(rng, (2, 9, 9, 8)), _normal(rng, (3, 3, 8, 8)) / 9.0
+
+    def loss(x, w):
+        return jnp.sum(jnp.tanh(conv(x, w)))
+
+    def penalty(x, w):
+        return jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2)
+
+    def body(x, w):
+        return jax.grad(loss, argnums=(0, 1))(x, w), jax.grad(penalty, argnums=(0, 1))(x, w)
+
+    return jax.jit(body).lower(x, w).compile(_FAST_COMPILE)(x, w)
+
+
+@functools.cache
+def _second_order_ref():
+    return _both_orders(functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=1))
+
+
+@pytest.mark.parametrize("path", _PATHS)
+def test_conv2d_second_order(path, monkeypatch):
+    """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
+    monkeypatch.setattr(conv_ops, "_LAX_FORWARD_MIN_PIXELS", _PATHS[path])
+    got = _both_orders(functools.partial(conv2d, strides=2))
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref())):
+        _assert_close(g, r, rtol=1e-4)
+
+
+def _ref_pool(x, window, stride, padding):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
+
+
+POOL_CASES = [
+    # (hw, window, stride, padding)
+    ((16, 16), 3, 2, "SAME"),
+    ((9, 9), 3, 2, "SAME"),
+    ((7, 10), 3, 2, "SAME"),
+    ((9, 9), 3, 2, "VALID"),
+    ((8, 8), 2, 2, "SAME"),
+    ((8, 8), 3, 1, "SAME"),
+    ((11, 11), 5, 3, "SAME"),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_max_pool_matches_reduce_window(case):
+    """Values and gradients equal; on ties each window's gradient goes to its first max."""
+    hw, window, stride, padding = case
+    rng = np.random.default_rng(100 + POOL_CASES.index(case))
+    x = rng.standard_normal((2, *hw, 8), dtype=np.float32)
+    if case == POOL_CASES[0]:  # post-ReLU zeros and constant rows: windows full of ties
+        x = np.maximum(x, 0.0)
+        x[:, :5] = 1.0
+    x = jnp.asarray(x)
+    ref = functools.partial(_ref_pool, window=window, stride=stride, padding=padding)
+    proj = _normal(rng, jax.eval_shape(ref, x).shape)
+    want = _vjp_all(ref, proj, x)
+    got = _vjp_all(lambda x: max_pool(x, window, stride, padding), proj, x)
+    for g, r in zip(got, want):  # y, dx
+        _assert_close(g, r, rtol=1e-6)
+
+
+def test_max_pool_rejects_unknown_padding():
+    with pytest.raises(ValueError):
+        max_pool(jnp.zeros((1, 4, 4, 1)), 3, 2, "FULL")
