@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train = "data/digits/train"
     config.data.eval = "data/digits/test"
     config.data.image_size = 32
+    config.data.eval_image_size = 0  # 0 = image_size
     config.data.crop_area_range = (0.5, 1.0)  # digits fill the frame; ImageNet uses (0.08, 1)
     config.data.hflip = False  # a mirrored digit is another symbol
     config.data.workers = 0

@@ -380,7 +380,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config_file, 
     rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log")
     assert rc != 0
     assert "NonFiniteLossError" in out and "at step 3;" in out, _tail(out)
-    assert "is intact (step 2)" in out, _tail(out)
+    assert "last good checkpoint (step 2)" in out and "is intact" in out, _tail(out)
     train = _train(read_metrics(workdir))
     assert [m["step"] for m in train] == [1, 2]
     assert train[1]["learning_rate"] == pytest.approx(1e6 / 3, rel=1e-6)  # the --config overrides reached the run
