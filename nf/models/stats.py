@@ -96,15 +96,23 @@ def xla_flops(fn: Callable[..., Any], *args: Any, compiled: bool = True, unroll:
     lowered, unoptimized one (no compile, ~1% higher: it still holds ops XLA later removes).
     `unroll=True` unrolls scans so loop bodies are counted once per iteration.
     """
+    def fresh(*a):  # a new function object: jit's trace cache must not return a jaxpr traced
+        return fn(*a)  # earlier, without the unrolling
+
     ctx = unrolled_scans() if unroll else contextlib.nullcontext()
     with ctx:
-        lowered = jax.jit(fn).lower(*args)
+        lowered = jax.jit(fresh).lower(*args)
     return _cost_flops(lowered.compile().cost_analysis() if compiled else lowered.cost_analysis())
 
 
 def forward_flops(
-    model: ModelOrFactory, image_size: int, *, batch_size: int = 1, in_channels: int | None = None,
-    train: bool = False, compiled: bool = True,
+    model: ModelOrFactory,
+    image_size: int,
+    *,
+    batch_size: int = 1,
+    in_channels: int | None = None,
+    train: bool = False,
+    compiled: bool = True,
 ) -> float:
     """FLOPs of one forward pass on a `(batch_size, image_size, image_size, C)` float32 batch."""
     graphdef, variables, rest = abstract_model(model)
@@ -136,5 +144,5 @@ def model_stats(name: str, image_size: int | None = None, *, compiled: bool = Tr
         "model": name,
         "image_size": int(image_size),
         "params": count_params(factory),
-        "macs": int(round(forward_macs(factory, image_size, compiled=compiled))),
+        "macs": round(forward_macs(factory, image_size, compiled=compiled)),
     }

@@ -1,0 +1,66 @@
+"""Parameter / MAC counting (nf.models.stats) and the tools/model_stats.py CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nf.models import RESNET_DEPTHS, create_model
+from nf.models.stats import count_params, forward_macs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def analytic_resnet_macs(depths, image_size, *, widths=(256, 512, 1024, 2048), strides=(1, 2, 2, 2),
+                         stem_width=64, in_channels=3, ratio=0.25, num_classes=1000, groups=1):
+    """Sum of k*k*cin*cout*Hout*Wout/groups over every conv, plus the linear head ('SAME' padding)."""
+
+    def conv(k, cin, cout, size_out, g=1):
+        return k * k * cin * cout * size_out * size_out // g
+
+    size = math.ceil(image_size / 2)
+    total = conv(7, in_channels, stem_width, size)  # 7x7/2 stem
+    size = math.ceil(size / 2)  # 3x3/2 max-pool (no MACs)
+    cin = stem_width
+    for depth, width, stride in zip(depths, widths, strides):
+        for j in range(depth):
+            s = stride if j == 0 else 1
+            out_size, mid = math.ceil(size / s), int(width * ratio)
+            if s > 1 or cin != width:
+                total += conv(1, cin, width, out_size)  # strided 1x1 shortcut
+            total += conv(1, cin, mid, size)  # 1x1 at the input resolution
+            total += conv(3, mid, mid, out_size, groups)  # 3x3 carries the stride
+            total += conv(1, mid, width, out_size)
+            size, cin = out_size, width
+    return total + cin * num_classes
+
+
+def test_nf_resnet50_param_count():
+    assert count_params(lambda: create_model("nf_resnet50")) == 25_557_048
+
+
+def test_param_count_accepts_a_module():
+    model = create_model("nf_resnet26", num_classes=10)
+    assert count_params(model) == count_params(lambda: create_model("nf_resnet26", num_classes=10))
+
+
+def test_nf_resnet50_macs_match_analytic_count():
+    analytic = analytic_resnet_macs(RESNET_DEPTHS[50], 224)
+    assert analytic == pytest.approx(4.09e9, rel=0.01)  # the usual ResNet-50 figure
+    macs = forward_macs(lambda: create_model("nf_resnet50"), 224)
+    assert macs == pytest.approx(analytic, rel=0.03)
+
+
+def test_model_stats_cli_json():
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "model_stats.py"), "--models=nf_resnet26,bn_resnet26",
+           "--image_size=64", "--cost=lowered", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, timeout=600).stdout
+    rows = json.loads(out)
+    assert [r["model"] for r in rows] == ["nf_resnet26", "bn_resnet26"]
+    for row in rows:
+        assert set(row) == {"model", "image_size", "params", "macs"}
+        assert row["image_size"] == 64 and row["params"] > 0 and row["macs"] > 0
+    assert rows[0]["params"] == count_params(lambda: create_model("nf_resnet26"))
