@@ -14,8 +14,18 @@ from nf.models.stats import count_params, forward_macs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def analytic_resnet_macs(depths, image_size, *, widths=(256, 512, 1024, 2048), strides=(1, 2, 2, 2),
-                         stem_width=64, in_channels=3, ratio=0.25, num_classes=1000, groups=1):
+def analytic_resnet_macs(
+    depths,
+    image_size,
+    *,
+    widths=(256, 512, 1024, 2048),
+    strides=(1, 2, 2, 2),
+    stem_width=64,
+    in_channels=3,
+    ratio=0.25,
+    num_classes=1000,
+    groups=1,
+):
     """Sum of k*k*cin*cout*Hout*Wout/groups over every conv, plus the linear head ('SAME' padding)."""
 
     def conv(k, cin, cout, size_out, g=1):
@@ -55,8 +65,14 @@ def test_nf_resnet50_macs_match_analytic_count():
 
 
 def test_model_stats_cli_json():
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "model_stats.py"), "--models=nf_resnet26,bn_resnet26",
-           "--image_size=64", "--cost=lowered", "--json"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "model_stats.py"),
+        "--models=nf_resnet26,bn_resnet26",
+        "--image_size=64",
+        "--cost=lowered",
+        "--json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, timeout=600).stdout
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["nf_resnet26", "bn_resnet26"]

@@ -58,16 +58,21 @@ _LR = flags.DEFINE_float("learning_rate", 1e-3, "SGD learning rate (small: keeps
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul for the peak.")
 _MATMUL_REPEATS = flags.DEFINE_integer("matmul_repeats", 10, "Timed matmuls for the start-up peak.")
 _MATMUL_ROUND_REPEATS = flags.DEFINE_integer(
-    "matmul_round_repeats", 3, "Matmuls timed in each round of the train-step timing (the reported peak).")
+    "matmul_round_repeats", 3, "Matmuls timed in each round of the train-step timing (the reported peak)."
+)
 _FLOPS_COST = flags.DEFINE_enum(
-    "flops_cost", "corrected", ["corrected", "compiled", "lowered"],
+    "flops_cost",
+    "corrected",
+    ["corrected", "compiled", "lowered"],
     "How model FLOPs per step are counted (XLA counts a scan body once): 'corrected' = cost analysis "
     "of the executed compiled step + the FLOPs the unrolled scans add in the cheap lowered analysis; "
     "'compiled' = compile the fully unrolled step (exact, a second slow compile); 'lowered' = the "
-    "unrolled step's unoptimized module only.")
+    "unrolled step's unoptimized module only.",
+)
 _COMPARE = flags.DEFINE_bool("compare", True, "Also time the ws=False, folded-inference and bn_ variants.")
 _COMPILE_ONLY = flags.DEFINE_list(
-    "compile_only_models", [], "Only compile the train step of these models and report compile seconds.")
+    "compile_only_models", [], "Only compile the train step of these models and report compile seconds."
+)
 _COMPILE_REPEATS = flags.DEFINE_integer("compile_repeats", 1, "Interleaved compiles per model (median).")
 
 
@@ -91,8 +96,9 @@ def interleaved_medians(fns: dict[str, Callable[[int], Any]], steps: int, warmup
             start = time.perf_counter()
             fns[name](warmup + r)
             times[name].append(time.perf_counter() - start)
-    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t}
-            for name, t in times.items()}
+    return {
+        name: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t} for name, t in times.items()
+    }
 
 
 class MatmulProbe:
@@ -129,7 +135,8 @@ def memory_stats(compiled) -> dict[str, int | None]:
     keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
     out = {k: (int(getattr(mem, k)) if mem is not None and hasattr(mem, k) else None) for k in keys}
     out["temp_plus_argument_bytes"] = (
-        None if out["temp_size_in_bytes"] is None else out["temp_size_in_bytes"] + out["argument_size_in_bytes"])
+        None if out["temp_size_in_bytes"] is None else out["temp_size_in_bytes"] + out["argument_size_in_bytes"]
+    )
     return out
 
 
@@ -208,8 +215,10 @@ class TrainRunner:
     def model_flops(self, method: str) -> dict[str, float]:
         """FLOPs per step with every block counted (see --flops_cost)."""
         specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (*self.state, *self.batch, self.key))
-        out = {"executed_compiled": self.executed_cost_flops(),
-               "lowered_unrolled": xla_flops(self.step_fn, *specs, compiled=False, unroll=True)}
+        out = {
+            "executed_compiled": self.executed_cost_flops(),
+            "lowered_unrolled": xla_flops(self.step_fn, *specs, compiled=False, unroll=True),
+        }
         if method == "corrected":
             out["lowered_scanned"] = xla_flops(self.step_fn, *specs, compiled=False, unroll=False)
             out["model"] = out["executed_compiled"] + out["lowered_unrolled"] - out["lowered_scanned"]
@@ -276,9 +285,15 @@ def log(msg: str) -> None:
 def run_benchmark() -> dict[str, Any]:
     name, size, bs, seed = _MODEL.value, _IMAGE_SIZE.value, _BATCH_SIZE.value, _SEED.value
     result: dict[str, Any] = {
-        "model": name, "image_size": size, "batch_size": bs, "steps": _STEPS.value, "warmup": _WARMUP.value,
-        "jax_version": jax.__version__, "device": str(jax.devices()[0].device_kind),
-        "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+        "model": name,
+        "image_size": size,
+        "batch_size": bs,
+        "steps": _STEPS.value,
+        "warmup": _WARMUP.value,
+        "jax_version": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
     }
     log("matmul peak ...")
     result["matmul_peak_flops_start"] = matmul_peak_flops(_MATMUL_SIZE.value, _MATMUL_REPEATS.value)
@@ -331,7 +346,8 @@ def run_benchmark() -> dict[str, Any]:
     result["peak_flops_fraction"] = result["achieved_flops"] / result["matmul_peak_flops"]
     # Per round: the step's FLOP/s over the matmul's FLOP/s measured right next to it.
     result["peak_flops_fraction_paired"] = statistics.median(
-        (flops / s) / (probe.flops / m) for s, m in zip(t["nf"]["times"], matmul_s))
+        (flops / s) / (probe.flops / m) for s, m in zip(t["nf"]["times"], matmul_s)
+    )
     result["peak_flops_fraction_best"] = (flops / t["nf"]["min"]) / result["matmul_peak_flops_best"]
     result["ws_overhead"] = t["nf"]["median"] / t["plain"]["median"] - 1 if "plain" in t else None
     result["ws_overhead_paired"] = paired_ratio(t, "nf", "plain") - 1 if "plain" in t else None
@@ -383,7 +399,9 @@ def run_compile_comparison(names: list[str]) -> dict[str, Any]:
     med = {n: {k: statistics.median(run[k] for run in runs[n]) for k in runs[n][0]} for n in names}
     base = med[names[0]]["compile_seconds"]
     return {
-        "image_size": _IMAGE_SIZE.value, "batch_size": _BATCH_SIZE.value, "repeats": _COMPILE_REPEATS.value,
+        "image_size": _IMAGE_SIZE.value,
+        "batch_size": _BATCH_SIZE.value,
+        "repeats": _COMPILE_REPEATS.value,
         "loadavg": os.getloadavg()[0],
         "compile_seconds": {n: med[n]["compile_seconds"] for n in names},
         "lower_seconds": {n: med[n]["lower_seconds"] for n in names},

@@ -29,14 +29,19 @@ from nf.models.stats import model_stats
 _MODELS = flags.DEFINE_list("models", [], "Comma-separated model names; default: every registered model.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input resolution; default: each model's DEFAULT_IMAGE_SIZE.")
 _JSON = flags.DEFINE_bool("json", False, 'Print `[{"model", "image_size", "params", "macs"}]` as JSON.')
-_COST = flags.DEFINE_enum("cost", "compiled", ["compiled", "lowered"],
-                          "Cost analysis of the optimized (compiled) or the unoptimized (lowered) module.")
+_COST = flags.DEFINE_enum(
+    "cost",
+    "compiled",
+    ["compiled", "lowered"],
+    "Cost analysis of the optimized (compiled) or the unoptimized (lowered) module.",
+)
 
 
 def format_table(rows: list[dict]) -> str:
     headers = ("model", "image_size", "params", "macs", "GMACs")
-    cells = [(r["model"], str(r["image_size"]), f"{r['params']:,}", f"{r['macs']:,}", f"{r['macs'] / 1e9:.3f}")
-             for r in rows]
+    cells = [
+        (r["model"], str(r["image_size"]), f"{r['params']:,}", f"{r['macs']:,}", f"{r['macs'] / 1e9:.3f}") for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     lines.append("  ".join("-" * w for w in widths))

@@ -96,6 +96,7 @@ def xla_flops(fn: Callable[..., Any], *args: Any, compiled: bool = True, unroll:
     lowered, unoptimized one (no compile, ~1% higher: it still holds ops XLA later removes).
     `unroll=True` unrolls scans so loop bodies are counted once per iteration.
     """
+
     def fresh(*a):  # a new function object: jit's trace cache must not return a jaxpr traced
         return fn(*a)  # earlier, without the unrolling
 
