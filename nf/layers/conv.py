@@ -26,15 +26,17 @@ HE_NORMAL = he_normal()
 def standardize_weight(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPS) -> jax.Array:
     """Scaled WS: `(W - mean) * gain / sqrt(max(fan_in * var, eps))` per output channel.
 
-    Reduces over the last three-but-one axes (kh, kw, cin), so a stacked (scanned) kernel of
-    shape (n, kh, kw, cin, cout) standardizes each member independently.
+    Reduces over (kh, kw, cin) as one flattened fan-in axis (a 2-D reduction is markedly faster on
+    XLA:CPU), so a stacked (scanned) kernel of shape (n, kh, kw, cin, cout) standardizes each
+    member independently.
     """
-    axes = (-4, -3, -2)
-    fan_in = kernel.shape[-4] * kernel.shape[-3] * kernel.shape[-2]
-    mean = jnp.mean(kernel, axis=axes, keepdims=True)
-    var = jnp.var(kernel, axis=axes, keepdims=True)
-    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * jnp.expand_dims(gain, axes)
-    return (kernel - mean) * scale
+    shape = kernel.shape
+    fan_in = shape[-4] * shape[-3] * shape[-2]
+    w = kernel.reshape(*shape[:-4], fan_in, shape[-1])
+    mean = jnp.mean(w, axis=-2, keepdims=True)
+    var = jnp.var(w, axis=-2, keepdims=True)
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * jnp.expand_dims(gain, -2)
+    return ((w - mean) * scale).reshape(shape)
 
 
 class Conv(nnx.Module):

@@ -98,6 +98,7 @@ class Stage(nnx.Module):
         def body(h, xs):
             block_state, beta, rate, block_key = xs
             block = nnx.merge(graphdef, block_state)
+            rate = rate if any(self.drop_rates) else 0.0  # static 0: no random draws at all
             h, r = block(h, beta=beta, drop_rate=rate, key=block_key, train=train)
             out_stats = signal_stats(h, r) if collect_stats else None
             # Only non-parameter state (e.g. BatchNorm running averages) changes in a forward pass.
