@@ -86,6 +86,16 @@ def test_standardize_weight_matches_numpy():
     np.testing.assert_allclose(got, np_standardize(w, gain), rtol=1e-4, atol=1e-6)
 
 
+def test_ws_kernel_gradient_has_zero_mean_over_fan_in():
+    """The output ignores the kernel's mean, so training never grows it (one-pass variance stays exact)."""
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(0.0, 1.0, (3, 3, 8, 12)).astype(np.float32))
+    gain = jnp.asarray(rng.uniform(0.5, 2.0, (12,)).astype(np.float32))
+    dy = jnp.asarray(rng.normal(size=(3, 3, 8, 12)).astype(np.float32))
+    grad = np.asarray(jax.grad(lambda k: jnp.sum(standardize_weight(k, gain) * dy))(w), np.float64)
+    assert np.abs(grad.mean(axis=(0, 1, 2))).max() < 1e-6 * np.abs(grad).max()
+
+
 def test_standardized_kernel_zero_mean_unit_fan_in_variance():
     rng = np.random.default_rng(1)
     w = rng.normal(-2.0, 0.3, (5, 3, 6, 16)).astype(np.float32)

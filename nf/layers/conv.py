@@ -26,17 +26,20 @@ HE_NORMAL = he_normal()
 def standardize_weight(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPS) -> jax.Array:
     """Scaled WS: `(W - mean) * gain / sqrt(max(fan_in * var, eps))` per output channel.
 
-    Reduces over (kh, kw, cin) as one flattened fan-in axis (a 2-D reduction is markedly faster on
-    XLA:CPU), so a stacked (scanned) kernel of shape (n, kh, kw, cin, cout) standardizes each
-    member independently.
+    Reduces over (kh, kw, cin) as one flattened fan-in axis, so a stacked (scanned) kernel of shape
+    (n, kh, kw, cin, cout) standardizes each member independently. Mean and mean square come from
+    one pass over the weights (`var = E[w^2] - mean^2`): on XLA:CPU this halves the backward's cost
+    against two-pass `jnp.var`. Precision holds because |mean| stays below std: the output ignores
+    the kernel's mean, so its gradient has zero mean over fan-in and training (SGD, weight decay,
+    AGC) only ever shrinks the mean it had at init.
     """
     shape = kernel.shape
     fan_in = shape[-4] * shape[-3] * shape[-2]
     w = kernel.reshape(*shape[:-4], fan_in, shape[-1])
     mean = jnp.mean(w, axis=-2, keepdims=True)
-    var = jnp.var(w, axis=-2, keepdims=True)
+    var = jnp.maximum(jnp.mean(w * w, axis=-2, keepdims=True) - mean * mean, 0.0)
     scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * jnp.expand_dims(gain, -2)
-    return ((w - mean) * scale).reshape(shape)
+    return (w * scale - mean * scale).reshape(shape)
 
 
 class Conv(nnx.Module):

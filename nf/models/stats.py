@@ -2,8 +2,12 @@
 
 - `count_params`: number of `nnx.Param` scalars, from an abstract model (`nnx.eval_shape`: no
   parameter memory is allocated).
-- `forward_flops` / `forward_macs`: FLOPs from XLA's cost analysis of the jitted forward pass
-  (`jax.jit(f).lower(...).compile().cost_analysis()['flops']`); MACs are FLOPs / 2.
+- `forward_macs`: multiply-accumulates of the convolutions and matrix products of the forward
+  pass, read from its jaxpr (no compile): every output element of a conv costs kh*kw*cin/groups,
+  of a matmul the contracted size; scan bodies count once per iteration. This is the convention of
+  published figures (NFNet-F0: 12.38B at 256px) and counts padded positions like any other.
+- `xla_flops`: FLOPs from XLA's cost analysis of a jitted function (what the benchmark divides by
+  time; XLA skips padded positions and adds element-wise work).
 
 XLA's cost analysis counts the body of a `while` loop once, whatever its trip count, so a
 network whose stages run under `jax.lax.scan` would be undercounted (NF-ResNet-50 would
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.extend import core as jex_core
 
 ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
@@ -106,16 +112,39 @@ def xla_flops(fn: Callable[..., Any], *args: Any, compiled: bool = True, unroll:
     return _cost_flops(lowered.compile().cost_analysis() if compiled else lowered.cost_analysis())
 
 
-def forward_flops(
+def jaxpr_macs(jaxpr: jex_core.Jaxpr) -> int:
+    """Conv + dot_general multiply-accumulates of a jaxpr, recursing into sub-jaxprs (scans × length,
+    conds: the most expensive branch, while loops: one iteration)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            out = eqn.outvars[0].aval.shape
+            rhs = eqn.invars[1].aval.shape
+            out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
+            total += math.prod(out) * math.prod(rhs) // rhs[out_feature_dim]
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+        elif name == "cond":
+            total += max(jaxpr_macs(b.jaxpr) for b in eqn.params["branches"])
+        else:
+            subs = [v for v in eqn.params.values() if isinstance(v, (jex_core.Jaxpr, jex_core.ClosedJaxpr))]
+            inner = sum(jaxpr_macs(getattr(sub, "jaxpr", sub)) for sub in subs)
+            total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def forward_macs(
     model: ModelOrFactory,
     image_size: int,
     *,
     batch_size: int = 1,
     in_channels: int | None = None,
     train: bool = False,
-    compiled: bool = True,
-) -> float:
-    """FLOPs of one forward pass on a `(batch_size, image_size, image_size, C)` float32 batch."""
+) -> int:
+    """Conv + matmul multiply-accumulates of one forward pass (see the module docstring)."""
     graphdef, variables, rest = abstract_model(model)
     if in_channels is None:
         in_channels = getattr(nnx.merge(graphdef, variables, rest), "in_channels", 3)
@@ -124,26 +153,21 @@ def forward_flops(
         return nnx.merge(graphdef, variables, rest)(x, train=train)
 
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
-    return xla_flops(forward, variables, x, compiled=compiled)
+    return jaxpr_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
 
 
-def forward_macs(model: ModelOrFactory, image_size: int, **kwargs: Any) -> float:
-    """Multiply-accumulates of one forward pass (cost-analysis FLOPs / 2)."""
-    return forward_flops(model, image_size, **kwargs) / 2
+def model_stats(name: str, image_sizes: tuple[int, ...] | None = None, **overrides: Any) -> dict:
+    """`{"model", "params", "macs": {size: MACs}}` of a registered model at batch 1, by default at
+    its train and test resolutions."""
+    from nf.models.registry import DEFAULT_IMAGE_SIZE, TEST_IMAGE_SIZE, create_model
 
-
-def model_stats(name: str, image_size: int | None = None, *, compiled: bool = True, **overrides: Any) -> dict:
-    """`{"model", "image_size", "params", "macs"}` of a registered model at batch 1."""
-    from nf.models.registry import DEFAULT_IMAGE_SIZE, create_model
-
-    image_size = image_size or DEFAULT_IMAGE_SIZE[name]
+    sizes = image_sizes or tuple(dict.fromkeys((DEFAULT_IMAGE_SIZE[name], TEST_IMAGE_SIZE[name])))
 
     def factory():
         return create_model(name, **overrides)
 
     return {
         "model": name,
-        "image_size": int(image_size),
         "params": count_params(factory),
-        "macs": round(forward_macs(factory, image_size, compiled=compiled)),
+        "macs": {int(size): forward_macs(factory, size) for size in sizes},
     }
