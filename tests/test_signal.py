@@ -29,8 +29,10 @@ DEPTHS = (8, 8, 8, 8)
 
 
 def small_config(stages: int = 4) -> dict:
-    return dict(depths=DEPTHS[:stages], widths=(128,) * stages, strides=(1, 2, 2, 2)[:stages], stem_width=64,
-                num_classes=10)
+    return dict(
+        depths=DEPTHS[:stages], widths=(128,) * stages, strides=(1, 2, 2, 2)[:stages], stem_width=64, num_classes=10
+    )
+
 
 IMAGE_SIZE, BATCH = 128, 8
 
@@ -150,8 +152,9 @@ def test_nf_resnet_without_ws_has_mean_shift():
     assert np.all(np.isfinite(sq))
     assert np.any(sq > var), (sq / var).max()
     assert (sq / var).max() > 2
-    assert (sq / var).max() > 100 * (spp("nf_resnet50")["avg_channel_squared_mean"] / spp("nf_resnet50")[
-        "avg_channel_variance"]).max()
+    assert (sq / var).max() > 100 * (
+        spp("nf_resnet50")["avg_channel_squared_mean"] / spp("nf_resnet50")["avg_channel_variance"]
+    ).max()
 
 
 def test_bn_relu_conv_baseline():
@@ -222,8 +225,11 @@ def test_check_finite_locates_later_stages():
     stats = {k: [1.0] * 10 for k in STAT_NAMES} | {"stage_ends": [2, 5, 9]}
     stats["residual_avg_channel_variance"][7] = float("nan")
     stats["residual_avg_channel_variance"][8] = float("inf")
-    with pytest.raises(ValueError, match=r"residual_avg_channel_variance: 2 of 10 blocks non-finite, first at "
-                                         r"block 7 \(stage 2, block 1 of the stage\).*blocks \[7, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"residual_avg_channel_variance: 2 of 10 blocks non-finite, first at "
+        r"block 7 \(stage 2, block 1 of the stage\).*blocks \[7, 8\]",
+    ):
         check_finite(stats, "m")
     check_finite({k: [1.0, 2.0] for k in STAT_NAMES}, "ok")
 
@@ -251,8 +257,9 @@ def test_load_images(tmp_path):
     batch = load_images(str(folder), 64, 2)
     assert batch.shape == (2, 64, 64, 3) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0], 0, atol=0.02)  # the mean colour normalises to 0
-    np.testing.assert_allclose(batch[1], np.broadcast_to((255 - mean) / (np.array([0.229, 0.224, 0.225]) * 255),
-                                                         (64, 64, 3)), atol=0.05)
+    np.testing.assert_allclose(
+        batch[1], np.broadcast_to((255 - mean) / (np.array([0.229, 0.224, 0.225]) * 255), (64, 64, 3)), atol=0.05
+    )
     with pytest.raises(ValueError, match="holds 2 JPEG/PNG"):
         load_images(str(folder), 64, 3)
     np.save(tmp_path / "x.npy", np.ones((3, 40, 60, 1), np.float32))  # [0, 1] floats, grayscale
@@ -265,8 +272,14 @@ def test_load_images(tmp_path):
 
 def run_tool(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "spp.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "spp.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_spp_tool_end_to_end(tmp_path):
@@ -274,9 +287,17 @@ def test_spp_tool_end_to_end(tmp_path):
     images = tmp_path / "images.npy"
     np.save(images, np.random.default_rng(0).integers(0, 256, (3, 72, 90, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    proc = run_tool("--models=nf_resnet50,bn_resnet50", f"--override=depths={depths}",
-                    "--override=widths=(32, 32)", "--override=strides=(1, 2)", "--override=stem_width=16",
-                    "--image_size=64", "--batch_size=2", f"--images={images}", f"--out={out}")
+    proc = run_tool(
+        "--models=nf_resnet50,bn_resnet50",
+        f"--override=depths={depths}",
+        "--override=widths=(32, 32)",
+        "--override=strides=(1, 2)",
+        "--override=stem_width=16",
+        "--image_size=64",
+        "--batch_size=2",
+        f"--images={images}",
+        f"--out={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out / "spp.png") in proc.stdout and "train=True" in proc.stdout
     with open(out / "spp.png", "rb") as f:

@@ -53,16 +53,25 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Number of images in the bat
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the model init and of the N(0, 1) inputs.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for spp.png and spp.json (created if missing).")
 _SKIP_GAIN = flags.DEFINE_string(
-    "skip_gain", "1", "Value for every SkipGain variable (default 1: SkipInit's 0 hides the residual branches); "
-    "'none' keeps each model's initial value.")
+    "skip_gain",
+    "1",
+    "Value for every SkipGain variable (default 1: SkipInit's 0 hides the residual branches); "
+    "'none' keeps each model's initial value.",
+)
 _IMAGES = flags.DEFINE_string("images", None, "Folder of JPEG/PNG images or a .npy NHWC array; default N(0, 1).")
 _LOG_SCALE = flags.DEFINE_bool("log_scale", False, "Logarithmic y axes.")
 _TRAIN_MODE = flags.DEFINE_enum(
-    "train_mode", "auto", ["auto", "true", "false"],
-    "Forward with train=True? 'auto': True for models containing BatchNorm (batch statistics), else False.")
+    "train_mode",
+    "auto",
+    ["auto", "true", "false"],
+    "Forward with train=True? 'auto': True for models containing BatchNorm (batch statistics), else False.",
+)
 _OVERRIDES = flags.DEFINE_multi_string(
-    "override", [], "Model option KEY=VALUE passed to create_model for every model (Python literal value), "
-    "e.g. --override=widths=(64,128,256,512). Repeatable.")
+    "override",
+    [],
+    "Model option KEY=VALUE passed to create_model for every model (Python literal value), "
+    "e.g. --override=widths=(64,128,256,512). Repeatable.",
+)
 
 
 def parse_skip_gain(text: str) -> float | None:
@@ -102,8 +111,11 @@ def main(argv):
         if flag.value <= 0:
             raise app.UsageError(f"--{name} must be positive, got {flag.value}")
     if _IMAGE_SIZE.value < 64:
-        print(f"warning: --image_size={_IMAGE_SIZE.value} < 64 distorts the statistics (3x3 convs on tiny maps "
-              "mostly see zero padding; REFERENCE §2)", file=sys.stderr)
+        print(
+            f"warning: --image_size={_IMAGE_SIZE.value} < 64 distorts the statistics (3x3 convs on tiny maps "
+            "mostly see zero padding; REFERENCE §2)",
+            file=sys.stderr,
+        )
     skip_gain = parse_skip_gain(_SKIP_GAIN.value)
     overrides = parse_overrides(_OVERRIDES.value)
 
@@ -133,8 +145,11 @@ def main(argv):
         done = time.perf_counter()
         n = len(stats["avg_channel_variance"])
         gain_note = f", {gains} skip gains set to {skip_gain:g}" if gains else ""
-        print(f"{name}: {n} residual blocks, train={train}{gain_note}; created in {created - start:.1f}s, "
-              f"forward (incl. compile) {done - created:.1f}s", flush=True)
+        print(
+            f"{name}: {n} residual blocks, train={train}{gain_note}; created in {created - start:.1f}s, "
+            f"forward (incl. compile) {done - created:.1f}s",
+            flush=True,
+        )
         try:
             check_finite(stats, name)
         except ValueError as e:

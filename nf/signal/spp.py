@@ -134,7 +134,6 @@ def plot_spp(results: Mapping[str, Mapping[str, Sequence[float]]], path: str, lo
     return path
 
 
-
 def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """HWC float image -> (size, size, C): bicubic resize of the shorter side to `size`, centre crop."""
     h, w = image.shape[:2]
@@ -162,8 +161,10 @@ def load_images(path: str, image_size: int, batch_size: int) -> np.ndarray:
 
         files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
         if len(files) < batch_size:
-            raise ValueError(f"{path!r} holds {len(files)} JPEG/PNG file(s); a batch of {batch_size} needs at least "
-                             "that many (use a smaller batch or add images)")
+            raise ValueError(
+                f"{path!r} holds {len(files)} JPEG/PNG file(s); a batch of {batch_size} needs at least "
+                "that many (use a smaller batch or add images)"
+            )
         images = []
         for f in files[:batch_size]:
             with Image.open(os.path.join(path, f)) as im:
@@ -175,8 +176,9 @@ def load_images(path: str, image_size: int, batch_size: int) -> np.ndarray:
         if array.ndim != 4 or array.shape[-1] not in (1, 3):
             raise ValueError(f"{path!r}: expected an NHWC array with 1 or 3 channels, got shape {array.shape}")
         if array.shape[0] < batch_size:
-            raise ValueError(f"{path!r} holds {array.shape[0]} image(s); a batch of {batch_size} needs at least "
-                             "that many")
+            raise ValueError(
+                f"{path!r} holds {array.shape[0]} image(s); a batch of {batch_size} needs at least that many"
+            )
         is_float = np.issubdtype(array.dtype, np.floating)
         array = array[:batch_size].astype(np.float32)
         if is_float and array.max() <= 1.0:
