@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 
 import jax
 from absl import logging
@@ -82,11 +84,12 @@ def initialize(
                 f"--process_id={process_id} is out of range for --num_processes={num_processes}: "
                 f"use 0 .. {num_processes - 1}, one distinct id per process (0 runs the coordinator)"
             )
-        if ":" not in coordinator_address:
-            raise ValueError(f"--coordinator_address={coordinator_address!r} must be HOST:PORT")
+        _split_address(coordinator_address)  # validates HOST:PORT
     elif mode == "off" or (mode == "auto" and not on_cloud_tpu()):
         return False
 
+    if given:  # the runtime aborts the process (no Python error) when it cannot connect: check first
+        check_coordinator(coordinator_address, process_id, num_processes, timeout_s)
     # CPU devices talk through gloo (no effect on TPU/GPU, whose collectives are built in).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = coordinator_address or "the address JAX detects for this cluster"
@@ -98,7 +101,7 @@ def initialize(
             process_id=process_id,
             initialization_timeout=timeout_s,
         )
-    except Exception as e:  # the runtime raises XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+    except Exception as e:  # where the runtime raises instead of aborting (e.g. XlaRuntimeError)
         who = f"process {process_id} of {num_processes}" if given else "this worker"
         raise CoordinatorError(
             f"Could not join the JAX cluster through the coordinator at {where} within {timeout_s} s "
@@ -110,9 +113,43 @@ def initialize(
     return True
 
 
-def is_writer() -> bool:
-    """The process that writes shared files (metrics, summaries, plots): process 0."""
-    return jax.process_index() == 0
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator_address={address!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_coordinator(address: str, process_id: int, num_processes: int, timeout_s: float) -> None:
+    """Process 0: HOST must be this machine and PORT free (it serves the coordinator there).
+    Others: wait up to `timeout_s` for HOST:PORT to accept connections. Raises CoordinatorError."""
+    host, port = _split_address(address)
+    who = f"process {process_id} of {num_processes}"
+    if process_id == 0:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.bind((host, port))
+        except OSError as e:
+            raise CoordinatorError(
+                f"Process 0 serves the JAX coordinator at {address}, but cannot bind it ({e.strerror}): "
+                "HOST must be an address of process 0's machine and PORT must be free; pick another "
+                "--coordinator_address"
+            ) from e
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, max(timeout_s, 0.1))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise CoordinatorError(
+                    f"Could not join the JAX cluster through the coordinator at {address} within {timeout_s} s "
+                    f"({who}): {e.strerror or e}. Check that process 0 is running with the same "
+                    "--coordinator_address and --num_processes, that HOST:PORT is reachable from this host "
+                    "(firewall, port), or raise --coordinator_timeout."
+                ) from e
+            time.sleep(0.25)
 
 
 class StopSignal:
