@@ -27,9 +27,22 @@ from test_train import _env, _tail, _train, checkpoint_steps, read_metrics, rest
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 900
 STEPS = 12  # conftest.TINY_OVERRIDES: 12 steps, checkpoints every 4, batch 16
-# 2 processes x 2 devices with FSDP over 2: the tiny model's tensors are small, so lower the
-# threshold below which tensors stay replicated (most kernels and the head get sharded).
-FSDP2 = ("--config.mesh.data=-1", "--config.mesh.fsdp=2", "--config.fsdp_min_size=64")
+# 2 processes x 2 devices with FSDP over 2. The tiny model's tensors are small: the test config
+# (mh_config_file) lowers the size below which tensors stay replicated, so most get sharded.
+FSDP2 = ("--config.mesh.data=-1", "--config.mesh.fsdp=2")
+
+
+@pytest.fixture(scope="module")
+def mh_config_file(digits_root, tmp_path_factory) -> Path:
+    """conftest's tiny config plus `fsdp_min_size=64` (a key the trainer reads when present)."""
+    from conftest import _CONFIG_FILE, QUICKSTART, TINY_OVERRIDES
+
+    overrides = dict(TINY_OVERRIDES, fsdp_min_size=64)
+    overrides.update({"data.root": str(digits_root)})
+    overrides.update({f"data.{s}": str(digits_root / d) for s, d in (("train", "train"), ("eval", "test"))})
+    path = tmp_path_factory.mktemp("mh_config") / "tiny_fsdp.py"
+    path.write_text(_CONFIG_FILE.format(quickstart=str(QUICKSTART), overrides=overrides))
+    return path
 
 
 def free_port() -> int:
@@ -109,7 +122,7 @@ json.dump(record, open(f"{out}/probe_{n}_{i}.json", "w"))
 """
 
 
-def test_processes_read_disjoint_shards(tiny_config_file, jax_cache_dir, tmp_path):
+def test_processes_read_disjoint_shards(mh_config_file, jax_cache_dir, tmp_path):
     """Two real processes of one cluster each build the trainer's input pipeline: per step, their
     examples are disjoint and together are exactly the global batch a single process reads."""
     script = tmp_path / "probe.py"
@@ -117,7 +130,7 @@ def test_processes_read_disjoint_shards(tiny_config_file, jax_cache_dir, tmp_pat
     env, port = _env(jax_cache_dir, devices=1), str(free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(tiny_config_file), str(tmp_path), str(n), str(i), port],
+            [sys.executable, str(script), str(mh_config_file), str(tmp_path), str(n), str(i), port],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -141,10 +154,10 @@ def test_processes_read_disjoint_shards(tiny_config_file, jax_cache_dir, tmp_pat
 # ------------------------------------------------------------------ bad input
 
 
-def test_process_id_out_of_range(tiny_config_file, jax_cache_dir, tmp_path):
+def test_process_id_out_of_range(mh_config_file, jax_cache_dir, tmp_path):
     workdir = tmp_path / "run"
     flags = ("--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2")
-    cmd = [sys.executable, "-m", "nf.train", f"--config={tiny_config_file}", f"--workdir={workdir}", *flags]
+    cmd = [sys.executable, "-m", "nf.train", f"--config={mh_config_file}", f"--workdir={workdir}", *flags]
     rc, out = run_logged(cmd, _env(jax_cache_dir), tmp_path / "log")
     assert rc != 0
     assert "--process_id=2 is out of range for --num_processes=2: use 0 .. 1" in out, _tail(out)
@@ -152,11 +165,11 @@ def test_process_id_out_of_range(tiny_config_file, jax_cache_dir, tmp_path):
     assert not workdir.exists()
 
 
-def test_unreachable_coordinator_fails_in_bounded_time(tiny_config_file, jax_cache_dir, tmp_path):
+def test_unreachable_coordinator_fails_in_bounded_time(mh_config_file, jax_cache_dir, tmp_path):
     """Process 1 of 2 with nobody serving the coordinator port: a clear error after the timeout."""
     workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     flags = (f"--coordinator_address={address}", "--num_processes=2", "--process_id=1", "--coordinator_timeout=5")
-    cmd = [sys.executable, "-m", "nf.train", f"--config={tiny_config_file}", f"--workdir={workdir}", *flags]
+    cmd = [sys.executable, "-m", "nf.train", f"--config={mh_config_file}", f"--workdir={workdir}", *flags]
     start = time.monotonic()
     rc, out = run_logged(cmd, _env(jax_cache_dir), tmp_path / "log")
     elapsed = time.monotonic() - start
@@ -168,9 +181,9 @@ def test_unreachable_coordinator_fails_in_bounded_time(tiny_config_file, jax_cac
 
 
 @pytest.mark.slow  # two processes import the whole trainer (~1 min on a loaded 2-core machine)
-def test_batch_not_divisible_over_processes(tiny_config_file, jax_cache_dir, tmp_path):
+def test_batch_not_divisible_over_processes(mh_config_file, jax_cache_dir, tmp_path):
     workdir = tmp_path / "run"
-    cmd = local_cluster(tiny_config_file, workdir, 2, 2, "--config.batch_size=6")
+    cmd = local_cluster(mh_config_file, workdir, 2, 2, "--config.batch_size=6")
     rc, out = run_logged(cmd, _env(jax_cache_dir), tmp_path / "launcher.log")
     assert rc != 0
     assert "failed (exit status 1)" in out, _tail(out)
@@ -285,20 +298,20 @@ def test_tpu_sh_bad_input(args, message, no_gcloud):
 
 
 @pytest.fixture(scope="module")
-def cluster_run(tiny_config_file, jax_cache_dir, tmp_path_factory) -> Path:
+def cluster_run(mh_config_file, jax_cache_dir, tmp_path_factory) -> Path:
     """2 processes x 2 devices, FSDP over 2, via launch/local.sh: 12 steps, checkpoints 4, 8, 12."""
     workdir = tmp_path_factory.mktemp("cluster") / "run"
-    cmd = local_cluster(tiny_config_file, workdir, 2, 2, *FSDP2)
+    cmd = local_cluster(mh_config_file, workdir, 2, 2, *FSDP2)
     rc, out = run_logged(cmd, _env(jax_cache_dir), workdir.parent / "launcher.log")
     assert rc == 0, _tail(out) + "\n".join(_tail(t, 3000) for t in process_logs(workdir))
     return workdir
 
 
 @pytest.fixture(scope="module")
-def single_run(tiny_config_file, jax_cache_dir, tmp_path_factory) -> Path:
+def single_run(mh_config_file, jax_cache_dir, tmp_path_factory) -> Path:
     """The reference: 1 process x 4 devices, plain data parallelism, the same global batch."""
     workdir = tmp_path_factory.mktemp("single") / "run"
-    cmd = [sys.executable, "-m", "nf.train", f"--config={tiny_config_file}", f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "nf.train", f"--config={mh_config_file}", f"--workdir={workdir}"]
     rc, out = run_logged(cmd, _env(jax_cache_dir, devices=4), workdir.parent / "log")
     assert rc == 0, _tail(out)
     return workdir
@@ -332,14 +345,14 @@ WARNING = re.compile(
 
 
 @pytest.mark.slow
-def test_checkpoint_of_two_processes_resumes_in_one(cluster_run, tiny_config_file, jax_cache_dir, tmp_path):
+def test_checkpoint_of_two_processes_resumes_in_one(cluster_run, mh_config_file, jax_cache_dir, tmp_path):
     """Step 8 of the 2-process FSDP run resumes in 1 process x 4 devices with FSDP over 4: the
     remaining steps train exactly as the 2-process run did (restored parameters and data position
     are right), and the data-iterator fallback is announced."""
     workdir = cut_back(cluster_run, tmp_path / "run", 8)
     cmd = [
-        sys.executable, "-m", "nf.train", f"--config={tiny_config_file}", f"--workdir={workdir}",
-        "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.fsdp_min_size=64",
+        sys.executable, "-m", "nf.train", f"--config={mh_config_file}", f"--workdir={workdir}",
+        "--config.mesh.data=1", "--config.mesh.fsdp=4",
     ]  # fmt: skip
     rc, out = run_logged(cmd, _env(jax_cache_dir, devices=4), tmp_path / "log")
     assert rc == 0, _tail(out)
@@ -351,9 +364,9 @@ def test_checkpoint_of_two_processes_resumes_in_one(cluster_run, tiny_config_fil
 
 
 @pytest.mark.slow
-def test_checkpoint_of_one_process_resumes_in_two(single_run, tiny_config_file, jax_cache_dir, tmp_path):
+def test_checkpoint_of_one_process_resumes_in_two(single_run, mh_config_file, jax_cache_dir, tmp_path):
     workdir = cut_back(single_run, tmp_path / "run", 8)
-    rc, out = run_logged(local_cluster(tiny_config_file, workdir, 2, 2, *FSDP2), _env(jax_cache_dir), tmp_path / "l")
+    rc, out = run_logged(local_cluster(mh_config_file, workdir, 2, 2, *FSDP2), _env(jax_cache_dir), tmp_path / "l")
     logs = process_logs(workdir)
     assert rc == 0, _tail(out) + "\n".join(_tail(t, 3000) for t in logs)
     for text in logs:
@@ -364,11 +377,11 @@ def test_checkpoint_of_one_process_resumes_in_two(single_run, tiny_config_file, 
 
 
 @pytest.mark.slow
-def test_sigterm_to_all_processes_saves_once_and_resumes(cluster_run, tiny_config_file, jax_cache_dir, tmp_path):
+def test_sigterm_to_all_processes_saves_once_and_resumes(cluster_run, mh_config_file, jax_cache_dir, tmp_path):
     """SIGTERM to the launcher (forwarded to both processes) mid-run: both save the same step and
     exit 0; the same command then resumes from that step and trains as the uninterrupted run."""
     workdir = tmp_path / "run"
-    cmd = local_cluster(tiny_config_file, workdir, 2, 2, *FSDP2)
+    cmd = local_cluster(mh_config_file, workdir, 2, 2, *FSDP2)
     log = tmp_path / "launcher.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env={**_env(jax_cache_dir), "PYTHON": sys.executable}, stdout=f,

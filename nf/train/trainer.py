@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 from flax import nnx
 
 from nf.models import create_model
@@ -151,7 +152,7 @@ def evaluate(eval_step, state, eval_batches, to_global) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval."""
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     mesh = make_mesh(config.mesh)
     n_dev = mesh.size
     if config.batch_size % n_dev:
