@@ -17,6 +17,13 @@ Compared variants are timed in interleaved rounds (A B C, C B A, ...), so load o
 affects them alike; every reported time is a median. `--compile_only_models` only lowers and
 compiles the train step of each listed model (abstract parameters: no memory) and reports the
 compile seconds relative to the first.
+
+`--fsdp_bytes=4` reports, without running the model, the per-device bytes of parameters,
+optimizer state and EMA of --model on 4 (fake CPU) devices, replicated versus FSDP over 4 (the
+trainer's own sharding rule, `nf.train.sharding.train_state_shardings`, and the optimizer of the
+ImageNet recipe); `shard_shape` of each leaf's sharding gives its per-device size.
+
+    python tools/benchmark.py --model=nf_resnet50 --fsdp_bytes=4
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ _FLOPS_COST = flags.DEFINE_enum(
 _COMPARE = flags.DEFINE_bool("compare", True, "Also time the ws=False, folded-inference and bn_ variants.")
 _COMPILE_ONLY = flags.DEFINE_list(
     "compile_only_models", [], "Only compile the train step of these models and report compile seconds."
+)
+_FSDP_BYTES = flags.DEFINE_integer(
+    "fsdp_bytes", 0, "N > 0: only report per-device state bytes, replicated vs FSDP over N fake CPU devices."
 )
 _COMPILE_REPEATS = flags.DEFINE_integer("compile_repeats", 1, "Interleaved compiles per model (median).")
 
@@ -425,10 +435,56 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{k.ljust(width)}  {_fmt(v)}")
 
 
+def state_bytes_per_device(name: str, devices: int) -> dict[str, Any]:
+    """Per-device bytes of params / optimizer state / EMA, replicated (data=N) vs FSDP (fsdp=N)."""
+    from nf.train.optim import LeafInfo, leaf_info, make_optimizer
+    from nf.train.sharding import make_mesh, train_state_shardings
+
+    if jax.device_count() != devices:
+        raise RuntimeError(f"--fsdp_bytes={devices} needs {devices} devices, found {jax.device_count()}")
+    _, variables, _ = abstract_model(lambda: create_model(name))
+    params_state = nnx.filter_state(variables, nnx.Param)
+    info = leaf_info(params_state)
+    params = nnx.to_pure_dict(params_state)
+    model_state = nnx.to_pure_dict(nnx.filter_state(variables, nnx.Not(nnx.Param)))
+    stack_axes = jax.tree.map(lambda i: i.stack_axes, info, is_leaf=lambda x: isinstance(x, LeafInfo))
+    tx = make_optimizer(info, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5)  # NF-ResNet recipe
+    trees = {"params": params, "opt_state": jax.eval_shape(tx.init, params), "ema": params}
+
+    def per_device(fsdp: int) -> dict[str, int]:
+        shardings = train_state_shardings(make_mesh({"data": -1, "fsdp": fsdp}), tx, params, stack_axes, model_state)
+        return {
+            part: sum(
+                int(np.prod(s.shard_shape(x.shape), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+                for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings[part]), strict=True)
+            )
+            for part, tree in trees.items()
+        }
+
+    rep, fsdp = per_device(1), per_device(devices)
+    out: dict[str, Any] = {"model": name, "devices": devices}
+    for part in trees:
+        out[f"{part}_bytes_replicated"] = rep[part]
+        out[f"{part}_bytes_fsdp"] = fsdp[part]
+    both = ("params", "opt_state")
+    out["params_plus_opt_fsdp_over_replicated"] = sum(fsdp[p] for p in both) / sum(rep[p] for p in both)
+    out["all_state_fsdp_over_replicated"] = sum(fsdp.values()) / sum(rep.values())
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    result = run_compile_comparison(_COMPILE_ONLY.value) if _COMPILE_ONLY.value else run_benchmark()
+    if _FSDP_BYTES.value:
+        # Fake CPU devices; read when the backend starts (nothing above has touched a device).
+        flag = f"--xla_force_host_platform_device_count={_FSDP_BYTES.value}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
+        jax.config.update("jax_platforms", "cpu")
+        result = state_bytes_per_device(_MODEL.value, _FSDP_BYTES.value)
+    elif _COMPILE_ONLY.value:
+        result = run_compile_comparison(_COMPILE_ONLY.value)
+    else:
+        result = run_benchmark()
     if _JSON.value:
         print(json.dumps(result))
     else:

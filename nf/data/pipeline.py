@@ -353,6 +353,37 @@ class DataIterator(grain.DatasetIterator):
         self._next_batch = int(state["next_batch"])
         self._num_skipped = int(state.get("num_skipped", 0))
 
+    def set_state_from_other_sharding(self, states: Sequence[dict[str, Any]]) -> int:
+        """Position this iterator where the processes that saved `states` (one per process, another
+        process count) left off; returns the global example position.
+
+        Batch k of every process together holds global stream positions [k*G, (k+1)*G) for global
+        batch G = batch_size * shard_count, whatever the process count, so continuing at the saved
+        batch index repeats and skips nothing as long as G is unchanged (checked). Only the split
+        of each global batch over processes (and per-process MixUp/CutMix/RandAugment draws) differ.
+        """
+        mine = self._fingerprint
+        global_batch = mine["batch_size"] * mine["shard_count"]
+        for state in states:
+            saved = state.get("fingerprint", {})
+            same = {k: (saved.get(k), mine[k]) for k in ("train", "num_examples", "seed") if saved.get(k) != mine[k]}
+            if saved.get("batch_size", 0) * saved.get("shard_count", 0) != global_batch:
+                same["global batch"] = (saved.get("batch_size", 0) * saved.get("shard_count", 0), global_batch)
+            if same:
+                details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(same.items()))
+                raise ValueError(
+                    f"cannot restore the data iterator on {mine['shard_count']} process(es): the checkpoint was "
+                    f"written for a different pipeline ({details}); restoring would silently change the data order"
+                )
+        positions = sorted({int(s["next_batch"]) for s in states})
+        if len(positions) != 1:
+            raise ValueError(f"the saved data iterators of the processes disagree on the batch index: {positions}")
+        self._close_inner()
+        self._next_batch = positions[0]
+        # Keep the global count of skipped corrupt images (held by process 0 from now on).
+        self._num_skipped = sum(int(s.get("num_skipped", 0)) for s in states) if mine["shard_index"] == 0 else 0
+        return positions[0] * global_batch
+
     def start_prefetch(self) -> None:
         if self.num_batches is None or self._next_batch < self.num_batches:
             self._open().start_prefetch()

@@ -1,4 +1,9 @@
-"""`python -m nf.train --config=configs/quickstart.py --workdir=DIR` (also `nf-train`)."""
+"""`python -m nf.train --config=configs/quickstart.py --workdir=DIR` (also `nf-train`).
+
+Multi-process (every process runs the same command; see `nf.train.distributed`):
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; on Cloud TPU pods nothing
+extra (detected), or `--distributed=on` to require it.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,25 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "jax.distributed: auto = when flags below are given or on Cloud TPU."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's coordination service.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the cluster.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    "coordinator_timeout", 300, "Seconds to wait for every process to join the cluster."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
+    from nf.train import distributed
+
+    distributed.initialize(
+        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR_TIMEOUT.value
+    )
     import jax
 
     from nf.train.trainer import train_and_evaluate

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+# grain's CheckpointHandler writes one file per process: data/process_<i>-of-<n>.json
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
 def _path_str(path) -> str:
@@ -27,7 +34,7 @@ class Checkpoints:
     """`workdir/checkpoints/<step>/{state,data}`: keep-N, async saves, restore onto target shardings."""
 
     def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         self.save_every = max(1, save_every)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -74,13 +81,51 @@ class Checkpoints:
             lines.append("Use a fresh --workdir, or the config that wrote this checkpoint. Nothing was overwritten.")
             raise ValueError("\n".join(lines))
 
+    def saved_data_states(self, step: int) -> dict[int, tuple[int, dict]]:
+        """{process index: (process count, iterator state)} of `step`'s data item (empty if none)."""
+        directory = epath.Path(self.directory) / str(step) / "data"
+        if not directory.exists():
+            return {}
+        found = {m: p for p in directory.iterdir() if (m := _DATA_FILE.fullmatch(p.name))}
+        return {int(m.group(1)): (int(m.group(2)), json.loads(p.read_text())) for m, p in found.items()}
+
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
-        """Restore the state onto the shardings of `abstract_state` (and the iterator in place)."""
+        """Restore the state onto the shardings of `abstract_state` (any mesh, any process count) and
+        the iterator in place. An iterator saved by another process count cannot be restored by
+        grain; it is repositioned by `set_state_from_other_sharding`, with a warning."""
         self.check_compatible(step, abstract_state)
+        saved = self.saved_data_states(step)
+        saved_count = {n for n, _ in saved.values()}
+        follows = saved_count == {jax.process_count()}
         args = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
+        if data_iter is not None and follows:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+        state = self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+        if data_iter is not None and saved and not follows:
+            n = max(saved_count)
+            if saved_count != {n} or sorted(saved) != list(range(n)):
+                raise ValueError(
+                    f"{self.directory}/{step}/data holds iterator states of processes {sorted(saved)} "
+                    f"(counts {sorted(saved_count)}): incomplete; restore an earlier step"
+                )
+            position = data_iter.set_state_from_other_sharding([saved[i][1] for i in range(n)])
+            num_examples = saved[0][1]["fingerprint"]["num_examples"]
+            logging.warning(
+                "Checkpoint %s/%d: the data iterator was saved by %d process(es), this run has %d; grain's state "
+                "cannot follow, so a new iterator (same seed) resumes at global example %d (epoch %d, example %d "
+                "of %d). Every global batch holds the same examples as without the change (none repeated or "
+                "skipped), split differently over the processes; per-process MixUp/CutMix/RandAugment draws "
+                "differ from an uninterrupted run.",
+                self.directory,
+                step,
+                n,
+                jax.process_count(),
+                position,
+                position // num_examples,
+                position % num_examples,
+                num_examples,
+            )
+        return state
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -4,35 +4,58 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from clu import metric_writers
+from etils import epath
+
+REMOTE_UPLOAD_EVERY_S = 60.0  # object stores cannot append: metrics.jsonl is re-uploaded whole
 
 
 class MetricLogger:
     """Writes `{split}/{name}` scalars to clu (TensorBoard + log) and `{step, split, ...}` lines to
-    `workdir/metrics.jsonl`. Only process 0 writes files."""
+    `workdir/metrics.jsonl`. Only process 0 writes files. On an object store (gs://...), which
+    cannot append, the whole file is re-uploaded at most every minute and at `flush`."""
 
     def __init__(self, workdir: str):
         self.is_writer = jax.process_index() == 0
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer, asynchronous=True)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._remote = "://" in workdir
+        self._lines: list[str] = []
+        self._uploaded = time.monotonic()
+        if self._remote and self.is_writer and epath.Path(self.jsonl_path).exists():  # a resumed run
+            self._lines = epath.Path(self.jsonl_path).read_text().splitlines(keepends=True)
 
     def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
         self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in values.items()})
-        if self.is_writer:
+        if not self.is_writer:
+            return
+        line = json.dumps({"step": int(step), "split": split, **values}) + "\n"
+        if not self._remote:
             with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+                f.write(line)
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._uploaded > REMOTE_UPLOAD_EVERY_S:
+            self._upload()
+
+    def _upload(self) -> None:
+        epath.Path(self.jsonl_path).write_text("".join(self._lines))
+        self._uploaded = time.monotonic()
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.writer.write_hparams(dict(hparams))
 
     def flush(self) -> None:
         self.writer.flush()
+        if self._remote and self.is_writer:
+            self._upload()
 
     def close(self) -> None:
         self.writer.close()

@@ -16,6 +16,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
+FSDP_MIN_SIZE = 2**14  # elements; smaller tensors stay replicated (their all-gathers cost more than they save)
 
 
 def make_mesh(axes: Mapping[str, int]) -> jax.sharding.Mesh:
@@ -43,7 +44,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int, stack_axes: int = 0, min_size: int = 2**14) -> P:
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, stack_axes: int = 0, min_size: int = FSDP_MIN_SIZE) -> P:
     """Shard the largest dimension divisible by `fsdp` (excluding stacked-block axes)."""
     if fsdp <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
@@ -54,7 +55,28 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, stack_axes: int = 0, min_size: 
     return P(*[("fsdp" if d == dim else None) for d in range(len(shape))])
 
 
-def param_shardings(mesh: jax.sharding.Mesh, params: Any, stack_axes: Any) -> Any:
+def param_shardings(mesh: jax.sharding.Mesh, params: Any, stack_axes: Any, min_size: int = FSDP_MIN_SIZE) -> Any:
     """NamedShardings for a parameter-shaped tree (`stack_axes`: int per leaf, same structure)."""
     fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x, k: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, k)), params, stack_axes)
+    return jax.tree.map(lambda x, k: NamedSharding(mesh, fsdp_spec(x.shape, fsdp, k, min_size)), params, stack_axes)
+
+
+def train_state_shardings(
+    mesh: jax.sharding.Mesh, tx: Any, params: Any, stack_axes: Any, model_state: Any, min_size: int = FSDP_MIN_SIZE
+) -> dict[str, Any]:
+    """Shardings of the train state {step, params, opt_state, ema, model_state}: parameter-shaped
+    trees (params, EMA, the optimizer's per-parameter buffers) follow the FSDP rule; the rest is
+    replicated. `params` may be abstract (shapes only); `tx` is the optax transformation."""
+    import optax
+
+    p_shard = param_shardings(mesh, params, stack_axes, min_size)
+    opt_state = jax.eval_shape(tx.init, params)
+    return {
+        "step": replicated(mesh),
+        "params": p_shard,
+        "opt_state": optax.tree_map_params(
+            tx, lambda _, s: s, opt_state, p_shard, transform_non_params=lambda _: replicated(mesh)
+        ),
+        "ema": p_shard,
+        "model_state": jax.tree.map(lambda _: replicated(mesh), model_state),
+    }

@@ -6,7 +6,6 @@ beyond the task's loss and eval sums.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from typing import Any
 
@@ -17,36 +16,23 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 from flax import nnx
 
 from nf.models import create_model
 from nf.tasks import classification
 from nf.train import data as train_data
 from nf.train.checkpoint import Checkpoints
+from nf.train.distributed import StopSignal, host_copy
 from nf.train.metrics import MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
-from nf.train.sharding import batch_sharding, make_mesh, param_shardings, replicated
+from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 
 MODEL_KEYS_NOT_OVERRIDES = ("name",)
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-class Preempted:
-    """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
-
-    def __init__(self):
-        self.flag = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exiting.")
-        self.flag = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
@@ -166,13 +152,13 @@ def evaluate(eval_step, state, eval_batches, to_global) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval."""
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     mesh = make_mesh(config.mesh)
     n_dev = mesh.size
     if config.batch_size % n_dev:
         raise ValueError(
             f"batch_size={config.batch_size} is not divisible by the {n_dev} devices of mesh "
-            f"{dict(mesh.shape)}; use a multiple of {n_dev}."
+            f"{dict(mesh.shape)} ({jax.process_count()} process(es)); use a multiple of {n_dev}."
         )
     data = train_data.build(config, workdir)
     model = build_model(config, data.num_classes)
@@ -194,7 +180,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Shardings: parameter-shaped trees follow the FSDP rule; everything else is replicated.
     stack_axes = jax.tree.map(lambda i: i.stack_axes, fns.info, is_leaf=lambda x: isinstance(x, LeafInfo))
-    p_shard = param_shardings(mesh, params, stack_axes)
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -202,15 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "ema": jax.tree.map(jnp.copy, params),  # its own buffers: the step donates the state
         "model_state": model_state,
     }
-    state_shard = {
-        "step": replicated(mesh),
-        "params": p_shard,
-        "opt_state": optax.tree_map_params(
-            tx, lambda _, s: s, tx.init(params), p_shard, transform_non_params=lambda _: replicated(mesh)
-        ),
-        "ema": p_shard,
-        "model_state": jax.tree.map(lambda _: replicated(mesh), model_state),
-    }
+    state_shard = train_state_shardings(
+        mesh, tx, params, stack_axes, model_state, min_size=config.get("fsdp_min_size", FSDP_MIN_SIZE)
+    )
     state = jax.device_put(state, state_shard)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shard)
 
@@ -247,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         hooks.append(
             periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps, first_profile=start + 5)
         )
-    preempted = Preempted()
+    preempted = StopSignal()
     last_eval: dict[str, float] = {}
     wait_time = step_time = 0.0
     try:
@@ -261,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 hook(step)
             # Read the flag once per step: a SIGTERM arriving later in this step (logging, eval) is
             # handled at the next boundary, so the step we stop at is always the step we save.
-            stop = preempted.flag
+            stop = preempted.should_stop(step)  # agreed by every process
             final = step == config.total_steps or stop
             save_due = final or ckpt.due(step)
             if step % config.log_every_steps == 0 or save_due:
@@ -303,10 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.flush()
         logger.close()
     summary = last_eval | {"step": int(state["step"]), "data_wait_fraction": wait_time / max(step_time, 1e-9)}
+    spp_state = None
+    if config.get("spp_after_training") and not preempted.flag:
+        spp_state = host_copy(state)  # a collective (FSDP shards live on every process): all take part
     if jax.process_index() == 0:
         spp_path = None
-        if config.get("spp_after_training") and not preempted.flag:
-            spp_path = draw_trained_spp(fns, state, data.eval_batches, config.model.name, workdir)
+        if spp_state is not None:
+            spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
         print_summary(workdir, ckpt.directory, summary, spp_path)
     return summary
 
