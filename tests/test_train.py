@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nf.train.metrics import LoopTimer
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 900  # seconds per trainer subprocess (compilation on a loaded 2-core machine is slow)
 STEPS = 12  # conftest.TINY_OVERRIDES
@@ -165,6 +167,19 @@ def reference_run(tiny_config_file, jax_cache_dir, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------- tests
 
 
+def test_loop_timer_counts_only_idle_waits_and_skips_the_compiling_step():
+    timer = LoopTimer()
+    timer.step(0.0, 5.0, 30.0, previous_done=True)  # first step: compile, excluded
+    timer.step(30.0, 30.5, 31.0, previous_done=True)  # device idle while waiting: 0.5 s lost
+    timer.step(31.0, 31.4, 32.0, previous_done=False)  # the wait overlapped the previous step
+    assert timer.total == pytest.approx(2.0) and timer.waited == pytest.approx(0.5)
+    assert timer.data_wait_fraction == pytest.approx(0.25)
+    timer.checkpoint_stalls += [0.01, 0.03]
+    assert timer.summary() == pytest.approx(
+        {"data_wait_fraction": 0.25, "median_step_seconds": 1.0, "max_checkpoint_stall_seconds": 0.03}
+    )
+
+
 def test_end_to_end_artifacts(reference_run, tiny_config):
     config = tiny_config()
     # orbax checkpoints: periodic every 4 steps, the final one, keep 2 (quickstart)
@@ -186,6 +201,9 @@ def test_end_to_end_artifacts(reference_run, tiny_config):
         assert {"step", "split", "loss", "accuracy", "grad_norm", "learning_rate"} <= set(m)
         assert math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1
     assert [m["step"] for m in evals] == [6, 12]
+    # every save reports how long it blocked the loop (async: only the device-to-host copy)
+    stalls = [m for m in metrics if m["split"] == "checkpoint"]
+    assert [m["step"] for m in stalls] == [4, 8, 12] and all(m["stall_seconds"] >= 0 for m in stalls)
     for m in evals:
         assert set(m) == {"step", "split"} | EVAL_KEYS
         for prefix in ("", "ema_"):

@@ -71,3 +71,40 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
+
+
+class LoopTimer:
+    """Wall-clock accounting of the training loop, excluding each session's first (compiling) step.
+
+    With asynchronous dispatch, time blocked on the input pipeline is idle time only when the
+    previous step had already finished: `data_wait` counts a wait when the previous step's output
+    is ready once the batch arrives (conservative: a step that finished mid-wait counts whole).
+    Checkpoint stalls are the time `save` blocks the loop, compared with the median step.
+    """
+
+    def __init__(self):
+        self.waited = self.total = 0.0
+        self.step_seconds: list[float] = []
+        self.checkpoint_stalls: list[float] = []
+        self._first = True
+
+    def step(self, start: float, batch_ready: float, end: float, previous_done: bool) -> None:
+        if self._first:
+            self._first = False
+            return
+        self.total += end - start
+        self.step_seconds.append(end - start)
+        if previous_done:
+            self.waited += batch_ready - start
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.waited / max(self.total, 1e-9)
+
+    def summary(self) -> dict[str, float]:
+        out = {"data_wait_fraction": self.data_wait_fraction}
+        if self.step_seconds:
+            out["median_step_seconds"] = float(np.median(self.step_seconds))
+        if self.checkpoint_stalls:
+            out["max_checkpoint_stall_seconds"] = max(self.checkpoint_stalls)
+        return out

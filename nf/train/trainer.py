@@ -24,7 +24,7 @@ from nf.tasks import classification
 from nf.train import data as train_data
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
-from nf.train.metrics import MetricLogger, flatten_config
+from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 
@@ -228,14 +228,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     preempted = StopSignal()
     last_eval: dict[str, float] = {}
-    wait_time = step_time = 0.0
+    timer = LoopTimer()
+    previous = None  # the previous step's loss: is the device still busy when a batch arrives?
     try:
         for step in range(start + 1, config.total_steps + 1):
             t0 = time.perf_counter()
             batch = next(train_iter)
             t1 = time.perf_counter()
+            previous_done = previous is None or previous.is_ready()
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = train_step(state, to_global(batch))
+            previous = metrics["loss"]
             for hook in hooks:
                 hook(step)
             # Read the flag once per step: a SIGTERM arriving later in this step (logging, eval) is
@@ -260,18 +263,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"{what} at step {step}; stopping. {kept} Lower the learning rate "
                         "or enable AGC (optimizer.agc_clip)."
                     )
-                step_time += time.perf_counter() - t0
-                wait_time += t1 - t0
+                timer.step(t0, t1, time.perf_counter(), previous_done)
                 metrics["images_per_sec"] = config.batch_size / max(time.perf_counter() - t0, 1e-9)
-                metrics["data_wait_fraction"] = wait_time / max(step_time, 1e-9)
+                metrics["data_wait_fraction"] = timer.data_wait_fraction
                 logger.write(step, "train", metrics)
             else:
-                step_time += time.perf_counter() - t0
-                wait_time += t1 - t0
+                timer.step(t0, t1, time.perf_counter(), previous_done)
             if step % config.eval_every_steps == 0 or step == config.total_steps:
                 last_eval = evaluate(eval_step, state, data.eval_batches, to_global)
                 logger.write(step, "eval", last_eval)
-            ckpt.save(step, state, train_iter, force=final)
+            t_save = time.perf_counter()
+            if ckpt.save(step, state, train_iter, force=final):
+                stall = time.perf_counter() - t_save  # async: only the device-to-host copy blocks
+                timer.checkpoint_stalls.append(stall)
+                logger.write(step, "checkpoint", {"stall_seconds": stall})
             if stop:
                 ckpt.wait()
                 logging.warning("Saved step %d after SIGTERM; exiting.", step)
@@ -281,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.close()
         logger.flush()
         logger.close()
-    summary = last_eval | {"step": int(state["step"]), "data_wait_fraction": wait_time / max(step_time, 1e-9)}
+    summary = last_eval | {"step": int(state["step"])} | timer.summary()
     spp_state = None
     if config.get("spp_after_training") and not preempted.flag:
         spp_state = host_copy(state)  # a collective (FSDP shards live on every process): all take part
@@ -315,6 +320,13 @@ def print_summary(workdir: str, ckpt_dir: str, summary: dict, spp_path: str | No
         lines.append(
             f"  eval top-1 {summary['top1']:.2%} (EMA {summary['ema_top1']:.2%}), "
             f"top-5 {summary['top5']:.2%} (EMA {summary['ema_top5']:.2%})"
+        )
+    if "median_step_seconds" in summary:
+        stall = summary.get("max_checkpoint_stall_seconds")
+        lines.append(
+            f"  median step {summary['median_step_seconds'] * 1e3:.0f} ms, waiting for data "
+            f"{summary['data_wait_fraction']:.1%} of the loop"
+            + (f", checkpoint saves stalled it at most {stall * 1e3:.0f} ms" if stall is not None else "")
         )
     lines += [
         f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
