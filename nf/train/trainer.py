@@ -272,6 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % config.eval_every_steps == 0 or step == config.total_steps:
                 last_eval = evaluate(eval_step, state, data.eval_batches, to_global)
                 logger.write(step, "eval", last_eval)
+            if save_due:  # time the save alone, not the rest of this (asynchronously dispatched) step
+                jax.block_until_ready(state)
             t_save = time.perf_counter()
             if ckpt.save(step, state, train_iter, force=final):
                 stall = time.perf_counter() - t_save  # async: only the device-to-host copy blocks
