@@ -30,6 +30,11 @@ How it is built (grain `MapDataset`, so every batch is a pure function of its in
   (mask False) so every process yields the same number of batches and each example is counted
   exactly once over all processes.
 
+The task-independent part (shuffle, repeat, sharding, corrupt-file replacement, eval padding,
+batching, the iterator) is `build_batches` / `make_iterator`; classification (`make_pipeline`),
+segmentation (`nf.data.segmentation`) and depth (`nf.data.depth`) differ only in their
+per-example transform and batch finalization.
+
 `mp_prefetch` worker processes (worker_count > 0) each compute whole batches (worker w gets
 batches w, w+W, ...; grain interleaves them back in order), so the batches are identical for any
 worker count. The iterator's state is the number of batches consumed (plus a fingerprint of the

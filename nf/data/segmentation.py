@@ -76,12 +76,13 @@ class SegmentationTrainTransform(_SegmentationTransform, grain.transforms.Random
         image, label = D.resize(image, hw, D.BILINEAR), D.resize(label, hw, D.NEAREST)
         if self.hflip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        image = D.pad_to(T.normalize(image), self.size, 0.0)  # 0 = the mean colour
-        label = D.pad_to(label, self.size, D.IGNORE_LABEL)
-        top = int(rng.integers(0, image.shape[0] - self.size[0] + 1))
-        left = int(rng.integers(0, image.shape[1] - self.size[1] + 1))
-        window = np.s_[top : top + self.size[0], left : left + self.size[1]]
-        return image[window], label[window]
+        # Crop from the image padded bottom/right to the crop size (image 0 = the mean colour after
+        # normalization, label 255); only the window is normalized and the padding never built.
+        (h, w), (ch, cw) = hw, self.size
+        top = int(rng.integers(0, max(h, ch) - ch + 1))
+        left = int(rng.integers(0, max(w, cw) - cw + 1))
+        window = np.s_[top : top + ch, left : left + cw]
+        return D.pad_to(T.normalize(image[window]), self.size, 0.0), D.pad_to(label[window], self.size, D.IGNORE_LABEL)
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         return self._example(record, rng)

@@ -12,6 +12,7 @@ also be a path such as `/JPEGImages/2007_000032.jpg ...`; its file stem is the i
 from __future__ import annotations
 
 import functools
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,12 @@ def voc_palette() -> tuple[int, ...]:
     return tuple(palette)
 
 
-def save_label_png(label: np.ndarray, path: str | os.PathLike) -> None:
+def save_label_png(label: np.ndarray, path: str | os.PathLike | io.BytesIO) -> None:
     """Writes a uint8 class-index mask (H, W) as a VOC palette PNG (pixel value = class index)."""
     label = np.ascontiguousarray(label, np.uint8)
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
     image.putpalette(voc_palette())
-    image.save(path)
+    image.save(path, format="PNG")
 
 
 class VOCSource:
