@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data = train_data.build(config, workdir)
     task = get_task(config, data.num_classes)
     if config.get("init_from"):
-        transfer.find_checkpoint(config.init_from)  # fail before anything is built or written
+        transfer.check_init_from(config.init_from, workdir)
     model = task.build_model()
     fns = ModelFns(model)
     params, model_state = fns.init_values(model)

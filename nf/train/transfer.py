@@ -44,6 +44,15 @@ def find_checkpoint(path: str) -> str:
     )
 
 
+def check_init_from(init_from: str, workdir: str) -> None:
+    """Fail early (before anything is built or written) when a fresh run's `init_from` holds no
+    checkpoint; a workdir with its own checkpoints resumes from them and never reads it."""
+    try:
+        find_checkpoint(os.path.join(workdir, "checkpoints"))
+    except FileNotFoundError:
+        find_checkpoint(init_from)
+
+
 def _flat(tree: Any) -> dict[str, Any]:
     return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
