@@ -447,3 +447,48 @@ def test_depth_training_end_to_end(scenes_root, tmp_path):
     assert set(evals) == {"step", "split"} | {p + k for p in ("", "ema_") for k in keys}
     assert 0 <= summary["delta1"] <= summary["delta2"] <= summary["delta3"] <= 1
     assert summary["rms"] > 0
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def _load(name: str):
+    """Parse --config=configs/<name>.py as the `nf-train` entry point does."""
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
+    fv(["nf-train", f"--config={REPO / 'configs' / name}.py"])
+    return fv.config
+
+
+@pytest.mark.parametrize("family", ["nf", "bn"])
+def test_paper_transfer_configs_hold_the_recipes(family):
+    from nf.models import model_options
+    from nf.train.optim import learning_rate_schedule
+
+    voc = _load(f"voc_fcn_{family}_resnet50")
+    assert (voc.task, voc.model.name, voc.model.output_stride) == ("segmentation", f"{family}_resnet50", 16)
+    assert (voc.total_steps, voc.batch_size, voc.optimizer.weight_decay) == (30_000, 16, 5e-5)
+    assert (voc.data.crop_size, voc.data.eval_crop_size, voc.data.num_classes) == (513, 513, 21)
+    assert (voc.head.width, voc.head.dilation) == (256, 6)
+    opt = voc.optimizer
+    lr = learning_rate_schedule(opt.lr, voc.total_steps, opt.warmup_steps, kind=opt.schedule, boundaries=opt.boundaries)
+    assert [float(lr(t)) for t in (0, 20_999, 21_000, 26_999, 27_000, 29_999)] == pytest.approx(
+        [0.003, 0.003, 3e-4, 3e-4, 3e-5, 3e-5]
+    )
+    nyu = _load(f"nyu_fcrn_{family}_resnet50")
+    assert (nyu.task, nyu.model.name, nyu.total_steps, nyu.batch_size) == ("depth", f"{family}_resnet50", 7_500, 256)
+    assert (nyu.optimizer.lr, nyu.optimizer.schedule, tuple(nyu.data.image_size)) == (0.16, "cosine", (228, 304))
+    for cfg in (voc, nyu):
+        assert set(cfg.model) - {"name"} <= set(model_options(cfg.model.name))
+        assert cfg.init_from == f"runs/{family}_resnet50_imagenet" and cfg.init_from_params == "ema"
+
+
+def test_scene_configs_match_the_quickstart_backbone():
+    quickstart = _load("quickstart")
+    for name in ("scenes_seg", "scenes_depth"):
+        cfg = _load(name)
+        for key in ("name", "depths", "widths", "stem_width", "skipinit"):
+            assert cfg.model[key] == quickstart.model[key], (name, key)  # so its checkpoint restores
+        assert cfg.init_from == "runs/quickstart"
