@@ -20,6 +20,7 @@ from nf.heads import FastUpConv, HeadStyle, UpProjection
 from nf.layers import Conv, ScaledWSConv
 from nf.models import create_model
 from nf.models.dense import BACKBONE_KEY, segmentation_model
+from nf.models.network import stage_dilations
 from nf.tasks import depth as depth_task
 from nf.tasks import segmentation as seg_task
 
@@ -68,11 +69,17 @@ def test_output_stride_16_dilates_the_last_stage_with_the_same_parameters(name, 
     want = dilated.head(jnp.mean(f16.final, axis=(1, 2)))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-6)
 
-    os8 = create_model(name, num_classes=3, seed=1, output_stride=8, **options)
-    assert [s for _, s in os8.features(x).stages] == [4, 8, 8, 8]
-    assert os8.stages[3].first.spatial[0].dilation == 4 and os8.stages[2].first.spatial[0].dilation == 2
-    with pytest.raises(ValueError, match=r"output_stride=12 is not reachable.*\[4, 8, 16, 32\]"):
-        create_model(name, num_classes=3, output_stride=12, **options)
+    assert dilated.stages[3].first.spatial[0].dilation == 2 and dilated.stages[3].first.shortcut.strides == 1
+
+
+def test_stage_dilations_for_each_output_stride():
+    strides = (1, 2, 2, 2)  # ResNet: stem stride 4
+    assert stage_dilations(4, strides, None) == ((1, 1, 1, 1), (4, 8, 16, 32))
+    assert stage_dilations(4, strides, 16) == ((1, 1, 1, 2), (4, 8, 16, 16))
+    assert stage_dilations(4, strides, 8) == ((1, 1, 2, 4), (4, 8, 8, 8))
+    assert stage_dilations(2, (2, 2, 2, 2), 8) == ((1, 1, 2, 4), (4, 8, 8, 8))  # NF-RegNet: stem stride 2
+    with pytest.raises(ValueError, match=r"output_stride=12 is not reachable.*valid: \[4, 8, 16, 32\]"):
+        stage_dilations(4, strides, 12)
 
 
 # ------------------------------------------------------------------------------ heads
