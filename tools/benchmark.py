@@ -1,6 +1,7 @@
 """Training / inference throughput of a model on this machine, against its matmul peak.
 
     python tools/benchmark.py --model=nf_resnet50 --image_size=128 --batch_size=16 --json
+    python tools/benchmark.py --task=segmentation --model=nf_resnet50 --image_size=128 --batch_size=16
     python tools/benchmark.py --compile_only_models=nf_resnet50,nf_resnet288
 
 One process measures:
@@ -24,6 +25,11 @@ trainer's own sharding rule, `nf.train.sharding.train_state_shardings`, and the 
 ImageNet recipe); `shard_shape` of each leaf's sharding gives its per-device size.
 
     python tools/benchmark.py --model=nf_resnet50 --fsdp_bytes=4
+
+`--task=segmentation|depth` times the dense model of that task instead (nf.models.dense: FCN at
+output stride 16 with 21 classes, or FCRN at output stride 32) with its loss (pixel
+cross-entropy with ignored pixels, berHu over valid pixels) on a synthetic dense batch; the
+comparisons use the same task on the ws=False / bn_ backbones.
 """
 
 from __future__ import annotations
@@ -52,9 +58,16 @@ from flax import nnx
 
 from nf.layers import SkipGain, fold_ws
 from nf.models import create_model, list_models
+from nf.models.dense import depth_model, segmentation_model
 from nf.models.stats import abstract_model, xla_flops
+from nf.tasks import depth as depth_task
+from nf.tasks import segmentation as seg_task
 
 _MODEL = flags.DEFINE_string("model", "nf_resnet50", "Registered model to benchmark.")
+_TASK = flags.DEFINE_enum(
+    "task", "classification", ["classification", "segmentation", "depth"], "Which model and loss to time."
+)
+SEGMENTATION_CLASSES = 21  # Pascal VOC
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input resolution.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Batch size of the train step and of inference.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (rounds) per variant.")
@@ -165,6 +178,24 @@ def make_optimizer() -> optax.GradientTransformation:
     return optax.sgd(_LR.value, momentum=0.9, nesterov=True)
 
 
+def build_model(name: str, **overrides) -> nnx.Module:
+    """The --task's model on the registered backbone `name`."""
+    if _TASK.value == "segmentation":
+        return segmentation_model(name, SEGMENTATION_CLASSES, **overrides)
+    if _TASK.value == "depth":
+        return depth_model(name, **overrides)
+    return create_model(name, **overrides)
+
+
+def task_loss(outputs: jax.Array, y: jax.Array) -> jax.Array:
+    """The --task's training loss of the model outputs against the synthetic targets."""
+    if _TASK.value == "segmentation":
+        return seg_task.loss(outputs, {"label": y})
+    if _TASK.value == "depth":
+        return depth_task.berhu(depth_task.prediction(outputs), y, y > 0)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), y).mean()
+
+
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation):
     """`(params, other, opt_state, x, y, key) -> (params, other, opt_state, loss)`.
 
@@ -174,8 +205,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
     def loss_fn(params, other, x, y, key):
         model = nnx.merge(graphdef, params, other, rest, copy=True)  # fresh Variables in this trace
-        logits = model(x, train=True, key=key)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+        loss = task_loss(model(x, train=True, key=key), y)
         _, _, new_other, _ = nnx.split(model, nnx.Param, nnx.Variable, ...)
         return loss, new_other
 
@@ -188,9 +218,18 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
 
 def synthetic_batch(batch_size: int, image_size: int, in_channels: int, num_classes: int, seed: int):
-    kx, ky = jax.random.split(jax.random.key(seed + 1))
+    """Random images and the --task's targets: class ids (B,), per-pixel labels (B, H, W) with
+    10% ignored (255), or depths (B, H, W) in 0.5-10 m with 10% invalid (0)."""
+    kx, ky, kv = jax.random.split(jax.random.key(seed + 1), 3)
     x = jax.random.normal(kx, (batch_size, image_size, image_size, in_channels), jnp.float32)
-    y = jax.random.randint(ky, (batch_size,), 0, num_classes)
+    dense = (batch_size, image_size, image_size)
+    holes = jax.random.uniform(kv, dense) < 0.1
+    if _TASK.value == "segmentation":
+        y = jnp.where(holes, seg_task.IGNORE_LABEL, jax.random.randint(ky, dense, 0, num_classes))
+    elif _TASK.value == "depth":
+        y = jnp.where(holes, 0.0, jax.random.uniform(ky, dense, jnp.float32, 0.5, 10.0))
+    else:
+        y = jax.random.randint(ky, (batch_size,), 0, num_classes)
     return x, y
 
 
@@ -296,6 +335,7 @@ def run_benchmark() -> dict[str, Any]:
     name, size, bs, seed = _MODEL.value, _IMAGE_SIZE.value, _BATCH_SIZE.value, _SEED.value
     result: dict[str, Any] = {
         "model": name,
+        "task": _TASK.value,
         "image_size": size,
         "batch_size": bs,
         "steps": _STEPS.value,
@@ -308,8 +348,9 @@ def run_benchmark() -> dict[str, Any]:
     log("matmul peak ...")
     result["matmul_peak_flops_start"] = matmul_peak_flops(_MATMUL_SIZE.value, _MATMUL_REPEATS.value)
 
-    model = create_model(name, seed=seed)
-    batch = synthetic_batch(bs, size, model.in_channels, model.head.out_features, seed)
+    model = build_model(name, seed=seed)
+    num_classes = SEGMENTATION_CLASSES if _TASK.value == "segmentation" else getattr(model.head, "out_features", 1)
+    batch = synthetic_batch(bs, size, model.in_channels, num_classes, seed)
     log(f"compiling the {name} train step ...")
     main = TrainRunner(model, batch, seed)
     del model
@@ -331,12 +372,12 @@ def run_benchmark() -> dict[str, Any]:
     if _COMPARE.value:
         log("compiling the ws=False train step ...")
         try:
-            train["plain"] = TrainRunner(create_model(name, seed=seed, ws=False), batch, seed)
+            train["plain"] = TrainRunner(build_model(name, seed=seed, ws=False), batch, seed)
         except ValueError as e:  # a model without the ws option
             log(f"no ws=False variant: {e}")
         if bn_name:
             log(f"compiling the {bn_name} train step ...")
-            train["bn"] = TrainRunner(create_model(bn_name, seed=seed), batch, seed)
+            train["bn"] = TrainRunner(build_model(bn_name, seed=seed), batch, seed)
     # The matmul probe runs in the same rounds, so the peak is measured under the same load.
     probe = MatmulProbe(_MATMUL_SIZE.value, _MATMUL_ROUND_REPEATS.value)
     log(f"timing train steps {list(train)} (+ matmul probe) ...")
@@ -374,10 +415,10 @@ def run_benchmark() -> dict[str, Any]:
     if _COMPARE.value:
         log("inference: unfolded / folded / plain-conv forward ...")
         x = batch[0]
-        ws_model = set_skip_gains(create_model(name, seed=seed), 1.0)
+        ws_model = set_skip_gains(build_model(name, seed=seed), 1.0)
         fwd = {"unfolded": ForwardRunner(ws_model, x), "folded": ForwardRunner(fold_ws(ws_model), x)}
         try:
-            fwd["plain_conv"] = ForwardRunner(create_model(name, seed=seed, ws=False), x)
+            fwd["plain_conv"] = ForwardRunner(build_model(name, seed=seed, ws=False), x)
         except ValueError as e:
             log(f"no ws=False variant: {e}")
         f = interleaved_medians(fwd, _STEPS.value, _WARMUP.value)

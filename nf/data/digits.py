@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,51 +40,44 @@ def split_indices(labels: np.ndarray, test_per_class: int = TEST_PER_CLASS, seed
     return np.sort(np.asarray(train)), np.sort(np.asarray(test))
 
 
-def _check_not_foreign(out: Path) -> None:
+def _check_not_foreign(out: Path, writer: str) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never delete a user's files
         raise FileExistsError(
-            f"{str(out)!r} exists but has no {MARKER} marker, so it was not written by prepare_digits; "
+            f"{str(out)!r} exists but has no {MARKER} marker, so it was not written by {writer}; "
             "remove it or pass another output folder"
         )
 
 
-def prepare_digits(out_dir: str | os.PathLike = "data/digits") -> Path:
-    """Writes the digits image folders under `out_dir` (if not already there); returns `out_dir`.
-
-    Use `out_dir/train` and `out_dir/test` as `ImageFolderSource` roots.
-    """
-    from PIL import Image
+def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: uint8 images (1797, 8, 8) scaled to 0..255 and int64 labels."""
     from sklearn.datasets import load_digits
 
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return images, digits.target.astype(np.int64)
+
+
+def write_once(out_dir: str | os.PathLike, write: Callable[[Path], dict], writer: str) -> Path:
+    """Runs `write(tmp)` into a temporary sibling of `out_dir`, writes the returned info as the
+    `MARKER` file and renames it into place; does nothing when `out_dir/MARKER` exists.
+
+    An interrupted run leaves no half folder; a folder without the marker that holds files is
+    never overwritten (`FileExistsError` naming `writer`); concurrent writers are fine.
+    """
     out = Path(out_dir)
     if (out / MARKER).exists():
         return out
-    _check_not_foreign(out)
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    train, test = split_indices(labels)
+    _check_not_foreign(out, writer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename, so an interrupted run leaves no half folder.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the renamed folder should look like any other
     try:
-        for split, indices in (("train", train), ("test", test)):
-            for c in range(10):
-                (tmp / split / str(c)).mkdir(parents=True, exist_ok=True)
-            for i in indices:
-                Image.fromarray(images[i]).save(tmp / split / str(labels[i]) / f"{i:04d}.png")
-        info = {
-            "source": "sklearn.datasets.load_digits",
-            "image_shape": [8, 8],
-            "pixel_scale": "round(v * 255 / 16)",
-            "split": {"train": len(train), "test": len(test), "test_per_class": TEST_PER_CLASS, "seed": SPLIT_SEED},
-        }
+        info = write(tmp)
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         if (out / MARKER).exists():  # another process finished first (e.g. multi-process tests)
             return out
         if out.exists():
-            _check_not_foreign(out)
+            _check_not_foreign(out, writer)
             out.rmdir()
         try:
             os.replace(tmp, out)
@@ -94,3 +88,29 @@ def prepare_digits(out_dir: str | os.PathLike = "data/digits") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def prepare_digits(out_dir: str | os.PathLike = "data/digits") -> Path:
+    """Writes the digits image folders under `out_dir` (if not already there); returns `out_dir`.
+
+    Use `out_dir/train` and `out_dir/test` as `ImageFolderSource` roots.
+    """
+
+    def write(tmp: Path) -> dict:
+        from PIL import Image
+
+        images, labels = load_digit_images()
+        train, test = split_indices(labels)
+        for split, indices in (("train", train), ("test", test)):
+            for c in range(10):
+                (tmp / split / str(c)).mkdir(parents=True, exist_ok=True)
+            for i in indices:
+                Image.fromarray(images[i]).save(tmp / split / str(labels[i]) / f"{i:04d}.png")
+        return {
+            "source": "sklearn.datasets.load_digits",
+            "image_shape": [8, 8],
+            "pixel_scale": "round(v * 255 / 16)",
+            "split": {"train": len(train), "test": len(test), "test_per_class": TEST_PER_CLASS, "seed": SPLIT_SEED},
+        }
+
+    return write_once(out_dir, write, "prepare_digits")

@@ -30,6 +30,11 @@ How it is built (grain `MapDataset`, so every batch is a pure function of its in
   (mask False) so every process yields the same number of batches and each example is counted
   exactly once over all processes.
 
+The task-independent part (shuffle, repeat, sharding, corrupt-file replacement, eval padding,
+batching, the iterator) is `build_batches` / `make_iterator`; classification (`make_pipeline`),
+segmentation (`nf.data.segmentation`) and depth (`nf.data.depth`) differ only in their
+per-example transform and batch finalization.
+
 `mp_prefetch` worker processes (worker_count > 0) each compute whole batches (worker w gets
 batches w, w+W, ...; grain interleaves them back in order), so the batches are identical for any
 worker count. The iterator's state is the number of batches consumed (plus a fingerprint of the
@@ -161,6 +166,64 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         }
 
 
+def build_batches(
+    source,
+    transform: grain.transforms.RandomMap | grain.transforms.Map,
+    finalize: grain.transforms.MapWithIndex | None = None,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    drop_remainder: bool = True,
+) -> grain.MapDataset:
+    """The task-independent pipeline (module docstring) as a grain `MapDataset` of batches.
+
+    `transform` maps a source record to one example dict holding `mask` (bool) and `_corrupt`
+    (int32) besides its data; it is a `RandomMap` (train: seeded by the global example index) or
+    a `Map` (eval), and must turn a `{"padding": True}` record into a blank, mask-False example of
+    the same shapes. `finalize(batch_index, batch)` (optional) post-processes stacked batches.
+    Classification, segmentation and depth all go through here.
+    """
+    batch_size = _check_positive_int("batch_size", batch_size)
+    shard_count = _check_positive_int("shard_count", shard_count)
+    seed = _check_positive_int("seed", seed, minimum=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be < 2**32, got {seed}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
+    if num_epochs is not None:
+        num_epochs = _check_positive_int("num_epochs", num_epochs)
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"{source!r} is empty")
+    if train:
+        ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+        # Augment before sharding: the randomness is keyed by the global example index.
+        ds = ds.random_map(transform, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+        if n * (num_epochs or 1) < shard_count:
+            raise ValueError(f"{n} examples cannot be split over shard_count={shard_count} processes")
+        per_process = len(ds) // shard_count if num_epochs is not None else sys.maxsize
+        ds = ds[shard_index::shard_count]
+        if num_epochs is not None:
+            ds = ds[:per_process]  # same number of examples (so of batches) in every process
+            if drop_remainder and per_process < batch_size:
+                raise ValueError(
+                    f"batch_size={batch_size} is larger than the {per_process} examples per process "
+                    f"({n} examples x {num_epochs} epochs / {shard_count} processes) and drop_remainder=True"
+                )
+        ds = _ReplaceCorrupt(ds)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        per_process = -(-n // shard_count)
+        padded = -(-per_process // batch_size) * batch_size
+        ds = grain.MapDataset.source(_EvalShard(source, shard_index, shard_count, padded)).map(transform)
+        ds = ds.batch(batch_size, drop_remainder=False)
+    return ds if finalize is None else ds.map_with_index(finalize)
+
+
 def make_dataset(
     source,
     *,
@@ -185,32 +248,19 @@ def make_dataset(
     on_corrupt: str = "error",
     fast_jpeg: bool = True,
 ) -> grain.MapDataset:
-    """The pipeline as a grain `MapDataset` of batches (see the module docstring); no iteration yet."""
-    batch_size = _check_positive_int("batch_size", batch_size)
-    shard_count = _check_positive_int("shard_count", shard_count)
-    seed = _check_positive_int("seed", seed, minimum=0)
-    if seed >= 2**32:
-        raise ValueError(f"seed must be < 2**32, got {seed}")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
-    if num_epochs is not None:
-        num_epochs = _check_positive_int("num_epochs", num_epochs)
+    """The classification pipeline as a grain `MapDataset` of batches (module docstring); no iteration yet."""
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be >= 0 (0 turns MixUp off), got {mixup_alpha}")
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None)
         if num_classes is None:
             raise ValueError(f"{source!r} has no `num_classes`; pass num_classes=")
-    n = len(source)
-    if n == 0:
-        raise ValueError(f"{source!r} is empty")
     randaugment = RandAugment(randaugment_layers, randaugment_magnitude)  # validated in eval too
     if not (train and randaugment.num_layers):
         randaugment = None
     finalize = _FinalizeBatch(
         num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment
     )
-
     if train:
         transform = T.TrainTransform(
             image_size,
@@ -220,31 +270,22 @@ def make_dataset(
             on_corrupt=on_corrupt,
             fast_jpeg=fast_jpeg,
         )
-        ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-        # Augment before sharding: the randomness is keyed by the global example index.
-        ds = ds.random_map(transform, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
-        if n * (num_epochs or 1) < shard_count:
-            raise ValueError(f"{n} examples cannot be split over shard_count={shard_count} processes")
-        per_process = len(ds) // shard_count if num_epochs is not None else sys.maxsize
-        ds = ds[shard_index::shard_count]
-        if num_epochs is not None:
-            ds = ds[:per_process]  # same number of examples (so of batches) in every process
-            if drop_remainder and per_process < batch_size:
-                raise ValueError(
-                    f"batch_size={batch_size} is larger than the {per_process} examples per process "
-                    f"({n} examples x {num_epochs} epochs / {shard_count} processes) and drop_remainder=True"
-                )
-        ds = _ReplaceCorrupt(ds)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
         transform = T.EvalTransform(
             image_size, eval_crop=eval_crop, crop_padding=crop_padding, on_corrupt=on_corrupt, fast_jpeg=fast_jpeg
         )
-        per_process = -(-n // shard_count)
-        padded = -(-per_process // batch_size) * batch_size
-        ds = grain.MapDataset.source(_EvalShard(source, shard_index, shard_count, padded)).map(transform)
-        ds = ds.batch(batch_size, drop_remainder=False)
-    return ds.map_with_index(finalize)
+    return build_batches(
+        source,
+        transform,
+        finalize,
+        train=train,
+        batch_size=batch_size,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        drop_remainder=drop_remainder,
+    )
 
 
 class DataIterator(grain.DatasetIterator):
@@ -460,14 +501,6 @@ def make_pipeline(
         the file, counts it (`it.num_skipped`) and replaces it (train) or masks it out (eval).
       fast_jpeg: decode large JPEGs at a reduced DCT scale when the crop allows (never below px).
     """
-    fingerprint = {
-        "train": bool(train),
-        "num_examples": len(source),
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "shard_index": int(shard_index),
-        "shard_count": int(shard_count),
-    }
     batches = make_dataset(
         source,
         train=train,
@@ -491,8 +524,89 @@ def make_pipeline(
         on_corrupt=on_corrupt,
         fast_jpeg=fast_jpeg,
     )
+    return open_iterator(
+        batches,
+        num_examples=len(source),
+        train=train,
+        batch_size=batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        worker_count=worker_count,
+        prefetch=prefetch,
+        read_threads=read_threads,
+    )
+
+
+def open_iterator(
+    batches: grain.MapDataset,
+    *,
+    num_examples: int,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    worker_count: int = 0,
+    prefetch: int = 2,
+    read_threads: int = 1,
+    **fingerprint: Any,
+) -> DataIterator:
+    """A `DataIterator` over `build_batches` output, fingerprinted by the settings that decide the
+    example order (plus any task-specific `fingerprint` entries, e.g. the crop size)."""
+    fingerprint = {
+        "train": bool(train),
+        "num_examples": int(num_examples),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "shard_index": int(shard_index),
+        "shard_count": int(shard_count),
+        **fingerprint,
+    }
     return DataIterator(
         batches, worker_count=worker_count, prefetch=prefetch, read_threads=read_threads, fingerprint=fingerprint
+    )
+
+
+def make_iterator(
+    source,
+    transform: grain.transforms.RandomMap | grain.transforms.Map,
+    finalize: grain.transforms.MapWithIndex | None = None,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int = 0,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    drop_remainder: bool = True,
+    worker_count: int = 0,
+    prefetch: int = 2,
+    read_threads: int = 1,
+    **fingerprint: Any,
+) -> DataIterator:
+    """`build_batches` + `open_iterator`: any task's checkpointable iterator from its transform."""
+    order = {"seed": seed, "shard_index": shard_index, "shard_count": shard_count}
+    batches = build_batches(
+        source,
+        transform,
+        finalize,
+        train=train,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        **order,
+    )
+    return open_iterator(
+        batches,
+        num_examples=len(source),
+        train=train,
+        batch_size=batch_size,
+        worker_count=worker_count,
+        prefetch=prefetch,
+        read_threads=read_threads,
+        **order,
+        **fingerprint,
     )
 
 

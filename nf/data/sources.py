@@ -136,6 +136,34 @@ def scan_image_folder(
     return list(classes), paths, labels
 
 
+def read_list_file(path: str | os.PathLike, what: str) -> list[tuple[int, list[str]]]:
+    """A text list (one entry a line, fields split on commas or whitespace; blank lines and lines
+    starting with '#' skipped) -> [(line number, fields)]. Raises `DataSourceError` naming `path`
+    when it is missing or lists nothing; `what` says what the list should be, for the message."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"list file {str(path)!r} does not exist; expected {what}")
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append((lineno, line.replace(",", " ").split()))
+    if not entries:
+        raise DataSourceError(f"list file {str(path)!r} lists nothing; expected {what}")
+    return entries
+
+
+def read_bytes(path: str, key: str) -> dict[str, Any]:
+    """{key: file bytes}, or {key: b"", key_read_error: why} (reported by the transform, which names
+    the file and honours on_corrupt)."""
+    try:
+        with open(path, "rb") as f:
+            return {key: f.read()}
+    except OSError as e:
+        prefix = "" if key == "image" else f"{key}_"
+        return {key: b"", f"{prefix}read_error": f"{type(e).__name__}: {e}"}
+
+
 class ImageFolderSource:
     """`root/<class>/<image>` as a random-access source of {"image": bytes, "label", "path"}.
 
@@ -177,16 +205,8 @@ class ImageFolderSource:
     def __getitem__(self, index) -> dict[str, Any]:
         index = int(index)
         path = os.path.join(self.root, self.relpath(index))
-        try:
-            with open(path, "rb") as f:
-                return {"image": f.read(), "label": int(self._labels[index]), "path": path}
-        except OSError as e:  # the transform reports it like an undecodable image (skip or error)
-            return {
-                "image": b"",
-                "label": int(self._labels[index]),
-                "path": path,
-                "read_error": f"{type(e).__name__}: {e}",
-            }
+        # A read error is reported by the transform like an undecodable image (skip or error).
+        return {**read_bytes(path, "image"), "label": int(self._labels[index]), "path": path}
 
     def __repr__(self) -> str:
         return f"ImageFolderSource(root={self.root!r}, len={len(self)}, num_classes={self.num_classes})"

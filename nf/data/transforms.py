@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -42,7 +42,7 @@ class CorruptImageError(ValueError):
     """An image file could not be read or decoded; the message names the file."""
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
 
@@ -74,9 +74,9 @@ def _to_rgb(img: Image.Image, path: str) -> Image.Image:
         raise _corrupt(path, e) from e
 
 
-def decode_image(data: bytes, path: str = "<bytes>") -> np.ndarray:
+def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = None) -> np.ndarray:
     """Decodes encoded bytes to a uint8 RGB array (H, W, 3); raises `CorruptImageError` naming `path`."""
-    return np.asarray(_to_rgb(open_image(data, path), path))
+    return np.asarray(_to_rgb(open_image(data, path, read_error), path))
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -173,26 +173,44 @@ def blank_example(image_size: int, *, corrupt: bool = False) -> dict[str, Any]:
     return _example(np.zeros((image_size, image_size, 3), np.uint8), 0, valid=False, corrupt=corrupt)
 
 
+def guarded_example(
+    record: dict[str, Any],
+    make: Callable[[], dict[str, Any]],
+    blank: Callable[[bool], dict[str, Any]],
+    on_corrupt: str,
+) -> dict[str, Any]:
+    """`make()` for a real record; `blank(False)` for a padding record; on `CorruptImageError`
+    raise (on_corrupt="error", the message names the file) or warn and return `blank(True)`.
+
+    Shared by every task's transforms, so padding and corrupt files behave the same everywhere.
+    """
+    if record.get("padding"):
+        return blank(False)
+    try:
+        return make()
+    except CorruptImageError as e:
+        if on_corrupt == "error":
+            raise CorruptImageError(f"{e} (set on_corrupt='skip' to skip such files with a warning)") from e
+        logging.warning("skipping corrupt image (on_corrupt='skip'): %s", e)
+        return blank(True)
+
+
 class _ImageTransform:
     def __init__(self, image_size: int, on_corrupt: str, fast_jpeg: bool):
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        _check_choice("on_corrupt", on_corrupt, ON_CORRUPT)
+        check_choice("on_corrupt", on_corrupt, ON_CORRUPT)
         self.image_size = int(image_size)
         self.on_corrupt = on_corrupt
         self.fast_jpeg = fast_jpeg
 
     def _guard(self, fn, record: dict[str, Any], *args) -> dict[str, Any]:
-        if record.get("padding"):
-            return blank_example(self.image_size)
-        try:
-            image = fn(record, *args)
-        except CorruptImageError as e:
-            if self.on_corrupt == "error":
-                raise CorruptImageError(f"{e} (set on_corrupt='skip' to skip such files with a warning)") from e
-            logging.warning("skipping corrupt image (on_corrupt='skip'): %s", e)
-            return blank_example(self.image_size, corrupt=True)
-        return _example(np.ascontiguousarray(image), record["label"], valid=True, corrupt=False)
+        return guarded_example(
+            record,
+            lambda: _example(np.ascontiguousarray(fn(record, *args)), record["label"], valid=True, corrupt=False),
+            lambda corrupt: blank_example(self.image_size, corrupt=corrupt),
+            self.on_corrupt,
+        )
 
 
 class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
@@ -275,7 +293,7 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
         fast_jpeg: bool = True,
     ):
         super().__init__(image_size, on_corrupt, fast_jpeg)
-        _check_choice("eval_crop", eval_crop, EVAL_CROPS)
+        check_choice("eval_crop", eval_crop, EVAL_CROPS)
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         self.eval_crop, self.crop_padding = eval_crop, int(crop_padding)

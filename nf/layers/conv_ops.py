@@ -8,7 +8,9 @@ formulation measured by `tools/conv_microbench.py` (ResNet-50 shapes, forward+ba
   k x k, >= 256 output pixels     XLA conv forward and input gradient, kernel gradient as
                                   cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
-  groups, dilation, negative pads lax.conv_general_dilated itself
+  groups, negative pads           lax.conv_general_dilated itself
+
+Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 
 Every path computes `lax.conv_general_dilated` (NHWC, HWIO) up to float rounding. `max_pool`'s
 backward is a custom VJP too. Custom VJPs support reverse mode (also grad-of-grad) but not
@@ -69,15 +71,16 @@ def conv2d(
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
-    plain = groups == 1 and dilation == (1, 1) and x.dtype == w.dtype and min(min(p) for p in pads) >= 0
+    plain = groups == 1 and x.dtype == w.dtype and min(min(p) for p in pads) >= 0
     if not plain:
         return _lax_conv(x, w, strides, pads, dilation, groups)
     if khw == (1, 1):
         return _conv_1x1(x, w, strides, pads)
-    oh, ow = (_out_size(x.shape[i + 1] + sum(pads[i]), khw[i], strides[i]) for i in range(2))
+    span = tuple((k - 1) * d + 1 for k, d in zip(khw, dilation))  # the dilated kernel's extent
+    oh, ow = (_out_size(x.shape[i + 1] + sum(pads[i]), span[i], strides[i]) for i in range(2))
     if oh * ow >= _LAX_FORWARD_MIN_PIXELS:
-        return _conv_matmul_kernel_grad(x, w, strides, pads)
-    return _im2col_conv(x, w, strides, pads)
+        return _conv_matmul_kernel_grad(x, w, strides, pads, dilation)
+    return _im2col_conv(x, w, strides, pads, dilation)
 
 
 def _pad(x: jax.Array, pads: Pads, value=0.0) -> jax.Array:
@@ -106,41 +109,45 @@ def _conv_1x1(x, w, strides, pads):
     return _matmul_nhwc(x, w[0, 0])
 
 
-def _taps(xp: jax.Array, khw, strides, out_hw) -> list[jax.Array]:
+def _taps(xp: jax.Array, khw, strides, out_hw, dilation=(1, 1)) -> list[jax.Array]:
     """The kh*kw (strided) views of the padded input that each kernel tap multiplies."""
     n, _, _, c = xp.shape
-    (kh, kw), (sh, sw), (oh, ow) = khw, strides, out_hw
+    (kh, kw), (sh, sw), (oh, ow), (dh, dw) = khw, strides, out_hw, dilation
     return [
-        lax.slice(xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
+        lax.slice(
+            xp, (0, i * dh, j * dw, 0), (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
+        )
         for i in range(kh)
         for j in range(kw)
     ]
 
 
-def _im2col_conv(x, w, strides, pads):
+def _im2col_conv(x, w, strides, pads, dilation=(1, 1)):
     """Concatenate the taps on the channel axis, then one matmul (backward: two matmuls)."""
     kh, kw, c, o = w.shape
     xp = _pad(x, pads)
-    out_hw = (_out_size(xp.shape[1], kh, strides[0]), _out_size(xp.shape[2], kw, strides[1]))
-    return _matmul_nhwc(_patches(xp, (kh, kw), strides, out_hw), w.reshape(kh * kw * c, o))
+    out_hw = tuple(
+        _out_size(xp.shape[i + 1], (k - 1) * d + 1, s) for i, (k, d, s) in enumerate(zip((kh, kw), dilation, strides))
+    )
+    return _matmul_nhwc(_patches(xp, (kh, kw), strides, out_hw, dilation), w.reshape(kh * kw * c, o))
 
 
-def _patches(xp, khw, strides, out_hw):
+def _patches(xp, khw, strides, out_hw, dilation=(1, 1)):
     """im2col: the taps concatenated on the channel axis, (n, oh, ow, kh * kw * c)."""
-    return jnp.concatenate(_taps(xp, khw, strides, out_hw), axis=-1)
+    return jnp.concatenate(_taps(xp, khw, strides, out_hw, dilation), axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_matmul_kernel_grad(x, w, strides, pads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_kernel_grad(x, w, strides, pads, dilation):
     """lax's conv, whose forward and input gradient are fast; the kernel gradient is ours."""
-    return _lax_conv(x, w, strides, pads)
+    return _lax_conv(x, w, strides, pads, dilation)
 
 
-def _conv_matmul_kernel_grad_fwd(x, w, strides, pads):
-    return _lax_conv(x, w, strides, pads), (x, w)
+def _conv_matmul_kernel_grad_fwd(x, w, strides, pads, dilation):
+    return _lax_conv(x, w, strides, pads, dilation), (x, w)
 
 
-def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
+def _conv_matmul_kernel_grad_bwd(strides, pads, dilation, res, g):
     """XLA's input gradient (a conv, fast); kernel gradient as patches^T @ g, in batch chunks.
 
     XLA:CPU computes the kernel gradient as a conv with a g-sized window, ~5-15x slower than
@@ -148,13 +155,13 @@ def _conv_matmul_kernel_grad_bwd(strides, pads, res, g):
     """
     x, w = res
     kh, kw, c, o = w.shape
-    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, pads), x)[1](g)[0]
+    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, pads, dilation), x)[1](g)[0]
     xp = _pad(x, pads)
     n, oh, ow, _ = g.shape
     step = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * c * x.dtype.itemsize), -(-n // _MAX_PATCH_CHUNKS))
     dw = jnp.zeros((kh * kw * c, o), jnp.float32) if n == 0 else None
     for b in range(0, n, step):
-        p = _patches(xp[b : b + step], (kh, kw), strides, (oh, ow)).reshape(-1, kh * kw * c)
+        p = _patches(xp[b : b + step], (kh, kw), strides, (oh, ow), dilation).reshape(-1, kh * kw * c)
         part = jnp.matmul(p.T, g[b : b + step].reshape(-1, o), preferred_element_type=jnp.float32)
         dw = part if dw is None else dw + part  # f32 sum, so bf16 chunks lose nothing
     return dx, dw.reshape(w.shape).astype(w.dtype)

@@ -23,6 +23,11 @@ NORMS = ("none", "bn_act", "act_bn")  # unit before each conv: act, BN->act, act
 SE_POSITIONS = ("out", "mid")
 
 
+def batch_norm(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """The BatchNorm of every BN model here (baselines and their dense heads)."""
+    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
 class PreActivation(nnx.Module):
     """The unit in front of every conv: `act(x)`, `act(bn(x))` or `bn(act(x))`."""
 
@@ -30,7 +35,7 @@ class PreActivation(nnx.Module):
         if norm not in NORMS:
             raise ValueError(f"Unknown norm {norm!r}; valid: {NORMS}")
         self.norm, self.activation = norm, activation
-        self.bn = nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs) if norm != "none" else None
+        self.bn = batch_norm(channels, rngs=rngs) if norm != "none" else None
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.norm == "bn_act":
@@ -51,7 +56,10 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 
 class Bottleneck(nnx.Module):
     """Pre-activation bottleneck: 1x1 -> k x k (stride, groups) [-> k x k] -> 1x1, optional SE
-    (after the grouped conv or on the output) and SkipInit gain; `out = r * alpha + shortcut`."""
+    (after the grouped conv or on the output) and SkipInit gain; `out = r * alpha + shortcut`.
+
+    `stride` is the nominal stride, which decides the parameters; with `dilation > 1` the block
+    runs at stride 1 with dilated k x k convs (and no shortcut pooling), same parameters."""
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class Bottleneck(nnx.Module):
         out_ch: int,
         stride: int,
         *,
+        dilation: int = 1,
         mid: int,
         groups: int = 1,
         spatial_convs: int = 1,
@@ -78,12 +87,16 @@ class Bottleneck(nnx.Module):
             raise ValueError(f"Unknown se_position {se_position!r}; valid: {SE_POSITIONS}")
         conv = functools.partial(conv, dtype=dtype, rngs=rngs)
         self.pre = PreActivation(in_ch, norm, activation, rngs=rngs)
-        self.pool_shortcut = pool_shortcut and stride > 1
+        run_stride = 1 if dilation > 1 else stride
+        self.pool_shortcut = pool_shortcut and run_stride > 1
         projection = stride > 1 or in_ch != out_ch  # avg-pool then 1x1, or a strided 1x1
-        self.shortcut = conv(in_ch, out_ch, 1, strides=1 if self.pool_shortcut else stride) if projection else None
+        self.shortcut = conv(in_ch, out_ch, 1, strides=1 if self.pool_shortcut else run_stride) if projection else None
         self.conv_in = conv(in_ch, mid, 1)
         self.spatial = nnx.List(
-            [conv(mid, mid, 3, strides=stride if i == 0 else 1, groups=groups) for i in range(spatial_convs)]
+            [
+                conv(mid, mid, 3, strides=run_stride if i == 0 else 1, dilation=dilation, groups=groups)
+                for i in range(spatial_convs)
+            ]
         )
         self.conv_out = conv(mid, out_ch, 1)
         self.acts = nnx.List([PreActivation(mid, norm, activation, rngs=rngs) for _ in range(spatial_convs + 1)])
@@ -123,6 +136,7 @@ class FixupBottleneck(nnx.Module):
         out_ch: int,
         stride: int,
         *,
+        dilation: int = 1,
         mid: int,
         num_blocks: int,
         dtype: jnp.dtype | None,
@@ -131,9 +145,11 @@ class FixupBottleneck(nnx.Module):
         scale = num_blocks ** (-1.0 / (2 * 3 - 2))  # m = 3 convs per branch
         branch_init = nnx.initializers.variance_scaling(2.0 * scale**2, "fan_in", "normal")
         conv = functools.partial(Conv, use_bias=False, dtype=dtype, rngs=rngs)
-        self.shortcut = conv(in_ch, out_ch, 1, strides=stride) if stride > 1 or in_ch != out_ch else None
+        run_stride = 1 if dilation > 1 else stride  # dilation replaces the stride (same parameters)
+        projection = stride > 1 or in_ch != out_ch
+        self.shortcut = conv(in_ch, out_ch, 1, strides=run_stride) if projection else None
         self.conv1 = conv(in_ch, mid, 1, kernel_init=branch_init)
-        self.conv2 = conv(mid, mid, 3, strides=stride, kernel_init=branch_init)
+        self.conv2 = conv(mid, mid, 3, strides=run_stride, dilation=dilation, kernel_init=branch_init)
         self.conv3 = conv(mid, out_ch, 1, kernel_init=nnx.initializers.zeros)
         self.biases = nnx.Param(jnp.zeros((6,)))  # 1a, 1b, 2a, 2b, 3a, 3b
         self.multiplier = nnx.Param(jnp.ones(()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -57,6 +56,7 @@ class NFRegNet(ResidualNetwork):
         skipinit: bool = True,
         num_classes: int = 1000,
         in_channels: int = 3,
+        output_stride: int | None = None,
         remat: bool = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -68,17 +68,17 @@ class NFRegNet(ResidualNetwork):
         strides = (2,) * len(widths)
         act = scaled_activation(activation)
         conv = functools.partial(ScaledWSConv, dtype=dtype, rngs=rngs)
-        self.in_channels, self.dropout_rate = in_channels, dropout
-        self.total_stride = 2 * math.prod(strides)
+        self.in_channels, self.dropout_rate, self.activation = in_channels, dropout, act
         self.stem = conv(in_channels, widths[0], 3, strides=2)
 
-        def make_block(stage, in_ch, out_ch, stride, first, r):
+        def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
             ratio = 1.0 if stage == 0 and first else expansion  # the network's first block does not expand
             mid, groups = grouped_width(int(in_ch * ratio), group_width, f"stage {stage + 1} (width {out_ch})")
             return Bottleneck(
                 in_ch,
                 out_ch,
                 stride,
+                dilation=dilation,
                 mid=mid,
                 groups=groups,
                 conv=ScaledWSConv,
@@ -94,7 +94,18 @@ class NFRegNet(ResidualNetwork):
             )
 
         schedule = block_schedule(depths, alpha, stochastic_depth)
-        out_ch = self.build_stages(make_block, widths[0], widths, depths, strides, schedule, remat=remat, rngs=rngs)
+        out_ch = self.build_stages(
+            make_block,
+            widths[0],
+            widths,
+            depths,
+            strides,
+            schedule,
+            stem_stride=2,
+            output_stride=output_stride,
+            remat=remat,
+            rngs=rngs,
+        )
         final_ch = int(1280 * out_ch // 440)  # EfficientNet-style final expansion (B0: 960)
         self.final = FinalConv(conv(out_ch, final_ch, 1), act)
         self.make_head(final_ch, num_classes, nnx.initializers.zeros, rngs=rngs)

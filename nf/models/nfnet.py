@@ -4,7 +4,6 @@ Normalization"): grouped bottlenecks with two 3x3 convs, SE on the output, GELU 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -72,6 +71,7 @@ class NFNet(ResidualNetwork):
         final_conv_mult: int = 2,
         num_classes: int = 1000,
         in_channels: int = 3,
+        output_stride: int | None = None,
         remat: bool = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -86,12 +86,11 @@ class NFNet(ResidualNetwork):
         )
         act = scaled_activation(activation)
         conv = functools.partial(ScaledWSConv, dtype=dtype, rngs=rngs)
-        self.in_channels, self.dropout_rate = in_channels, dropout
-        self.total_stride = 4 * math.prod(strides)
+        self.in_channels, self.dropout_rate, self.activation = in_channels, dropout, act
         stem_width = widths[0] // 2
         self.stem = NFNetStem(in_channels, stem_width, conv, act)
 
-        def make_block(stage, in_ch, out_ch, stride, first, r):
+        def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
             mid, groups = grouped_width(
                 int(out_ch * bottleneck_ratio), group_width, f"stage {stage + 1} (width {out_ch})"
             )
@@ -99,6 +98,7 @@ class NFNet(ResidualNetwork):
                 in_ch,
                 out_ch,
                 stride,
+                dilation=dilation,
                 mid=mid,
                 groups=groups,
                 spatial_convs=2,
@@ -115,7 +115,18 @@ class NFNet(ResidualNetwork):
             )
 
         schedule = block_schedule(depths, alpha, stochastic_depth)
-        out_ch = self.build_stages(make_block, stem_width, widths, depths, strides, schedule, remat=remat, rngs=rngs)
+        out_ch = self.build_stages(
+            make_block,
+            stem_width,
+            widths,
+            depths,
+            strides,
+            schedule,
+            stem_stride=4,
+            output_stride=output_stride,
+            remat=remat,
+            rngs=rngs,
+        )
         final_ch = final_conv_mult * out_ch  # 2 x 1536 = 3072
         self.final = FinalConv(conv(out_ch, final_ch, 1), act)
         self.make_head(final_ch, num_classes, nnx.initializers.normal(0.01), rngs=rngs)

@@ -8,7 +8,6 @@ ReLU), the alpha/beta scaling and the optional SE / skip gain; FixUp has its own
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -59,6 +58,7 @@ class ResNetV2(ResidualNetwork):
         se_gain: float = 2.0,
         stochastic_depth: float = 0.0,
         dropout: float = 0.0,
+        output_stride: int | None = None,
         remat: bool = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -79,17 +79,19 @@ class ResNetV2(ResidualNetwork):
         # WS convs always carry a bias; plain convs only when no BN follows them.
         conv = ScaledWSConv if ws else functools.partial(Conv, use_bias=norm == "none")
         self.in_channels, self.dropout_rate = in_channels, dropout
-        self.total_stride = 4 * math.prod(strides)
         self.stem = ResNetStem(conv(in_channels, stem_width, 7, strides=2, dtype=dtype, rngs=rngs))
 
-        def make_block(stage, in_ch, out_ch, stride, first, r):
+        def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
             mid = max(1, int(out_ch * bottleneck_ratio))
             if block == "fixup":
-                return FixupBottleneck(in_ch, out_ch, stride, mid=mid, num_blocks=sum(depths), dtype=dtype, rngs=r)
+                return FixupBottleneck(
+                    in_ch, out_ch, stride, dilation=dilation, mid=mid, num_blocks=sum(depths), dtype=dtype, rngs=r
+                )
             return Bottleneck(
                 in_ch,
                 out_ch,
                 stride,
+                dilation=dilation,
                 mid=mid,
                 conv=conv,
                 norm=norm,
@@ -103,7 +105,19 @@ class ResNetV2(ResidualNetwork):
             )
 
         schedule = block_schedule(depths, alpha, stochastic_depth, scale_inputs)
-        out_ch = self.build_stages(make_block, stem_width, widths, depths, strides, schedule, remat=remat, rngs=rngs)
-        self.final = PreActivation(out_ch, norm, act if block == "nf" else jax.nn.relu, rngs=rngs)
+        out_ch = self.build_stages(
+            make_block,
+            stem_width,
+            widths,
+            depths,
+            strides,
+            schedule,
+            stem_stride=4,
+            output_stride=output_stride,
+            remat=remat,
+            rngs=rngs,
+        )
+        self.activation = act if block == "nf" else jax.nn.relu
+        self.final = PreActivation(out_ch, norm, self.activation, rngs=rngs)
         head_init = nnx.initializers.zeros if block == "fixup" else nnx.initializers.normal(0.01)
         self.make_head(out_ch, num_classes, head_init, rngs=rngs)

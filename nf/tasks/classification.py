@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
+
+from nf.tasks.base import Task, model_overrides
 
 
 def targets(batch: dict[str, jax.Array], num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
@@ -37,3 +43,35 @@ def eval_sums(logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.A
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+class Classification(Task):
+    """Softmax cross-entropy (label smoothing from `config.optimizer`); eval top-1 / top-5 / loss."""
+
+    name = "classification"
+
+    def build_model(self) -> nnx.Module:
+        from nf.models import create_model
+
+        return create_model(
+            self.config.model.name, seed=self.config.seed, num_classes=self.num_classes, **model_overrides(self.config)
+        )
+
+    def loss(self, outputs, batch):
+        value = loss(outputs, batch, self.config.optimizer.label_smoothing)
+        return value, {"accuracy": accuracy(outputs, batch["label"])}
+
+    def eval_sums(self, outputs, batch):
+        return eval_sums(outputs, batch)
+
+    def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, float]:
+        count = max(float(totals["count"]), 1.0)
+        return {k: float(totals[k]) / count for k in ("top1", "top5", "loss")}
+
+    def summary_line(self, results):
+        if "ema_top1" not in results:
+            return None
+        return (
+            f"  eval top-1 {results['top1']:.2%} (EMA {results['ema_top1']:.2%}), "
+            f"top-5 {results['top5']:.2%} (EMA {results['ema_top5']:.2%})"
+        )

@@ -19,16 +19,15 @@ from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
-from nf.models import create_model
-from nf.tasks import classification
+from nf.tasks import Task, get_task
+from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
 from nf.train import data as train_data
+from nf.train import transfer
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
 from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
-
-MODEL_KEYS_NOT_OVERRIDES = ("name",)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,23 +65,19 @@ class ModelFns:
         )
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
-    overrides = {k: v for k, v in config.model.items() if k not in MODEL_KEYS_NOT_OVERRIDES}
-    if overrides.get("dtype"):
-        overrides["dtype"] = jnp.dtype(overrides["dtype"])
-    else:
-        overrides.pop("dtype", None)
-    return create_model(config.model.name, seed=config.seed, num_classes=num_classes, **overrides)
+def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> nnx.Module:
+    return get_task(config, num_classes).build_model()
 
 
-def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config):
+def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config, task: Task):
     opt = config.optimizer
     accum = int(opt.get("accum_steps", 1))
 
     def grads_of(params, model_state, batch, key):
         def loss_fn(p):
-            logits, new_state = fns.apply(p, model_state, batch["image"], train=True, key=key)
-            return classification.loss(logits, batch, opt.label_smoothing), (logits, new_state)
+            outputs, new_state = fns.apply(p, model_state, batch["image"], train=True, key=key)
+            loss, task_metrics = task.loss(outputs, batch)
+            return loss, (task_metrics, new_state)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -90,25 +85,23 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
         step = state["step"]
         key = jax.random.fold_in(jax.random.key(config.seed), step)  # resumable: no RNG state
         if accum == 1:
-            (loss, (logits, model_state)), grads = grads_of(state["params"], state["model_state"], batch, key)
-            acc = classification.accuracy(logits, batch["label"])
+            (loss, (task_metrics, model_state)), grads = grads_of(state["params"], state["model_state"], batch, key)
         else:
             # Micro-batch i takes examples i, i+accum, ...: every device contributes to every micro-batch.
             micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // accum, accum, *x.shape[1:])).swapaxes(0, 1), batch)
 
             def body(carry, xs):
-                g_sum, l_sum, a_sum, ms = carry
+                g_sum, l_sum, ms = carry
                 mb, i = xs
-                (loss_i, (logits, ms)), g = grads_of(state["params"], ms, mb, jax.random.fold_in(key, i))
-                a = classification.accuracy(logits, mb["label"])
-                return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss_i, a_sum + a, ms), None
+                (loss_i, (m, ms)), g = grads_of(state["params"], ms, mb, jax.random.fold_in(key, i))
+                return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss_i, ms), m
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
-            (grads, loss, acc, model_state), _ = jax.lax.scan(
-                body, (zeros, 0.0, 0.0, state["model_state"]), (micro, jnp.arange(accum))
+            (grads, loss, model_state), task_metrics = jax.lax.scan(
+                body, (zeros, 0.0, state["model_state"]), (micro, jnp.arange(accum))
             )
             grads = jax.tree.map(lambda g: g / accum, grads)
-            loss, acc = loss / accum, acc / accum
+            loss, task_metrics = loss / accum, jax.tree.map(lambda m: jnp.mean(m, axis=0), task_metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {
@@ -120,7 +113,7 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
         }
         metrics = {
             "loss": loss,
-            "accuracy": acc,
+            **task_metrics,
             "grad_norm": optax.global_norm(grads),
             "learning_rate": schedule(step),
         }
@@ -129,24 +122,25 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
     return train_step
 
 
-def make_eval_step(fns: ModelFns):
+def make_eval_step(fns: ModelFns, task: Task):
     def eval_step(params, model_state, batch):
-        logits, _ = fns.apply(params, model_state, batch["image"], train=False)
-        return classification.eval_sums(logits, batch)
+        outputs, _ = fns.apply(params, model_state, batch["image"], train=False)
+        return task.eval_sums(outputs, batch)
 
     return eval_step
 
 
-def evaluate(eval_step, state, eval_batches, to_global) -> dict[str, float]:
-    """Raw and EMA top-1 / top-5 / loss over one pass of the eval set (every example once)."""
+def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str, float]:
+    """Raw and EMA metrics over one pass of the eval set (every example once): the task's
+    per-batch sums are added up on the host in float64 and finalized once."""
     results = {}
     for prefix, params in (("", state["params"]), ("ema_", state["ema"])):
         totals = None
         for batch in eval_batches():
             sums = eval_step(params, state["model_state"], to_global(batch))
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        count = max(float(totals["count"]), 1.0)
-        results.update({f"{prefix}{k}": float(totals[k]) / count for k in ("top1", "top5", "loss")})
+            sums = jax.tree.map(lambda x: np.asarray(x).astype(np.float64), sums)
+            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        results.update({f"{prefix}{k}": v for k, v in task.finalize(totals).items()})
     return results
 
 
@@ -161,14 +155,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"{dict(mesh.shape)} ({jax.process_count()} process(es)); use a multiple of {n_dev}."
         )
     data = train_data.build(config, workdir)
-    model = build_model(config, data.num_classes)
+    task = get_task(config, data.num_classes)
+    if config.get("init_from"):
+        transfer.check_init_from(config.init_from, workdir)
+    model = task.build_model()
     fns = ModelFns(model)
     params, model_state = fns.init_values(model)
     del model
 
     opt = config.optimizer
     base_lr = opt.lr * (config.batch_size / 256 if opt.get("scale_lr_by_batch", False) else 1.0)
-    schedule = learning_rate_schedule(base_lr, config.total_steps, opt.warmup_steps, opt.get("end_lr", 0.0))
+    schedule = learning_rate_schedule(
+        base_lr,
+        config.total_steps,
+        opt.warmup_steps,
+        opt.get("end_lr", 0.0),
+        kind=opt.get("schedule", "cosine"),
+        boundaries=tuple(opt.get("boundaries", (0.7, 0.9))),
+        decay_factor=opt.get("decay_factor", 0.1),
+    )
     tx = make_optimizer(
         fns.info,
         learning_rate=schedule,
@@ -203,6 +208,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start is not None:
         logging.info("Resuming from %s/%d", ckpt.directory, start)
         state = ckpt.restore(start, abstract_state, train_iter)
+    elif config.get("init_from"):
+        source = config.get("init_from_params", "ema")
+        logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
+        state = transfer.restore_backbone(config.init_from, source, state, abstract_state)
     start = int(state["step"])
 
     b_shard = batch_sharding(mesh)
@@ -210,9 +219,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
     )
     train_step = jax.jit(
-        make_train_step(fns, tx, schedule, config), donate_argnums=0, out_shardings=(state_shard, replicated(mesh))
+        make_train_step(fns, tx, schedule, config, task),
+        donate_argnums=0,
+        out_shardings=(state_shard, replicated(mesh)),
     )
-    eval_step = jax.jit(make_eval_step(fns))
+    eval_step = jax.jit(make_eval_step(fns, task))
 
     logger = MetricLogger(workdir)
     if start == 0:
@@ -270,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             else:
                 timer.step(t0, t1, time.perf_counter(), previous_done)
             if step % config.eval_every_steps == 0 or step == config.total_steps:
-                last_eval = evaluate(eval_step, state, data.eval_batches, to_global)
+                last_eval = evaluate(eval_step, state, data.eval_batches, to_global, task)
                 logger.write(step, "eval", last_eval)
             if save_due:  # time the save alone, not the rest of this (asynchronously dispatched) step
                 jax.block_until_ready(state)
@@ -296,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         spp_path = None
         if spp_state is not None:
             spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
-        print_summary(workdir, ckpt.directory, summary, spp_path)
+        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary))
     return summary
 
 
@@ -316,13 +327,12 @@ def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str
     return plot_spp(stats, os.path.join(out, "spp.png"))
 
 
-def print_summary(workdir: str, ckpt_dir: str, summary: dict, spp_path: str | None) -> None:
+def print_summary(
+    workdir: str, ckpt_dir: str, summary: dict, spp_path: str | None, eval_line: str | None = None
+) -> None:
     lines = [f"Finished at step {summary['step']}."]
-    if "ema_top1" in summary:
-        lines.append(
-            f"  eval top-1 {summary['top1']:.2%} (EMA {summary['ema_top1']:.2%}), "
-            f"top-5 {summary['top5']:.2%} (EMA {summary['ema_top5']:.2%})"
-        )
+    if eval_line:
+        lines.append(eval_line)
     if "median_step_seconds" in summary:
         stall = summary.get("max_checkpoint_stall_seconds")
         lines.append(
