@@ -127,10 +127,10 @@ def test_conv2d_matches_lax(index, path, monkeypatch):
         _assert_close(g, r)
 
 
-def _both_orders(conv):
+def _both_orders(conv, groups=1):
     """Gradients of a loss and of a gradient penalty (grad-of-grad) w.r.t. x and w."""
     rng = np.random.default_rng(7)
-    x, w = _normal(rng, (2, 9, 9, 8)), _normal(rng, (3, 3, 8, 8)) / 9.0
+    x, w = _normal(rng, (2, 9, 9, 8)), _normal(rng, (3, 3, 8 // groups, 8)) / 9.0
 
     def loss(x, w):
         return jnp.sum(jnp.tanh(conv(x, w)))
@@ -145,16 +145,17 @@ def _both_orders(conv):
 
 
 @functools.cache
-def _second_order_ref():
-    return _both_orders(functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=1))
+def _second_order_ref(groups):
+    conv = functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=groups)
+    return _both_orders(conv, groups)
 
 
-@pytest.mark.parametrize("path", ["xla_fwd", "im2col"])
-def test_conv2d_second_order(path, monkeypatch):
+@pytest.mark.parametrize("path,groups", [("xla_fwd", 1), ("im2col", 1), ("xla_fwd", 2), ("group_patches", 2)])
+def test_conv2d_second_order(path, groups, monkeypatch):
     """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
     _set_path(monkeypatch, path)
-    got = _both_orders(functools.partial(conv2d, strides=2))
-    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref())):
+    got = _both_orders(functools.partial(conv2d, strides=2, groups=groups), groups)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref(groups))):
         _assert_close(g, r, rtol=1e-4)
 
 
