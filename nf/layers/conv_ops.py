@@ -162,19 +162,22 @@ def _per_group_conv(x, w, strides, pads, dilation, groups):
     )
 
 
-def _grouped_patches(x, w, strides, pads, dilation, groups):
-    """Narrow groups: im2col patches (n, oh, ow, taps, groups, c), one matmul batched over groups.
-
-    Input channel `g * c + i` and output channel `g * og + j` belong to group g (lax's layout).
-    """
-    kh, kw, cg, o = w.shape
+def _group_patches(x, khw, strides, pads, dilation, groups):
+    """im2col per group: (n, oh, ow, taps, groups, c); input channel `g * c + i` is in group g."""
     xp = _pad(x, pads)
-    out_hw = tuple(
-        _out_size(xp.shape[i + 1], (k - 1) * d + 1, s) for i, (k, d, s) in enumerate(zip((kh, kw), dilation, strides))
-    )
-    patches = jnp.stack(_taps(xp, (kh, kw), strides, out_hw, dilation), axis=3)
-    patches = patches.reshape(*patches.shape[:4], groups, cg)
-    y = jnp.einsum("nhwtgc,tcgo->nhwgo", patches, w.reshape(kh * kw, cg, groups, o // groups))
+    out_hw = tuple(_out_size(xp.shape[i + 1], (khw[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2))
+    patches = jnp.stack(_taps(xp, khw, strides, out_hw, dilation), axis=3)
+    return patches.reshape(*patches.shape[:4], groups, x.shape[-1] // groups)
+
+
+_GROUP_EQ = "nhwtgc,tcgo->nhwgo"  # output channel `g * og + j` is in group g (lax's layout)
+
+
+def _grouped_patches(x, w, strides, pads, dilation, groups):
+    """Narrow groups: im2col patches, then one matmul batched over the groups."""
+    kh, kw, cg, o = w.shape
+    patches = _group_patches(x, (kh, kw), strides, pads, dilation, groups)
+    y = jnp.einsum(_GROUP_EQ, patches, w.reshape(kh * kw, cg, groups, o // groups))
     return y.reshape(*y.shape[:3], o)
 
 
@@ -191,7 +194,15 @@ def _grouped_patches_conv_fwd(x, w, strides, pads, dilation, groups):
 
 
 def _grouped_patches_conv_bwd(strides, pads, dilation, groups, res, g):
-    return jax.vjp(lambda x, w: _grouped_patches(x, w, strides, pads, dilation, groups), *res)[1](g)
+    """dx: g @ w^T per group, put back through the patches' transpose; dw: patches^T @ g."""
+    x, w = res
+    kh, kw, cg, o = w.shape
+    patches, patches_vjp = jax.vjp(lambda x: _group_patches(x, (kh, kw), strides, pads, dilation, groups), x)
+    g = g.reshape(*g.shape[:3], groups, o // groups)
+    w4 = w.reshape(kh * kw, cg, groups, o // groups)
+    (dx,) = patches_vjp(jnp.einsum("nhwgo,tcgo->nhwtgc", g, w4))
+    dw = jnp.einsum("nhwtgc,nhwgo->tcgo", patches, g, preferred_element_type=jnp.float32)
+    return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
 _grouped_patches_conv.defvjp(_grouped_patches_conv_fwd, _grouped_patches_conv_bwd)
