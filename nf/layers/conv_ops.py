@@ -2,7 +2,8 @@
 
 XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
 equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
-formulation measured by `tools/conv_microbench.py` (ResNet-50 shapes, forward+backward):
+formulation measured by `tools/conv_microbench.py` (forward+backward on ResNet-50 shapes, and
+with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
 
   1x1 (any stride/padding)        one 2-D matmul on the (sub-sampled) pixels
   k x k, >= 256 output pixels     XLA conv forward and input gradient, kernel gradient as
@@ -10,10 +11,13 @@ formulation measured by `tools/conv_microbench.py` (ResNet-50 shapes, forward+ba
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
   groups, narrower                im2col patches, one batched (per-group) matmul (CPU only)
-  dilation, negative pads         lax.conv_general_dilated itself
+  ungrouped dilation, negative    lax.conv_general_dilated itself
+  pads, mixed dtypes
 
-XLA:CPU's grouped convolution is 10-200x slower than these (NF-RegNet's 8-wide groups at
+XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
 ~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
+The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
+conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
 Every path computes `lax.conv_general_dilated` (NHWC, HWIO) up to float rounding. `max_pool`'s
 backward is a custom VJP too. Custom VJPs support reverse mode (also grad-of-grad) but not
