@@ -54,6 +54,14 @@ CONV_CASES = [
     ((8, 8), 8, 8, 3, 1, ((-1, 2), (1, 0)), 1, 1),
     ((10, 9), 8, 8, 3, 1, "SAME", 3, 1),  # the FCN head's dilated convs
     ((6, 7), 8, 8, (3, 2), 1, ((1, 1), (0, 1)), 1, 1),  # a fast up-convolution phase
+    # grouped: narrow and wide groups, channel multipliers, strides, odd sizes, pads, dilation
+    ((9, 9), 32, 32, 3, 2, "SAME", 1, 4),
+    ((8, 8), 24, 24, 3, 1, "VALID", 1, 3),
+    ((9, 7), 16, 32, 3, (2, 1), ((0, 2), (2, 0)), 1, 4),
+    ((7, 7), 16, 8, 3, 2, "SAME", 1, 2),
+    ((8, 8), 16, 16, 3, 1, "SAME", 2, 2),
+    ((9, 9), 8, 8, 3, 2, "SAME", (2, 1), 8),
+    ((8, 8), 8, 8, 3, 1, ((-1, 2), (1, 0)), 1, 2),
 ]
 
 
@@ -89,29 +97,42 @@ def _conv_case(index):
     return opts, (x, w, proj), _vjp_all(ref, proj, x, w)
 
 
-# Every k x k case runs through both of conv2d's k x k formulations (XLA conv forward with a
-# matmul kernel gradient, or one im2col matmul), whatever its size would pick.
-_PATHS = {"xla_fwd": 0, "im2col": 10**9}
+# Every k x k case runs through each of conv2d's k x k formulations (XLA conv forward with a
+# matmul kernel gradient, or one im2col matmul), whatever its size would pick; grouped cases
+# through both grouped formulations (a dense conv per group, by either k x k formulation, or
+# patches with a batched matmul), whatever their group width would pick.
+_PATHS = {
+    "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _SPLIT_MIN_GROUP_WIDTH=0),
+    "im2col": dict(_LAX_FORWARD_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
+    "group_patches": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
+}
+
+
+def _set_path(monkeypatch, path):
+    for name, value in _PATHS[path].items():
+        monkeypatch.setattr(conv_ops, name, value)
 
 
 @pytest.mark.parametrize("path", _PATHS)
 @pytest.mark.parametrize("index", range(len(CONV_CASES)), ids=[str(c) for c in CONV_CASES])
 def test_conv2d_matches_lax(index, path, monkeypatch):
     _, _, _, k, _, padding, _, groups = CONV_CASES[index]
-    falls_back = groups != 1 or (not isinstance(padding, str) and min(map(min, padding)) < 0)
-    if path != "xla_fwd" and (k == 1 or falls_back):
-        pytest.skip("a single path: 1x1 matmul or lax.conv_general_dilated itself")
-    monkeypatch.setattr(conv_ops, "_LAX_FORWARD_MIN_PIXELS", _PATHS[path])
+    to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
+    if path != "xla_fwd" and (to_lax or (path == "group_patches" and groups == 1)):
+        pytest.skip("not a formulation conv2d has for this case")
+    if path == "im2col" and k == 1:
+        pytest.skip("1x1 is always a matmul")
+    _set_path(monkeypatch, path)
     opts, (x, w, proj), want = _conv_case(index)
     got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
     for g, r in zip(got, want):  # y, dx, dw
         _assert_close(g, r)
 
 
-def _both_orders(conv):
+def _both_orders(conv, groups=1):
     """Gradients of a loss and of a gradient penalty (grad-of-grad) w.r.t. x and w."""
     rng = np.random.default_rng(7)
-    x, w = _normal(rng, (2, 9, 9, 8)), _normal(rng, (3, 3, 8, 8)) / 9.0
+    x, w = _normal(rng, (2, 9, 9, 8)), _normal(rng, (3, 3, 8 // groups, 8)) / 9.0
 
     def loss(x, w):
         return jnp.sum(jnp.tanh(conv(x, w)))
@@ -126,17 +147,32 @@ def _both_orders(conv):
 
 
 @functools.cache
-def _second_order_ref():
-    return _both_orders(functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=1))
+def _second_order_ref(groups):
+    conv = functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=groups)
+    return _both_orders(conv, groups)
 
 
-@pytest.mark.parametrize("path", _PATHS)
-def test_conv2d_second_order(path, monkeypatch):
+@pytest.mark.parametrize("path,groups", [("xla_fwd", 1), ("im2col", 1), ("xla_fwd", 2), ("group_patches", 2)])
+def test_conv2d_second_order(path, groups, monkeypatch):
     """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
-    monkeypatch.setattr(conv_ops, "_LAX_FORWARD_MIN_PIXELS", _PATHS[path])
-    got = _both_orders(functools.partial(conv2d, strides=2))
-    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref())):
+    _set_path(monkeypatch, path)
+    got = _both_orders(functools.partial(conv2d, strides=2, groups=groups), groups)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref(groups))):
         _assert_close(g, r, rtol=1e-4)
+
+
+def _grouped_lax_convs(backend, monkeypatch):
+    """feature_group_count of each grouped lax conv in conv2d's jaxpr on `backend`."""
+    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: backend)
+    x, w = jnp.zeros((1, 8, 8, 16)), jnp.zeros((3, 3, 4, 16))
+    eqns = jax.make_jaxpr(functools.partial(conv2d, groups=4))(x, w).jaxpr.eqns
+    return [e.params["feature_group_count"] for e in eqns if e.primitive.name == "conv_general_dilated"]
+
+
+def test_grouped_conv_dispatch(monkeypatch):
+    """XLA:CPU runs groups as matmuls (its grouped conv is slow); accelerators keep lax's."""
+    assert _grouped_lax_convs("cpu", monkeypatch) == []
+    assert _grouped_lax_convs("gpu", monkeypatch) == [4]
 
 
 def _ref_pool(x, window, stride, padding):

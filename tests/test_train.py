@@ -428,8 +428,8 @@ def test_gradient_accumulation_equals_the_full_batch_step(tiny_config):
     import jax
     import jax.numpy as jnp
 
-    from nf.train.optim import learning_rate_schedule, make_optimizer
     from nf.tasks import get_task
+    from nf.train.optim import learning_rate_schedule, make_optimizer
     from nf.train.trainer import ModelFns, make_train_step
 
     config = tiny_config({"model.stochastic_depth": 0.0, "model.dropout": 0.0})

@@ -1,4 +1,5 @@
-"""Micro-benchmark of conv / max-pool formulations on the NF-ResNet-50 shapes (128px, batch 16).
+"""Micro-benchmark of conv / max-pool formulations on the NF-ResNet-50 shapes (128px, batch 16),
+or on the grouped 3x3 convs of NF-RegNet-B0 / NFNet-F0 (192px, batch 16) with --family.
 
 Times the jitted forward+backward (grads w.r.t. input and kernel) of several formulations of
 each layer of ResNet-50 and prints GFLOP/s (2 * MACs * 3). `ops` is `nf.layers.conv_ops` as it
@@ -9,6 +10,7 @@ round, so background load hits them alike; the table shows the median and the be
     python tools/conv_microbench.py --only 3x3 --rounds 15
     python tools/conv_microbench.py --net           # whole ResNet-50 conv stack: lax, base, ops
     python tools/conv_microbench.py --malloc-tune   # keep glibc from mmapping big buffers
+    python tools/conv_microbench.py --family=regnet_b0 --rounds 5   # grouped: lax, per-group, patches
 """
 
 from __future__ import annotations
@@ -38,19 +40,39 @@ METRICS = ("median", "best", "cpu")  # median wall, best wall, median CPU second
 # ----------------------------------------------------------------------------- candidates
 
 
+def _groups(x, w):
+    return x.shape[-1] // w.shape[2]
+
+
 def lax_conv(x, w, s):
-    return lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN)
+    g = _groups(x, w)
+    return lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN, feature_group_count=g)
 
 
 def base_conv(x, w, s):
     """conv_ops.conv2d before this tuning: einsum for 1x1 (strided: slice first), lax otherwise."""
-    if w.shape[:2] == (1, 1):
+    if w.shape[:2] == (1, 1) and _groups(x, w) == 1:
         return jnp.einsum("nhwc,co->nhwo", x[:, ::s, ::s], w[0, 0])
     return lax_conv(x, w, s)
 
 
 def ops_conv(x, w, s):
-    return conv_ops.conv2d(x, w, strides=s, padding="SAME")
+    return conv_ops.conv2d(x, w, strides=s, padding="SAME", groups=_groups(x, w))
+
+
+def _grouped(impl):
+    """A conv_ops grouped formulation (x, w, strides, pads, dilation, groups) as (x, w, s)."""
+
+    def f(x, w, s):
+        pads = conv_ops._resolve_padding("SAME", x.shape[1:3], w.shape[:2], (s, s), (1, 1))
+        return impl(x, w, (s, s), pads, (1, 1), _groups(x, w))
+
+    return f
+
+
+per_group = _grouped(conv_ops._per_group_conv)
+group_patches = _grouped(conv_ops._grouped_patches_conv)
+group_patches_autodiff = _grouped(conv_ops._grouped_patches)  # saves the patches for backward
 
 
 def _same(size, k, s):
@@ -210,6 +232,34 @@ def ops_pool(x):
 
 CONV = {"lax": lax_conv, "base": base_conv, "ops": ops_conv}
 CASES = []  # (name, kind, x_shape, w_shape, stride, {candidate: fn}, count in ResNet-50)
+
+
+GROUPED = {"per_group": per_group, "patches": group_patches, "patches_autodiff": group_patches_autodiff}
+# family -> [(name, input px, channels, groups, stride, count in the network)], 192px batch 16
+GROUPED_FAMILIES = {
+    "regnet_b0": [
+        ("s1 3x3s2 32 g4 @96", 96, 32, 4, 2, 1),
+        ("s2 3x3s2 80 g10 @48", 48, 80, 10, 2, 1),
+        ("s2 3x3 168 g21 @24", 24, 168, 21, 1, 2),
+        ("s3 3x3s2 168 g21 @24", 24, 168, 21, 2, 1),
+        ("s3 3x3 344 g43 @12", 12, 344, 43, 1, 5),
+        ("s4 3x3s2 344 g43 @12", 12, 344, 43, 2, 1),
+        ("s4 3x3 736 g92 @6", 6, 736, 92, 1, 5),
+    ],
+    "nfnet_f0": [
+        ("s2 3x3s2 256 g2 @48", 48, 256, 2, 2, 1),
+        ("s2 3x3 256 g2 @24", 24, 256, 2, 1, 3),
+        ("s3 3x3s2 768 g6 @24", 24, 768, 6, 2, 1),
+        ("s3 3x3 768 g6 @12", 12, 768, 6, 1, 11),
+        ("s4 3x3s2 768 g6 @12", 12, 768, 6, 2, 1),
+        ("s4 3x3 768 g6 @6", 6, 768, 6, 1, 5),
+    ],
+}
+
+
+def _build_grouped_cases(family):
+    for name, hw, c, g, s, count in GROUPED_FAMILIES[family]:
+        CASES.append((name, "conv", (16, hw, hw, c), (3, 3, c // g, c), s, dict(GROUPED), count))
 
 
 def _build_cases():
@@ -417,6 +467,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--candidates", default="", help="comma list of candidate names to keep (lax, ops always run)")
     ap.add_argument("--net", action="store_true", help="time a whole ResNet-50 conv stack: lax, base, ops")
+    ap.add_argument(
+        "--family", choices=("resnet50", *GROUPED_FAMILIES), default="resnet50", help="whose conv shapes to time"
+    )
     ap.add_argument("--metric", choices=METRICS, default="median", help="which timing the totals use")
     ap.add_argument("--malloc-tune", action="store_true", help="raise glibc's mmap/trim thresholds first")
     args = ap.parse_args()
@@ -442,7 +495,7 @@ def main():
                 f"  -> {v / pk:.1%} of peak   [{flops / 1e9:.1f} GFLOP fwd+bwd]"
             )
         return
-    _build_cases()
+    _build_cases() if args.family == "resnet50" else _build_grouped_cases(args.family)
     keep = set(filter(None, args.candidates.split(",")))
     total = {}
     print(f"{'case':34s} {'n':>3s}  candidate=GFLOP/s {'/'.join(METRICS)} (max rel err vs lax)")

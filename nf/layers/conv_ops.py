@@ -2,15 +2,22 @@
 
 XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
 equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
-formulation measured by `tools/conv_microbench.py` (ResNet-50 shapes, forward+backward):
+formulation measured by `tools/conv_microbench.py` (forward+backward on ResNet-50 shapes, and
+with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
 
   1x1 (any stride/padding)        one 2-D matmul on the (sub-sampled) pixels
   k x k, >= 256 output pixels     XLA conv forward and input gradient, kernel gradient as
                                   cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
-  groups, negative pads           lax.conv_general_dilated itself
+  groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
+  groups, narrower                im2col patches, one batched (per-group) matmul (CPU only)
+  negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
+XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
+~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
+The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
+conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
 Every path computes `lax.conv_general_dilated` (NHWC, HWIO) up to float rounding. `max_pool`'s
 backward is a custom VJP too. Custom VJPs support reverse mode (also grad-of-grad) but not
@@ -37,6 +44,11 @@ _LAX_FORWARD_MIN_PIXELS = 256
 # Kernel-gradient patches are built this many bytes at a time, so they stay in cache.
 _PATCH_CHUNK_BYTES = 4 << 20
 _MAX_PATCH_CHUNKS = 16  # the chunk loop is unrolled: bound it for big batches
+# Grouped convs with at least this many input channels per group run as one dense conv per
+# group; narrower ones as one batched matmul over groups. Measured forward+backward at 192px
+# (tools/conv_microbench.py --family): 128-wide (NFNet) groups per group ~1.1x faster than
+# patches, 8-wide (NF-RegNet) patches 1.5-5x faster; the switch point between is a guess.
+_SPLIT_MIN_GROUP_WIDTH = 32
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -71,8 +83,12 @@ def conv2d(
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
-    plain = groups == 1 and x.dtype == w.dtype and min(min(p) for p in pads) >= 0
-    if not plain:
+    matmul_ok = x.dtype == w.dtype and min(min(p) for p in pads) >= 0
+    if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
+        if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
+            return _per_group_conv(x, w, strides, pads, dilation, groups)
+        return _grouped_patches_conv(x, w, strides, pads, dilation, groups)
+    if not (matmul_ok and groups == 1):
         return _lax_conv(x, w, strides, pads, dilation, groups)
     if khw == (1, 1):
         return _conv_1x1(x, w, strides, pads)
@@ -135,6 +151,70 @@ def _im2col_conv(x, w, strides, pads, dilation=(1, 1)):
 def _patches(xp, khw, strides, out_hw, dilation=(1, 1)):
     """im2col: the taps concatenated on the channel axis, (n, oh, ow, kh * kw * c)."""
     return jnp.concatenate(_taps(xp, khw, strides, out_hw, dilation), axis=-1)
+
+
+def _per_group_conv(x, w, strides, pads, dilation, groups):
+    """Wide groups: each group is a dense conv on its channel slice (conv2d's fast paths)."""
+    cg, og = w.shape[2], w.shape[3] // groups
+    return jnp.concatenate(
+        [
+            conv2d(
+                x[..., g * cg : (g + 1) * cg],
+                w[..., g * og : (g + 1) * og],
+                strides=strides,
+                padding=pads,
+                dilation=dilation,
+            )
+            for g in range(groups)
+        ],
+        axis=-1,
+    )
+
+
+def _group_patches(x, khw, strides, pads, dilation, groups):
+    """im2col per group: (n, oh, ow, taps, groups, c); input channel `g * c + i` is in group g."""
+    xp = _pad(x, pads)
+    out_hw = tuple(_out_size(xp.shape[i + 1], (khw[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2))
+    patches = jnp.stack(_taps(xp, khw, strides, out_hw, dilation), axis=3)
+    return patches.reshape(*patches.shape[:4], groups, x.shape[-1] // groups)
+
+
+_GROUP_EQ = "nhwtgc,tcgo->nhwgo"  # output channel `g * og + j` is in group g (lax's layout)
+
+
+def _grouped_patches(x, w, strides, pads, dilation, groups):
+    """Narrow groups: im2col patches, then one matmul batched over the groups."""
+    kh, kw, cg, o = w.shape
+    patches = _group_patches(x, (kh, kw), strides, pads, dilation, groups)
+    y = jnp.einsum(_GROUP_EQ, patches, w.reshape(kh * kw, cg, groups, o // groups))
+    return y.reshape(*y.shape[:3], o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _grouped_patches_conv(x, w, strides, pads, dilation, groups):
+    """`_grouped_patches` whose backward rebuilds the patches from x instead of saving them:
+    under a scan over blocks the saved patches (taps x the input, stacked per block) cost
+    more to allocate and write than rebuilding them costs."""
+    return _grouped_patches(x, w, strides, pads, dilation, groups)
+
+
+def _grouped_patches_conv_fwd(x, w, strides, pads, dilation, groups):
+    return _grouped_patches(x, w, strides, pads, dilation, groups), (x, w)
+
+
+def _grouped_patches_conv_bwd(strides, pads, dilation, groups, res, g):
+    """dx: g @ w^T per group, put back through the patches' transpose; dw: patches^T @ g."""
+    x, w = res
+    kh, kw, cg, o = w.shape
+    patches, patches_vjp = jax.vjp(lambda x: _group_patches(x, (kh, kw), strides, pads, dilation, groups), x)
+    g = g.reshape(*g.shape[:3], groups, o // groups)
+    w4 = w.reshape(kh * kw, cg, groups, o // groups)
+    (dx,) = patches_vjp(jnp.einsum("nhwgo,tcgo->nhwtgc", g, w4))
+    dw = jnp.einsum("nhwtgc,nhwgo->tcgo", patches, g, preferred_element_type=jnp.float32)
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_grouped_patches_conv.defvjp(_grouped_patches_conv_fwd, _grouped_patches_conv_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
