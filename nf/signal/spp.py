@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from nf.layers import SkipGain
@@ -101,7 +102,8 @@ def _last_finite(values: np.ndarray, first_bad: int) -> str:
 
 
 def plot_spp(results: Mapping[str, Mapping[str, Sequence[float]]], path: str, log_scale: bool = False) -> str:
-    """Draw the paper's three SPP panels side by side, one line per model, and save to `path`.
+    """Draw the paper's three SPP panels side by side, one line per model, and save to `path`
+    (PNG; local or gs://).
 
     x: block depth (1-based); dotted vertical lines mark stage ends. Every model's statistics are
     checked with `check_finite` first. Returns `path`.
@@ -130,7 +132,8 @@ def plot_spp(results: Mapping[str, Mapping[str, Sequence[float]]], path: str, lo
         ax.set_xlabel("Block depth")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+    with epath.Path(path).open("wb") as f:  # a local path or an object store (gs://...)
+        fig.savefig(f, format="png", dpi=120)
     return path
 
 

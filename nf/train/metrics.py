@@ -76,26 +76,45 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 class LoopTimer:
     """Wall-clock accounting of the training loop, excluding each session's first (compiling) step.
 
-    With asynchronous dispatch, time blocked on the input pipeline is idle time only when the
-    previous step had already finished: `data_wait` counts a wait when the previous step's output
-    is ready once the batch arrives (conservative: a step that finished mid-wait counts whole).
+    With asynchronous dispatch the host finishes a step's loop iteration long before the device
+    finishes the step, so step time is measured between synchronization points: the log steps,
+    where the loop waits for the step's metrics (`synced`). An interval that contains the
+    compiling step, an evaluation or a save is not counted (`restart` after them).
+    Time blocked on the input pipeline is idle time only when the previous step had already
+    finished: `data_wait` counts a wait when the previous step's output is ready once the batch
+    arrives (conservative: a step that finished mid-wait counts whole).
     Checkpoint stalls are the time `save` blocks the loop, compared with the median step.
     """
 
     def __init__(self):
-        self.waited = self.total = 0.0
-        self.step_seconds: list[float] = []
+        self.waited = self.total = 0.0  # host loop seconds: waiting for data while idle / all
+        self.step_seconds: list[float] = []  # seconds per step of each clean interval
         self.checkpoint_stalls: list[float] = []
         self._first = True
+        self._sync: tuple[int, float] | None = None  # (step, time) the last clean interval starts at
 
     def step(self, start: float, batch_ready: float, end: float, previous_done: bool) -> None:
+        """Host-side accounting of one loop iteration (data fetch at `start`..`batch_ready`)."""
         if self._first:
             self._first = False
             return
         self.total += end - start
-        self.step_seconds.append(end - start)
         if previous_done:
             self.waited += batch_ready - start
+
+    def synced(self, step: int, now: float) -> float | None:
+        """Step `step`'s outputs are on the host at `now`: the seconds per step since the last
+        synchronization point, or None when there is no clean interval yet."""
+        per_step = None
+        if self._sync is not None and step > self._sync[0]:
+            per_step = (now - self._sync[1]) / (step - self._sync[0])
+            self.step_seconds.append(per_step)
+        self._sync = (step, now)
+        return per_step
+
+    def restart(self, step: int, now: float) -> None:
+        """Evaluation or saving ran after step `step` (device idle at `now`): a new interval."""
+        self._sync = (step, now)
 
     @property
     def data_wait_fraction(self) -> float:

@@ -274,22 +274,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"{what} at step {step}; stopping. {kept} Lower the learning rate "
                         "or enable AGC (optimizer.agc_clip)."
                     )
-                timer.step(t0, t1, time.perf_counter(), previous_done)
-                metrics["images_per_sec"] = config.batch_size / max(time.perf_counter() - t0, 1e-9)
+                now = time.perf_counter()  # this step has finished: a synchronization point
+                timer.step(t0, t1, now, previous_done)
+                if (per_step := timer.synced(step, now)) is not None:
+                    metrics["images_per_sec"] = config.batch_size / per_step
                 metrics["data_wait_fraction"] = timer.data_wait_fraction
                 logger.write(step, "train", metrics)
             else:
                 timer.step(t0, t1, time.perf_counter(), previous_done)
-            if step % config.eval_every_steps == 0 or step == config.total_steps:
+            evaluated = step % config.eval_every_steps == 0 or step == config.total_steps
+            if evaluated:
                 last_eval = evaluate(eval_step, state, data.eval_batches, to_global, task)
                 logger.write(step, "eval", last_eval)
             if save_due:  # time the save alone, not the rest of this (asynchronously dispatched) step
                 jax.block_until_ready(state)
             t_save = time.perf_counter()
-            if ckpt.save(step, state, train_iter, force=final):
+            saved = ckpt.save(step, state, train_iter, force=final)
+            if saved:
                 stall = time.perf_counter() - t_save  # async: only the device-to-host copy blocks
                 timer.checkpoint_stalls.append(stall)
                 logger.write(step, "checkpoint", {"stall_seconds": stall})
+            if evaluated or saved:  # not part of any step's time
+                timer.restart(step, time.perf_counter())
             if stop:
                 ckpt.wait()
                 logging.warning("Saved step %d after SIGTERM; exiting.", step)
@@ -320,11 +326,10 @@ def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str
     images = next(iter(eval_batches()))["image"]
     model = fns.merged(jax.device_get(state["ema"]), jax.device_get(state["model_state"]))
     stats = {f"{name} (trained, EMA)": compute_spp(model, images, train=False)}
-    out = os.path.join(workdir, "spp")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "spp.json"), "w") as f:
-        json.dump(stats, f, indent=1)
-    return plot_spp(stats, os.path.join(out, "spp.png"))
+    out = epath.Path(workdir) / "spp"  # local or gs://
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spp.json").write_text(json.dumps(stats, indent=1))
+    return plot_spp(stats, os.fspath(out / "spp.png"))
 
 
 def print_summary(

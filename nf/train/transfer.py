@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from nf.models.dense import BACKBONE_KEY
 from nf.train.checkpoint import _path_str
@@ -23,20 +24,21 @@ PARAM_SOURCES = ("ema", "raw")  # which saved weights initialize the backbone
 
 
 def find_checkpoint(path: str) -> str:
-    """The `<step>/state` directory of `path`: a workdir, its `checkpoints` folder (latest step)
-    or one step directory."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, "state")):
-        return os.path.join(path, "state")
-    for folder in (os.path.join(path, "checkpoints"), path):
+    """The `<step>/state` directory of `path` (local or gs://): a workdir, its `checkpoints` folder
+    (latest step) or one step directory."""
+    if "://" not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    root = epath.Path(path)
+    if (root / "state").is_dir():
+        return os.fspath(root / "state")
+    for folder in (root / "checkpoints", root):
         steps = [
-            int(n)
-            for n in (os.listdir(folder) if os.path.isdir(folder) else [])
-            if n.isdigit()
-            if os.path.isdir(os.path.join(folder, n, "state"))
+            int(p.name)
+            for p in (folder.iterdir() if folder.is_dir() else [])
+            if p.name.isdigit() and (p / "state").is_dir()
         ]
         if steps:
-            return os.path.join(folder, str(max(steps)), "state")
+            return os.fspath(folder / str(max(steps)) / "state")
     raise FileNotFoundError(
         f"init_from={path!r} holds no checkpoint: expected a workdir with checkpoints/<step>/state, "
         "a checkpoints folder or one <step> folder (train the classifier first, or set "
@@ -48,7 +50,7 @@ def check_init_from(init_from: str, workdir: str) -> None:
     """Fail early (before anything is built or written) when a fresh run's `init_from` holds no
     checkpoint; a workdir with its own checkpoints resumes from them and never reads it."""
     try:
-        find_checkpoint(os.path.join(workdir, "checkpoints"))
+        find_checkpoint(os.fspath(epath.Path(workdir) / "checkpoints"))
     except FileNotFoundError:
         find_checkpoint(init_from)
 
