@@ -271,7 +271,8 @@ def _grouped_conv_gm_bwd(strides, pads, dilation, res, dy):
     else:
         patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
         (dx,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
-    dw = lax.dot_general(dyg, patches, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+    # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
+    dw = lax.dot_general(dyg.transpose(0, 2, 1), patches, _BATCHED, preferred_element_type=jnp.float32)
     dw = dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w.shape)  # (g, o, taps, c) -> HWIO
     return dx, dw.astype(w.dtype)
 
