@@ -17,8 +17,9 @@ Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
 ~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
 Narrow groups run in a group-major layout (groups, n, h, w, c): only the 1x activations are
-transposed, never the 9x patches, and at stride 1 the input gradient is the same conv on the
-output gradient with the flipped kernel (NF-RegNet-B0 192px train step: 3.6 -> 1.35 s).
+transposed, never the 9x patches (with groups inside the channel axis, XLA:CPU transposed the
+patches for every batched matmul: ~30% of NF-RegNet-B0's train step), and at stride 1 the input
+gradient is the same conv on the output gradient with the flipped kernel.
 The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
 conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
