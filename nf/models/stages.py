@@ -22,7 +22,7 @@ from nf.signal.stats import signal_stats
 # stacks every block's saved activations into per-stage buffers (zero-filled, written by
 # dynamic-update-slice, read back by dynamic-slice); unrolled, NF-RegNet-B0's 192px train step
 # is ~10% faster on XLA:CPU. Longer stages keep the scan, so compile time stays bounded for deep
-# networks (NFNet-F7, NF-ResNet-288); shallow ones compile longer (NFNet-F0 ~1.4x).
+# networks (NFNet-F7, NF-ResNet-288); shallow ones compile longer (NFNet-F0 ~1.3-1.4x).
 UNROLL_MAX_BLOCKS = 6
 
 
