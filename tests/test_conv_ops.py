@@ -62,6 +62,8 @@ CONV_CASES = [
     ((8, 8), 16, 16, 3, 1, "SAME", 2, 2),
     ((9, 9), 8, 8, 3, 2, "SAME", (2, 1), 8),
     ((8, 8), 8, 8, 3, 1, ((-1, 2), (1, 0)), 1, 2),
+    ((8, 8), 16, 16, 3, 1, ((3, 0), (0, 1)), 1, 4),  # stride 1, but no conv gives dx (pad > k - 1)
+    ((10, 9), 16, 16, 3, 1, "SAME", 3, 4),  # stride 1, dilated: dx as the transposed conv
 ]
 
 
@@ -147,17 +149,20 @@ def _both_orders(conv, groups=1):
 
 
 @functools.cache
-def _second_order_ref(groups):
-    conv = functools.partial(_ref_conv, strides=2, padding="SAME", dilation=1, groups=groups)
+def _second_order_ref(groups, strides):
+    conv = functools.partial(_ref_conv, strides=strides, padding="SAME", dilation=1, groups=groups)
     return _both_orders(conv, groups)
 
 
-@pytest.mark.parametrize("path,groups", [("xla_fwd", 1), ("im2col", 1), ("xla_fwd", 2), ("group_patches", 2)])
-def test_conv2d_second_order(path, groups, monkeypatch):
+@pytest.mark.parametrize(
+    "path,groups,strides",
+    [("xla_fwd", 1, 2), ("im2col", 1, 2), ("xla_fwd", 2, 2), ("group_patches", 2, 2), ("group_patches", 2, 1)],
+)
+def test_conv2d_second_order(path, groups, strides, monkeypatch):
     """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
     _set_path(monkeypatch, path)
-    got = _both_orders(functools.partial(conv2d, strides=2, groups=groups), groups)
-    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref(groups))):
+    got = _both_orders(functools.partial(conv2d, strides=strides, groups=groups), groups)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(_second_order_ref(groups, strides))):
         _assert_close(g, r, rtol=1e-4)
 
 

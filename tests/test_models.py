@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from nf.layers import Conv
-from nf.models import create_model, list_models
+from nf.models import create_model, list_models, stages
 from nf.models.stages import block_schedule
 
 # REFERENCE §3 / paper: depths of every ResNet variant; §2-3: the families the paper compares.
@@ -446,9 +446,35 @@ def _jaxpr(depths):
 
 
 def test_traced_size_independent_of_depth():
-    shallow, deep = _jaxpr((2, 2, 2, 2)), _jaxpr((8, 8, 8, 8))
+    shallow, deep = _jaxpr((8, 8, 8, 8)), _jaxpr((16, 16, 16, 16))  # longer than UNROLL_MAX_BLOCKS
     n_shallow, n_deep = _count_eqns(shallow), _count_eqns(deep)
     assert abs(n_deep - n_shallow) <= 0.02 * n_shallow, (n_shallow, n_deep)
     assert len(deep.eqns) == len(shallow.eqns)
     lengths = [e.params["length"] for e in deep.eqns if e.primitive.name == "scan"]
-    assert lengths == [7, 7, 7, 7]  # (an unrolled stage would add ~ n/8 equations per extra block)
+    assert lengths == [15, 15, 15, 15]  # (an unrolled stage would add ~ n/16 equations per extra block)
+
+
+@pytest.mark.parametrize("name,overrides", [("bn_resnet26", {}), ("nf_regnet_b0", SD_MODEL)])
+def test_unrolled_stage_matches_scan(name, overrides, monkeypatch):
+    """A short stage's Python loop computes what the scan computes: logits, SPP statistics,
+    gradients, BatchNorm running averages, stochastic-depth draws."""
+    if name == "nf_regnet_b0":
+        overrides = {**overrides, "widths": (16, 32, 32, 32), "depths": (1, 1, 3, 1), "num_classes": 10}
+    else:
+        overrides = {**SMALL, "depths": (1, 3)}
+    results = []
+    for unroll in (0, stages.UNROLL_MAX_BLOCKS):
+        monkeypatch.setattr(stages, "UNROLL_MAX_BLOCKS", unroll)
+        model = create_model(name, rngs=nnx.Rngs(jax.random.key(1, impl="rbg")), **overrides)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params, rest):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            logits, stats = m(X, train=True, key=KEY, collect_stats=True)
+            return jnp.sum(logits**2), (logits, stats, nnx.state(m, nnx.BatchStat))
+
+        (_, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest)
+        results.append((aux, grads))
+        assert any(e.primitive.name == "scan" for e in jax.make_jaxpr(loss)(params, rest).eqns) == (unroll == 0)
+    for scanned, unrolled in zip(*(jax.tree.leaves(r) for r in results), strict=True):
+        np.testing.assert_allclose(unrolled, scanned, rtol=1e-5, atol=1e-6)

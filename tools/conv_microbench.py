@@ -71,8 +71,7 @@ def _grouped(impl):
 
 
 per_group = _grouped(conv_ops._per_group_conv)
-group_patches = _grouped(conv_ops._grouped_patches_conv)
-group_patches_autodiff = _grouped(conv_ops._grouped_patches)  # saves the patches for backward
+group_patches = _grouped(conv_ops._grouped_conv)
 
 
 def _same(size, k, s):
@@ -234,7 +233,7 @@ CONV = {"lax": lax_conv, "base": base_conv, "ops": ops_conv}
 CASES = []  # (name, kind, x_shape, w_shape, stride, {candidate: fn}, count in ResNet-50)
 
 
-GROUPED = {"per_group": per_group, "patches": group_patches, "patches_autodiff": group_patches_autodiff}
+GROUPED = {"per_group": per_group, "patches": group_patches}
 # family -> [(name, input px, channels, groups, stride, count in the network)], 192px batch 16
 GROUPED_FAMILIES = {
     "regnet_b0": [

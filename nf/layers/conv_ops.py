@@ -10,12 +10,16 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
                                   cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
-  groups, narrower                im2col patches, one batched (per-group) matmul (CPU only)
+  groups, narrower                group-major im2col patches, one batched matmul (CPU only)
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
 ~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
+Narrow groups run in a group-major layout (groups, n, h, w, c): only the 1x activations are
+transposed, never the 9x patches (with groups inside the channel axis, XLA:CPU transposed the
+patches for every batched matmul: ~30% of NF-RegNet-B0's train step), and at stride 1 the input
+gradient is the same conv on the output gradient with the flipped kernel.
 The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
 conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
@@ -87,7 +91,7 @@ def conv2d(
     if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
         if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
             return _per_group_conv(x, w, strides, pads, dilation, groups)
-        return _grouped_patches_conv(x, w, strides, pads, dilation, groups)
+        return _grouped_conv(x, w, strides, pads, dilation, groups)
     if not (matmul_ok and groups == 1):
         return _lax_conv(x, w, strides, pads, dilation, groups)
     if khw == (1, 1):
@@ -171,50 +175,110 @@ def _per_group_conv(x, w, strides, pads, dilation, groups):
     )
 
 
-def _group_patches(x, khw, strides, pads, dilation, groups):
-    """im2col per group: (n, oh, ow, taps, groups, c); input channel `g * c + i` is in group g."""
-    xp = _pad(x, pads)
-    out_hw = tuple(_out_size(xp.shape[i + 1], (khw[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2))
-    patches = jnp.stack(_taps(xp, khw, strides, out_hw, dilation), axis=3)
-    return patches.reshape(*patches.shape[:4], groups, x.shape[-1] // groups)
+def _group_major(x: jax.Array, groups: int) -> jax.Array:
+    """(n, h, w, groups * c) -> (groups, n, h, w, c): channel `g * c + i` is in group g."""
+    n, h, wd, c = x.shape
+    return x.reshape(n, h, wd, groups, c // groups).transpose(3, 0, 1, 2, 4)
 
 
-_GROUP_EQ = "nhwtgc,tcgo->nhwgo"  # output channel `g * og + j` is in group g (lax's layout)
+def _channels_last(xg: jax.Array) -> jax.Array:
+    """(groups, n, h, w, c) -> (n, h, w, groups * c), the inverse of `_group_major`."""
+    g, n, h, wd, c = xg.shape
+    return xg.transpose(1, 2, 3, 0, 4).reshape(n, h, wd, g * c)
 
 
-def _grouped_patches(x, w, strides, pads, dilation, groups):
-    """Narrow groups: im2col patches, then one matmul batched over the groups."""
-    kh, kw, cg, o = w.shape
-    patches = _group_patches(x, (kh, kw), strides, pads, dilation, groups)
-    y = jnp.einsum(_GROUP_EQ, patches, w.reshape(kh * kw, cg, groups, o // groups))
-    return y.reshape(*y.shape[:3], o)
+def _grouped_conv(x, w, strides, pads, dilation, groups):
+    """Narrow groups: im2col patches per group in group-major layout, one batched matmul.
+
+    Activations enter and leave NHWC; inside, each group's pixels are rows of a (pixels, taps *
+    c) patch matrix, so the batched matmul and its backward read their operands as laid out
+    (a group axis inside the channel axis would transpose the 9x larger patches instead).
+    """
+    return _channels_last(_grouped_conv_gm(_group_major(x, groups), w, strides, pads, dilation))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _grouped_patches_conv(x, w, strides, pads, dilation, groups):
-    """`_grouped_patches` whose backward rebuilds the patches from x instead of saving them:
-    under a scan over blocks the saved patches (taps x the input, stacked per block) cost
-    more to allocate and write than rebuilding them costs."""
-    return _grouped_patches(x, w, strides, pads, dilation, groups)
+def _group_patches(xg, khw, strides, pads, dilation) -> jax.Array:
+    """im2col per group: (g, n, h, w, c) -> (g, n * oh * ow, kh * kw * c), tap-major."""
+    g, n, _, _, c = xg.shape
+    xp = jnp.pad(xg, ((0, 0), (0, 0), *pads, (0, 0))) if any(lo or hi for lo, hi in pads) else xg
+    (kh, kw), (sh, sw), (dh, dw) = khw, strides, dilation
+    oh, ow = (_out_size(xp.shape[i + 2], (khw[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2))
+    hp = xp.shape[2]
+    # Column taps first (kw views, all rows), then the kh row views of that: fewer, larger copies.
+    cols = jnp.stack(
+        [
+            lax.slice(xp, (0, 0, 0, j * dw, 0), (g, n, hp, j * dw + (ow - 1) * sw + 1, c), (1, 1, 1, sw, 1))
+            for j in range(kw)
+        ],
+        axis=-2,
+    )
+    rows = [
+        lax.slice(cols, (0, 0, i * dh, 0, 0, 0), (g, n, i * dh + (oh - 1) * sh + 1, ow, kw, c), (1, 1, sh, 1, 1, 1))
+        for i in range(kh)
+    ]
+    return jnp.stack(rows, axis=-3).reshape(g, n * oh * ow, kh * kw * c)
 
 
-def _grouped_patches_conv_fwd(x, w, strides, pads, dilation, groups):
-    return _grouped_patches(x, w, strides, pads, dilation, groups), (x, w)
+def _group_kernel(w: jax.Array, groups: int) -> jax.Array:
+    """(kh, kw, c, groups * o) -> (groups, kh * kw * c, o), rows in `_group_patches`' order."""
+    kh, kw, c, o = w.shape
+    return w.reshape(kh * kw, c, groups, o // groups).transpose(2, 0, 1, 3).reshape(groups, kh * kw * c, o // groups)
 
 
-def _grouped_patches_conv_bwd(strides, pads, dilation, groups, res, g):
-    """dx: g @ w^T per group, put back through the patches' transpose; dw: patches^T @ g."""
-    x, w = res
-    kh, kw, cg, o = w.shape
-    patches, patches_vjp = jax.vjp(lambda x: _group_patches(x, (kh, kw), strides, pads, dilation, groups), x)
-    g = g.reshape(*g.shape[:3], groups, o // groups)
-    w4 = w.reshape(kh * kw, cg, groups, o // groups)
-    (dx,) = patches_vjp(jnp.einsum("nhwgo,tcgo->nhwtgc", g, w4))
-    dw = jnp.einsum("nhwtgc,nhwgo->tcgo", patches, g, preferred_element_type=jnp.float32)
-    return dx, dw.reshape(w.shape).astype(w.dtype)
+_BATCHED = (((2,), (1,)), ((0,), (0,)))  # (g, m, k) @ (g, k, n) -> (g, m, n)
 
 
-_grouped_patches_conv.defvjp(_grouped_patches_conv_fwd, _grouped_patches_conv_bwd)
+def _grouped_matmul(xg, w, strides, pads, dilation):
+    """(g, n, h, w, c) x HWIO -> (g, n, oh, ow, o / g)."""
+    g, n = xg.shape[:2]
+    patches = _group_patches(xg, w.shape[:2], strides, pads, dilation)
+    y = lax.dot_general(patches, _group_kernel(w, g), _BATCHED)
+    oh, ow = (
+        _out_size(xg.shape[i + 2] + sum(pads[i]), (w.shape[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2)
+    )
+    return y.reshape(g, n, oh, ow, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _grouped_conv_gm(xg, w, strides, pads, dilation):
+    """`_grouped_matmul` whose backward rebuilds the patches from x instead of saving them
+    (under a scan over blocks, saved patches cost more to stack than to rebuild)."""
+    return _grouped_matmul(xg, w, strides, pads, dilation)
+
+
+def _grouped_conv_gm_fwd(xg, w, strides, pads, dilation):
+    return _grouped_matmul(xg, w, strides, pads, dilation), (xg, w)
+
+
+def _transposed_pads(pads, khw, dilation) -> Pads | None:
+    """Pads of the stride-1 conv whose output is the input gradient (None if one is negative)."""
+    tp = tuple(((k - 1) * d - lo, (k - 1) * d - hi) for (lo, hi), k, d in zip(pads, khw, dilation))
+    return tp if min(min(p) for p in tp) >= 0 else None
+
+
+def _grouped_conv_gm_bwd(strides, pads, dilation, res, dy):
+    """dx: at stride 1 the conv of dy with the flipped, per-group transposed kernel (the
+    forward's path); strided, dy @ w^T per group put back through the patches' transpose.
+    dw: dy^T @ patches per group (the small dy is the operand that gets transposed)."""
+    xg, w = res
+    kh, kw, c, _ = w.shape
+    g, n, oh, ow, og = dy.shape
+    dyg = dy.reshape(g, n * oh * ow, og)
+    tpads = _transposed_pads(pads, (kh, kw), dilation)
+    if strides == (1, 1) and tpads is not None:
+        w_t = w.reshape(kh, kw, c, g, og)[::-1, ::-1].transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
+        dx = _grouped_conv_gm(dy, w_t, strides, tpads, dilation)
+        patches = _group_patches(xg, (kh, kw), strides, pads, dilation)
+    else:
+        patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
+        (dx,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
+    # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
+    dw = lax.dot_general(dyg.transpose(0, 2, 1), patches, _BATCHED, preferred_element_type=jnp.float32)
+    dw = dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w.shape)  # (g, o, taps, c) -> HWIO
+    return dx, dw.astype(w.dtype)
+
+
+_grouped_conv_gm.defvjp(_grouped_conv_gm_fwd, _grouped_conv_gm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

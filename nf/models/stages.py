@@ -3,7 +3,7 @@
 Blocks implement `block(x, *, beta, drop_rate, key, train) -> (out, residual)`, where
 `residual` is the branch output f(x/beta) before it is scaled and added (the SPP's third
 statistic). A stage runs its first (transition) block directly and its identical remaining
-blocks under `jax.lax.scan`, so compile time does not grow with depth.
+blocks under `jax.lax.scan`, so compile time does not grow with depth (short stages: a loop).
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nf.signal.stats import signal_stats
+
+# Stages with at most this many blocks after the transition run them as a Python loop: a scan
+# stacks every block's saved activations into per-stage buffers (zero-filled, written by
+# dynamic-update-slice, read back by dynamic-slice); unrolled, NF-RegNet-B0's 192px train step
+# is ~10% faster on XLA:CPU. Longer stages keep the scan, so compile time stays bounded for deep
+# networks (NFNet-F7, NF-ResNet-288); shallow ones compile longer (NFNet-F0 ~1.3-1.4x).
+UNROLL_MAX_BLOCKS = 6
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,12 @@ class Stage(nnx.Module):
             return x, _stack(stats)
 
         graphdef, state = nnx.split(self.rest)
+        drops = any(self.drop_rates)
 
         def body(h, xs):
             block_state, beta, rate, block_key = xs
             block = nnx.merge(graphdef, block_state)
-            rate = rate if any(self.drop_rates) else 0.0  # static 0: no random draws at all
+            rate = rate if drops else 0.0  # static 0: no random draws at all
             h, r = block(h, beta=beta, drop_rate=rate, key=block_key, train=train)
             out_stats = signal_stats(h, r) if collect_stats else None
             # Only non-parameter state (e.g. BatchNorm running averages) changes in a forward pass.
@@ -106,8 +114,17 @@ class Stage(nnx.Module):
 
         if self.remat:
             body = jax.checkpoint(body, prevent_cse=False)
-        xs = (state, jnp.asarray(self.betas[1:]), jnp.asarray(self.drop_rates[1:]), None if keys is None else keys[1:])
-        x, (new_state, rest_stats) = jax.lax.scan(body, x, xs)
+        rest_keys = None if keys is None else keys[1:]
+        if self.depth - 1 <= UNROLL_MAX_BLOCKS:
+            outs = []
+            for i in range(self.depth - 1):
+                xs = (jax.tree.map(lambda a: a[i], state), self.betas[i + 1], self.drop_rates[i + 1])
+                x, out = body(x, (*xs, None if rest_keys is None else rest_keys[i]))
+                outs.append(out)
+            new_state, rest_stats = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        else:
+            xs = (state, jnp.asarray(self.betas[1:]), jnp.asarray(self.drop_rates[1:]), rest_keys)
+            x, (new_state, rest_stats) = jax.lax.scan(body, x, xs)
         nnx.update(self.rest, new_state)
         if collect_stats:
             stats = {k: jnp.concatenate([stats[0][k][None], v]) for k, v in rest_stats.items()}
