@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nf.heads.common import ConvUnit, HeadStyle, output_conv
+from nf.models.network import Features
 
 # (kernel (h, w), padding ((top, bottom), (left, right))) of the convs producing output rows
 # 2i + r and columns 2j + s, for (r, s) = (0, 0), (0, 1), (1, 0), (1, 1): even output rows see
@@ -70,7 +71,11 @@ class UpProjection(nnx.Module):
 
 
 class FCRNHead(nnx.Module):
-    def __init__(self, in_ch: int, style: HeadStyle, *, num_up: int = 4, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self, in_ch: int, style: HeadStyle, *, num_up: int = 4, init_depth: float = 0.0, dtype=None, rngs: nnx.Rngs
+    ):
+        """`init_depth`: the output conv's initial bias (metres), e.g. the training set's mean depth,
+        so training does not spend its first steps learning that offset."""
         width = in_ch // 2
         if width >> num_up < 1:
             raise ValueError(f"FCRN head: {in_ch} input channels cannot be halved {num_up + 1} times")
@@ -81,10 +86,11 @@ class FCRNHead(nnx.Module):
             width //= 2
         self.ups = nnx.List(ups)
         self.out = output_conv(width, 1, 3, rngs=rngs)
+        self.out.bias[...] = jnp.full_like(self.out.bias[...], init_depth)
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Depth (n, 2^num_up h, 2^num_up w, 1), float32."""
-        x = self.reduce(x, train)
+    def __call__(self, features: Features, train: bool) -> jax.Array:
+        """Depth (n, 2^num_up h, 2^num_up w, 1) from the final features (n, h, w, C), float32."""
+        x = self.reduce(features.final, train)
         for up in self.ups:
             x = up(x, train)  # resolution x2, channels /2
         return self.out(x.astype(jnp.float32))
