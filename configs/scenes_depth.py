@@ -23,10 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from_params = "ema"  # "ema" or "raw" weights of the classifier
     config.seed = 0
     config.batch_size = 32  # global
-    config.total_steps = 300
+    config.total_steps = 600
     config.log_every_steps = 25
-    config.eval_every_steps = 150
-    config.checkpoint_every_steps = 150
+    config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
     config.keep_checkpoints = 1
     config.profile_steps = 0
     config.spp_after_training = False
@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stochastic_depth = 0.0
     config.model.output_stride = 32
     config.model.dtype = ""
+
+    config.head = ml_collections.ConfigDict()
+    config.head.init_depth = 4.9  # metres: the mean depth of the training scenes' pixels
+    config.head.skip_stride = 4  # stage outputs at strides 16, 8, 4 join the up-projections (0 = none, as in §7)
 
     config.data = ml_collections.ConfigDict()
     config.data.prepare = "digit_scenes"

@@ -23,10 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from_params = "ema"  # "ema" or "raw" weights of the classifier
     config.seed = 0
     config.batch_size = 32  # global
-    config.total_steps = 300
+    config.total_steps = 600
     config.log_every_steps = 25
-    config.eval_every_steps = 150
-    config.checkpoint_every_steps = 150
+    config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
     config.keep_checkpoints = 1
     config.profile_steps = 0
     config.spp_after_training = False
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.on_corrupt = "error"
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.lr = 0.02
+    config.optimizer.lr = 0.05
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 20
     config.optimizer.end_lr = 0.0

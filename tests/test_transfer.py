@@ -17,9 +17,9 @@ from absl import flags
 from flax import nnx
 
 from nf.heads import FastUpConv, HeadStyle, UpProjection
+from nf.heads.fcn import skip_stages
 from nf.layers import Conv, ScaledWSConv
 from nf.models import create_model
-from nf.heads.fcn import skip_stages
 from nf.models.dense import BACKBONE_KEY, depth_model, segmentation_model
 from nf.models.network import stage_dilations
 from nf.tasks import depth as depth_task
@@ -171,6 +171,22 @@ def test_fcn_skips_add_a_1x1_score_of_each_finer_stage():
     np.testing.assert_allclose(np.asarray(model.head(features, train=False)), want, rtol=1e-4, atol=1e-5)
     plain = segmentation_model("nf_resnet26", 5, head_width=8, head_dilation=2, **TINY)
     assert plain.head.skip_stages == () and plain.head(plain.backbone.features(x), train=False).shape == (2, 4, 4, 5)
+
+
+@pytest.mark.parametrize("output_stride,want", [(None, (2, 1, 0, None)), (16, (1, 0, None, None))])
+def test_fcrn_skips_join_the_up_projection_of_their_resolution(output_stride, want):
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    model = depth_model("nf_resnet26", output_stride=output_stride, skip_stride=4, **TINY)
+    assert model.head.skip_stages == want
+    features = model.backbone.features(x)
+    stride = features.stages[-1][1]
+    skip_strides = [stride // 2 ** (k + 1) for k, s in enumerate(want) if s is not None]
+    assert skip_strides == [features.stages[s][1] for s in want if s is not None]  # resolutions match
+    assert model(x).shape == (2, 64, 64, 1)
+    with_skips = model.head(features, train=False)
+    model.head.skip_projections = nnx.List([None] * len(want))  # the paper's head, same weights otherwise
+    assert with_skips.shape == model.head(features, train=False).shape
+    assert not np.allclose(np.asarray(with_skips), np.asarray(model.head(features, train=False)))
 
 
 def test_depth_head_starts_at_init_depth():

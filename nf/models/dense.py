@@ -75,13 +75,30 @@ def segmentation_model(
 
 
 def depth_model(
-    name: str, *, output_stride: int | None = None, init_depth: float = 0.0, seed: int = 0, **overrides: Any
+    name: str,
+    *,
+    output_stride: int | None = None,
+    init_depth: float = 0.0,
+    skip_stride: int | None = None,
+    seed: int = 0,
+    **overrides: Any,
 ) -> DenseModel:
     """FCRN on a registered backbone (REFERENCE §7: undilated, four up-projections); the head's
-    output starts at `init_depth` metres."""
+    output starts at `init_depth` metres; `skip_stride` adds the outputs of the last stage at each
+    finer stride down to that one to the up-projection of the same resolution (nf.heads.fcrn)."""
     rngs = nnx.Rngs(seed)
     backbone = create_backbone(name, output_stride=output_stride, rngs=rngs, **overrides)
+    strides = backbone.feature_strides
+    skips = {  # up-projection k brings the features to stride output_stride / 2^(k+1)
+        (strides[-1] // strides[i]).bit_length() - 2: (i, backbone.stage_widths[i])
+        for i in skip_stages(strides, skip_stride)
+    }
     head = FCRNHead(
-        backbone.num_features, head_style(backbone), init_depth=init_depth, dtype=overrides.get("dtype"), rngs=rngs
+        backbone.num_features,
+        head_style(backbone),
+        init_depth=init_depth,
+        skips=skips,
+        dtype=overrides.get("dtype"),
+        rngs=rngs,
     )
     return DenseModel(backbone, head)

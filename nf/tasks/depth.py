@@ -84,6 +84,7 @@ class Depth(Task):
             self.config.model.name,
             seed=self.config.seed,
             init_depth=head.get("init_depth", 0.0),
+            skip_stride=head.get("skip_stride") or None,
             **model_overrides(self.config),
         )
 
