@@ -5,7 +5,8 @@ are composed from the bundled digits on first use (data/digit_scenes, no downloa
 starts from the quickstart classifier's EMA weights; its last stage runs dilated (output
 stride 16). At 64 px that leaves 4x4 logits, too coarse for 3-6 px digit strokes (logits holding
 each cell's exact class fractions reach 15% mIoU once upsampled), so the head adds FCN-8s skips
-from the stride-8 and stride-4 stages (`head.skip_stride`; logits at 16x16). Run (after `nf-train --config=configs/quickstart.py --workdir=runs/quickstart`):
+from the stride-8 and stride-4 stages (`head.skip_stride`; logits at 16x16). Run (after
+`nf-train --config=configs/quickstart.py --workdir=runs/quickstart`):
 
     nf-train --config=configs/scenes_seg.py --workdir=runs/scenes_seg
     nf-train --config=configs/scenes_seg.py --workdir=runs/scenes_seg_scratch --config.init_from=''

@@ -367,13 +367,22 @@ def _dense_config(task: str, scenes_root: Path, workdir_init: str, **extra):
             {
                 "model.output_stride": 4,  # the second stage dilated
                 "head.width": 8,
+                "head.skip_stride": 0,  # no stage is finer than output stride 4
                 "data.path": str(scenes_root / "voc"),
                 "data.crop_size": 32,
                 "data.eval_crop_size": 32,
             }
         )
     else:
-        common.update({"data.path": str(scenes_root / "nyu"), "data.image_size": (32, 32), "data.resize_to": (32, 32)})
+        common.update(
+            {
+                "model.widths": (8, 64),  # the FCRN head halves the final width 5 times
+                "model.output_stride": 8,  # this backbone's natural one
+                "data.path": str(scenes_root / "nyu"),
+                "data.image_size": (32, 32),
+                "data.resize_to": (32, 32),
+            }
+        )
     return _config(REPO / "configs" / name, **{**common, **extra})
 
 
