@@ -17,9 +17,10 @@ from absl import flags
 from flax import nnx
 
 from nf.heads import FastUpConv, HeadStyle, UpProjection
+from nf.heads.fcn import skip_stages
 from nf.layers import Conv, ScaledWSConv
 from nf.models import create_model
-from nf.models.dense import BACKBONE_KEY, segmentation_model
+from nf.models.dense import BACKBONE_KEY, depth_model, segmentation_model
 from nf.models.network import stage_dilations
 from nf.tasks import depth as depth_task
 from nf.tasks import segmentation as seg_task
@@ -140,6 +141,59 @@ def test_head_flavour_follows_the_backbone():
     backbone = create_model("nf_resnet26", num_classes=7, **TINY)
     want = {k: v for k, v in _shapes(backbone).items() if not k.startswith("['head']")}
     assert _shapes(getattr(nf, BACKBONE_KEY)) == want  # the classifier's tree minus its head
+
+
+def test_fcn_skip_stages_are_the_last_stage_at_each_finer_stride():
+    assert skip_stages((4, 8, 16, 16), None) == ()
+    assert skip_stages((4, 8, 16, 16), 8) == (1,)
+    assert skip_stages((4, 8, 16, 16), 4) == (1, 0)  # coarse to fine
+    assert skip_stages((4, 8, 8, 8), 4) == (0,)  # output stride 8: only stride 4 is finer
+    assert skip_stages((4, 4, 8, 16), 4) == (2, 1)  # of two stride-4 stages, the later one
+    for bad in (16, 2, 6):
+        with pytest.raises(ValueError, match=r"skip_stride=.* valid: \[4, 8\]"):
+            skip_stages((4, 8, 16, 16), bad)
+
+
+def test_fcn_skips_add_a_1x1_score_of_each_finer_stage():
+    """FCN-8s: logits at the finest skip's stride; with the coarse classifier and the stride-8
+    score zeroed, they are exactly the numpy 1x1 score of the stride-4 stage output."""
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    model = segmentation_model("nf_resnet26", 5, head_width=8, head_dilation=2, skip_stride=4, **TINY)
+    assert model.head.skip_stages == (1, 0)
+    features = model.backbone.features(x)
+    assert model.head(features, train=False).shape == (2, 16, 16, 5)  # stride 4
+    assert model(x).shape == (2, 64, 64, 5)
+    for conv in (model.head.classifier, model.head.skip_scores[0]):
+        conv.kernel[...], conv.bias[...] = jnp.zeros_like(conv.kernel[...]), jnp.zeros_like(conv.bias[...])
+    score = model.head.skip_scores[1]
+    stage0 = np.asarray(features.stages[0][0])
+    want = np.einsum("nhwc,co->nhwo", stage0, np.asarray(score.kernel[...])[0, 0]) + np.asarray(score.bias[...])
+    np.testing.assert_allclose(np.asarray(model.head(features, train=False)), want, rtol=1e-4, atol=1e-5)
+    plain = segmentation_model("nf_resnet26", 5, head_width=8, head_dilation=2, **TINY)
+    assert plain.head.skip_stages == () and plain.head(plain.backbone.features(x), train=False).shape == (2, 4, 4, 5)
+
+
+@pytest.mark.parametrize("output_stride,want", [(None, (2, 1, 0, None)), (16, (1, 0, None, None))])
+def test_fcrn_skips_join_the_up_projection_of_their_resolution(output_stride, want):
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    model = depth_model("nf_resnet26", output_stride=output_stride, skip_stride=4, **TINY)
+    assert model.head.skip_stages == want
+    features = model.backbone.features(x)
+    stride = features.stages[-1][1]
+    skip_strides = [stride // 2 ** (k + 1) for k, s in enumerate(want) if s is not None]
+    assert skip_strides == [features.stages[s][1] for s in want if s is not None]  # resolutions match
+    assert model(x).shape == (2, 64, 64, 1)
+    with_skips = model.head(features, train=False)
+    model.head.skip_projections = nnx.List([None] * len(want))  # the paper's head, same weights otherwise
+    assert with_skips.shape == model.head(features, train=False).shape
+    assert not np.allclose(np.asarray(with_skips), np.asarray(model.head(features, train=False)))
+
+
+def test_depth_head_starts_at_init_depth():
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    out = np.asarray(depth_model("nf_resnet26", init_depth=4.5, **TINY)(x))
+    assert out.shape == (2, 64, 64, 1)
+    assert np.mean(out) == pytest.approx(4.5, abs=0.05) and np.std(out) < 0.05  # small output conv init
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -313,13 +367,22 @@ def _dense_config(task: str, scenes_root: Path, workdir_init: str, **extra):
             {
                 "model.output_stride": 4,  # the second stage dilated
                 "head.width": 8,
+                "head.skip_stride": 0,  # no stage is finer than output stride 4
                 "data.path": str(scenes_root / "voc"),
                 "data.crop_size": 32,
                 "data.eval_crop_size": 32,
             }
         )
     else:
-        common.update({"data.path": str(scenes_root / "nyu"), "data.image_size": (32, 32), "data.resize_to": (32, 32)})
+        common.update(
+            {
+                "model.widths": (8, 64),  # the FCRN head halves the final width 5 times
+                "model.output_stride": 8,  # this backbone's natural one
+                "data.path": str(scenes_root / "nyu"),
+                "data.image_size": (32, 32),
+                "data.resize_to": (32, 32),
+            }
+        )
     return _config(REPO / "configs" / name, **{**common, **extra})
 
 

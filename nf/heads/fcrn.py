@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nf.heads.common import ConvUnit, HeadStyle, output_conv
+from nf.models.network import Features
 
 # (kernel (h, w), padding ((top, bottom), (left, right))) of the convs producing output rows
 # 2i + r and columns 2j + s, for (r, s) = (0, 0), (0, 1), (1, 0), (1, 1): even output rows see
@@ -70,21 +71,49 @@ class UpProjection(nnx.Module):
 
 
 class FCRNHead(nnx.Module):
-    def __init__(self, in_ch: int, style: HeadStyle, *, num_up: int = 4, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        style: HeadStyle,
+        *,
+        num_up: int = 4,
+        init_depth: float = 0.0,
+        skips: dict[int, tuple[int, int]] | None = None,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        """`init_depth`: the output conv's initial bias (metres), e.g. the training set's mean depth,
+        so training does not spend its first steps learning that offset.
+
+        `skips` {up-projection index k: (stage index, its channels)}: that stage's output, through
+        a 1x1 conv unit, is added to the output of up-projection k (at the same resolution), the
+        sum scaled like an up-projection's; the paper's head has none (see `nf.heads.fcn`)."""
         width = in_ch // 2
         if width >> num_up < 1:
             raise ValueError(f"FCRN head: {in_ch} input channels cannot be halved {num_up + 1} times")
+        skips = dict(skips or {})
+        if any(not 0 <= k < num_up for k in skips):
+            raise ValueError(f"FCRN head: skips {sorted(skips)} must follow one of the {num_up} up-projections")
         self.reduce = ConvUnit(style, in_ch, width, 1, act=False, dtype=dtype, rngs=rngs)
-        ups = []
-        for _ in range(num_up):
+        ups, projections = [], []
+        for k in range(num_up):
             ups.append(UpProjection(style, width, width // 2, dtype=dtype, rngs=rngs))
             width //= 2
-        self.ups = nnx.List(ups)
+            if k in skips:
+                projections.append(ConvUnit(style, skips[k][1], width, 1, act=False, dtype=dtype, rngs=rngs))
+            else:
+                projections.append(None)
+        self.ups, self.skip_projections = nnx.List(ups), nnx.List(projections)
+        self.skip_stages = tuple(skips[k][0] if k in skips else None for k in range(num_up))
+        self.sum_scale = 1.0 if style.batch_norm else 1.0 / math.sqrt(2.0)  # as in UpProjection
         self.out = output_conv(width, 1, 3, rngs=rngs)
+        self.out.bias[...] = jnp.full_like(self.out.bias[...], init_depth)
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Depth (n, 2^num_up h, 2^num_up w, 1), float32."""
-        x = self.reduce(x, train)
-        for up in self.ups:
+    def __call__(self, features: Features, train: bool) -> jax.Array:
+        """Depth (n, 2^num_up h, 2^num_up w, 1) from the final features (n, h, w, C), float32."""
+        x = self.reduce(features.final, train)
+        for up, projection, stage in zip(self.ups, self.skip_projections, self.skip_stages):
             x = up(x, train)  # resolution x2, channels /2
+            if projection is not None:
+                x = (x + projection(features.stages[stage][0], train)) * self.sum_scale
         return self.out(x.astype(jnp.float32))

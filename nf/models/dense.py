@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nf.heads import FCNHead, FCRNHead, head_style
+from nf.heads.fcn import skip_stages
 from nf.models.network import ResidualNetwork
 from nf.models.registry import create_model
 
@@ -21,7 +22,7 @@ BACKBONE_KEY = "backbone"  # the attribute (and parameter subtree) holding the b
 
 
 class DenseModel(nnx.Module):
-    """`backbone.features(x).final -> head -> bilinear resize to x's height and width`."""
+    """`backbone.features(x) -> head -> bilinear resize to x's height and width`."""
 
     def __init__(self, backbone: ResidualNetwork, head: nnx.Module):
         self.backbone, self.head = backbone, head  # "backbone" is BACKBONE_KEY
@@ -30,7 +31,7 @@ class DenseModel(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None, collect_stats: bool = False):
         """(n, H, W, out channels) float32 predictions (and the backbone's SPP statistics)."""
         features = self.backbone.features(x, train=train, key=key, collect_stats=collect_stats)
-        out = self.head(features.final, train)
+        out = self.head(features, train)
         out = jax.image.resize(out, (*x.shape[:3], out.shape[-1]), "bilinear").astype(jnp.float32)
         return (out, features.stats) if collect_stats else out
 
@@ -51,27 +52,53 @@ def segmentation_model(
     output_stride: int | None = 16,
     head_width: int = 256,
     head_dilation: int = 6,
+    skip_stride: int | None = None,
     seed: int = 0,
     **overrides: Any,
 ) -> DenseModel:
-    """FCN on a registered backbone (REFERENCE §7: output stride 16, two 3x3 dilation-6 convs)."""
+    """FCN on a registered backbone (REFERENCE §7: output stride 16, two 3x3 dilation-6 convs);
+    `skip_stride` adds FCN-8s skips down to that stride (nf.heads.fcn)."""
     rngs = nnx.Rngs(seed)
     backbone = create_backbone(name, output_stride=output_stride, rngs=rngs, **overrides)
+    skips = {i: backbone.stage_widths[i] for i in skip_stages(backbone.feature_strides, skip_stride)}
     head = FCNHead(
         backbone.num_features,
         num_classes,
         head_style(backbone),
         width=head_width,
         dilation=head_dilation,
+        skips=skips,
         dtype=overrides.get("dtype"),
         rngs=rngs,
     )
     return DenseModel(backbone, head)
 
 
-def depth_model(name: str, *, output_stride: int | None = None, seed: int = 0, **overrides: Any) -> DenseModel:
-    """FCRN on a registered backbone (REFERENCE §7: undilated, four up-projections)."""
+def depth_model(
+    name: str,
+    *,
+    output_stride: int | None = None,
+    init_depth: float = 0.0,
+    skip_stride: int | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> DenseModel:
+    """FCRN on a registered backbone (REFERENCE §7: undilated, four up-projections); the head's
+    output starts at `init_depth` metres; `skip_stride` adds the outputs of the last stage at each
+    finer stride down to that one to the up-projection of the same resolution (nf.heads.fcrn)."""
     rngs = nnx.Rngs(seed)
     backbone = create_backbone(name, output_stride=output_stride, rngs=rngs, **overrides)
-    head = FCRNHead(backbone.num_features, head_style(backbone), dtype=overrides.get("dtype"), rngs=rngs)
+    strides = backbone.feature_strides
+    skips = {  # up-projection k brings the features to stride output_stride / 2^(k+1)
+        (strides[-1] // strides[i]).bit_length() - 2: (i, backbone.stage_widths[i])
+        for i in skip_stages(strides, skip_stride)
+    }
+    head = FCRNHead(
+        backbone.num_features,
+        head_style(backbone),
+        init_depth=init_depth,
+        skips=skips,
+        dtype=overrides.get("dtype"),
+        rngs=rngs,
+    )
     return DenseModel(backbone, head)

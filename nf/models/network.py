@@ -92,6 +92,7 @@ class ResidualNetwork(nnx.Module):
                 f"depths {tuple(depths)}, widths {tuple(widths)} and strides {tuple(strides)} need one entry per stage"
             )
         dilations, self.feature_strides = stage_dilations(stem_stride, strides, output_stride)
+        self.stage_widths = tuple(int(w) for w in widths)  # channels of each stage's output
         self.total_stride = self.feature_strides[-1]
         stages = []
         for s, (depth, width, stride, dilation, constants) in enumerate(

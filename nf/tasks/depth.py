@@ -79,7 +79,14 @@ class Depth(Task):
     def build_model(self) -> nnx.Module:
         from nf.models.dense import depth_model
 
-        return depth_model(self.config.model.name, seed=self.config.seed, **model_overrides(self.config))
+        head = self.config.get("head", {})
+        return depth_model(
+            self.config.model.name,
+            seed=self.config.seed,
+            init_depth=head.get("init_depth", 0.0),
+            skip_stride=head.get("skip_stride") or None,
+            **model_overrides(self.config),
+        )
 
     def loss(self, outputs, batch):
         pred, valid = prediction(outputs), valid_pixels(batch)

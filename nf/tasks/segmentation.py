@@ -84,6 +84,7 @@ class Segmentation(Task):
             seed=self.config.seed,
             head_width=head.get("width", 256),
             head_dilation=head.get("dilation", 6),
+            skip_stride=head.get("skip_stride") or None,
             **model_overrides(self.config),
         )
 
