@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -474,3 +475,46 @@ def test_gradient_accumulation_equals_the_full_batch_step(tiny_config):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
     moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(params)))
     assert moved > 1e-4  # the step did something
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_checkpoint_holds_the_state_at_save_time(tmp_path, background):
+    # The loop goes on right after `save`: the next step donates the state's buffers and the
+    # iterator advances. The checkpoint must hold the saved step's values and iterator position.
+    import grain
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from nf.train.checkpoint import Checkpoints
+
+    step_fn = jax.jit(lambda s: jax.tree.map(lambda x: x * 2.0 + 1.0, s), donate_argnums=0)
+    dataset = grain.MapDataset.range(100).to_iter_dataset()
+    state = {"w": jnp.arange(1000.0).reshape(10, 100), "b": jnp.ones(7)}
+    expected = {k: np.array(v, copy=True) for k, v in state.items()}  # no view may pin the buffers
+    data_iter = iter(dataset)
+    assert [next(data_iter) for _ in range(3)] == [0, 1, 2]
+
+    ckpt = Checkpoints(str(tmp_path / "ckpt"), save_every=1, background=background)
+    gate = threading.Event()
+    if background:  # hold the worker: orbax runs only after the loop has moved on (the worst case)
+        ckpt._worker.submit(gate.wait)
+    assert ckpt.save(1, state, data_iter)
+    state = step_fn(state)  # donates the saved buffers
+    assert next(data_iter) == 3  # the live iterator moves on
+    gate.set()
+    assert ckpt.save(2, state, data_iter)
+    ckpt.close()
+
+    ckpt = Checkpoints(str(tmp_path / "ckpt"), save_every=1)
+    assert ckpt.latest_step() == 2
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), expected)
+    restored_iter = iter(dataset)
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(restored_iter)
+    )
+    restored = ckpt.manager.restore(1, args=args)
+    ckpt.close()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(restored["state"][key]), value)
+    assert next(restored_iter) == 3  # the position at step 1's save, not the live one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grain
@@ -30,10 +31,29 @@ def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     return {_path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
-class Checkpoints:
-    """`workdir/checkpoints/<step>/{state,data}`: keep-N, async saves, restore onto target shardings."""
+class _IteratorSnapshot:
+    """An input iterator's state at save time, for grain's handler (which calls `get_state`) while
+    the live iterator moves on."""
 
-    def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 3):
+    def __init__(self, state: dict[str, Any]):
+        self._json = json.dumps(state, indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self._json
+
+
+class Checkpoints:
+    """`workdir/checkpoints/<step>/{state,data}`: keep-N, async saves, restore onto target shardings.
+
+    Orbax's async save still blocks for its bookkeeping and the device-to-host copy (tens of ms of
+    Python per save, about one quickstart step). With `background=True` (single-process runs) the
+    loop only snapshots the state on device (the next step donates its buffers) and the iterator's
+    state, and a worker thread makes the orbax call; the cost is one extra copy of the train state
+    on the device until orbax has copied it to the host. Multi-process runs call orbax directly:
+    its cross-process barriers must keep the same order as the training loop on every process.
+    """
+
+    def __init__(self, directory: str, *, save_every: int, max_to_keep: int = 3, background: bool = False):
         self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         self.save_every = max(1, save_every)
         options = ocp.CheckpointManagerOptions(
@@ -43,8 +63,11 @@ class Checkpoints:
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if background else None
+        self._pending: Future | None = None
 
     def latest_step(self) -> int | None:
+        self._join()
         return self.manager.latest_step()
 
     def due(self, step: int) -> bool:
@@ -54,10 +77,24 @@ class Checkpoints:
         """Start an async save when due (or `force`); returns whether one started."""
         if not (force or self.due(step)):
             return False
+        self._join()  # one save at a time, in step order; re-raises a failed background save
+        if self._worker is None:
+            return self._save(step, state, data_iter)
+        snapshot = jax.device_put(state, may_alias=False)  # a buffer copy: same shardings, nothing to compile
+        iterator = _IteratorSnapshot(data_iter.get_state()) if data_iter is not None else None
+        self._pending = self._worker.submit(self._save, step, snapshot, iterator)
+        return True
+
+    def _save(self, step: int, state: Any, data_iter: Any) -> bool:
         args = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iter)
         return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def _join(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def check_compatible(self, step: int, abstract_state: Any) -> None:
         """Fail, naming the differing parameter paths, when the saved state has another architecture."""
@@ -128,8 +165,13 @@ class Checkpoints:
         return state
 
     def wait(self) -> None:
+        self._join()
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+            self.manager.close()

@@ -202,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.join(workdir, "checkpoints"),
         save_every=config.checkpoint_every_steps,
         max_to_keep=config.get("keep_checkpoints", 3),
+        background=jax.process_count() == 1,
     )
     train_iter = data.train_iter()
     start = ckpt.latest_step()
@@ -291,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t_save = time.perf_counter()
             saved = ckpt.save(step, state, train_iter, force=final)
             if saved:
-                stall = time.perf_counter() - t_save  # async: only the device-to-host copy blocks
+                stall = time.perf_counter() - t_save  # async: the loop only snapshots the state
                 timer.checkpoint_stalls.append(stall)
                 logger.write(step, "checkpoint", {"stall_seconds": stall})
             if evaluated or saved:  # not part of any step's time
