@@ -488,20 +488,25 @@ def test_digit_scenes_masks_depth_and_occlusion_consistent(scenes_dir):
         assert 1 <= len(digits) <= 4
         # Image vs mask: digits are painted in colours with a 255 channel; the background is <= 200.
         np.testing.assert_array_equal(mask > 0, rgb.max(-1) == 255)
-        # Occlusion vs depth: each pixel shows the nearest digit covering it, in mask and depth alike.
+        # Occlusion vs depth: each pixel shows the nearest plate covering it, in image, mask and depth
+        # alike; the mask labels the digit's strokes on it, the depth map the whole plate.
         near_depth = np.full(mask.shape, np.inf)
         near_class = np.zeros(mask.shape, np.int64)
         for d in digits:
-            assert d["size"] == round(scenes.FOCAL / d["depth"])  # scale shrinks with depth
-            cover = np.zeros(mask.shape, bool)
+            # Familiar size: digit d is DIGIT_HEIGHT[d] metres tall; its image shrinks with depth.
+            assert d["size"] == round(scenes.FOCAL * scenes.DIGIT_HEIGHT[d["digit"]] / d["depth"])
+            assert scenes.DIGIT_DEPTH[0] <= d["depth"] <= scenes.DIGIT_DEPTH[1]
+            plate, stroke = np.zeros(mask.shape, bool), np.zeros(mask.shape, bool)
+            window = np.s_[d["top"] : d["top"] + d["size"], d["left"] : d["left"] + d["size"]]
             glyph = Image.fromarray(images[pool][d["glyph"]]).resize((d["size"],) * 2, Image.Resampling.BILINEAR)
-            cover[d["top"] : d["top"] + d["size"], d["left"] : d["left"] + d["size"]] = np.asarray(glyph) >= 128
-            nearer = cover & (d["depth"] < near_depth)
-            near_depth[nearer], near_class[nearer] = d["depth"], d["digit"] + 1
+            plate[window], stroke[window] = True, np.asarray(glyph) >= 128
+            nearer = plate & (d["depth"] < near_depth)
+            near_depth[nearer], near_class[nearer] = d["depth"], np.where(stroke, d["digit"] + 1, 0)[nearer]
         np.testing.assert_array_equal(mask, near_class)
-        on = mask > 0
+        on = np.isfinite(near_depth)
         np.testing.assert_array_equal(mm[on], np.rint(near_depth[on] * 1000))
-        # Background: a tilted plane behind every digit.
+        assert rgb[on & (mask == 0)].max(initial=0) < scenes.PLATE_COLOR[1]  # dark plates around the digits
+        # Background: a tilted plane behind every plate.
         yy, xx = np.nonzero(~on)
         design = np.stack([np.ones_like(xx), xx, yy], 1).astype(float)
         coef, *_ = np.linalg.lstsq(design, mm[~on] / 1000, rcond=None)

@@ -2,11 +2,15 @@
 
 Each scene: a textured background on a tilted plane (depth c + gx*x + gy*y, c ~ U(4.5, 6) m,
 |gx|, |gy| <= 1 m over the frame), and 1-4 digits (glyphs from `load_digit_images`: the
-classification train split for train scenes, its test split for val scenes), each at a random
-depth z ~ U(1, 3) m (mm-quantized), fronto-parallel, `round(FOCAL / z)` px tall (scale shrinks
-with depth), at a random position inside the frame, in a random bright colour. Digits are painted
-far to near, so a nearer digit occludes a farther one identically in the image, the mask and the
-depth map. Classes: 0 = background, digit d = class d + 1 (11 classes).
+classification train split for train scenes, its test split for val scenes), each painted in a
+random bright colour on a dark square plate, fronto-parallel at a random depth z ~ U(1, 2) m
+(mm-quantized) and a random position inside the frame. Each digit class has its own physical
+height (`DIGIT_HEIGHT`, 0.5-1.5 m), and a plate is `round(FOCAL * DIGIT_HEIGHT[d] / z)` px tall:
+as with real objects, depth follows from the apparent size only once the object is recognised
+("familiar size"); a class-blind guess from the size alone is off by up to 3x. Plates are painted
+far to near, so a nearer plate occludes a farther one identically in the image, the mask and the
+depth map. The mask labels the digit's strokes (0 = background, which includes the plate around
+them; digit d = class d + 1: 11 classes); the depth map holds the whole plate.
 
     OUT/voc/JPEGImages/<id>.jpg, OUT/voc/SegmentationClass/<id>.png (palette),
     OUT/voc/ImageSets/Segmentation/{train,val}.txt         -> VOCSource(OUT/voc, split, num_classes=11)
@@ -32,8 +36,10 @@ from nf.data.voc import save_label_png
 
 SIZE = 64
 NUM_CLASSES = 11  # background + 10 digits
-FOCAL = 40.0  # px * m: a digit at depth z is round(FOCAL / z) px tall
-DIGIT_DEPTH = (1.0, 3.0)  # metres
+FOCAL = 36.0  # px: a digit of height h m at depth z m is round(FOCAL * h / z) px tall
+DIGIT_HEIGHT = tuple(round(0.5 * 3 ** (d / 9), 3) for d in range(10))  # metres, digit d: 0.5 ... 1.5
+DIGIT_DEPTH = (1.0, 2.0)  # metres
+PLATE_COLOR = (0, 40)  # dark plates, like the black frame of the classification digits
 PLANE_OFFSET, PLANE_SLOPE = (4.5, 6.0), 1.0  # background plane: nearest point 3.5 m > any digit
 MAX_DIGITS = 4
 SPLITS = {"train": (0, "train"), "val": (1, "test")}  # scene split -> (rng stream, NYU list name)
@@ -67,7 +73,8 @@ def render_scene(
     """One scene from a pool of 8x8 uint8 glyphs and their digits.
 
     Returns (image uint8 (64, 64, 3), label uint8 (64, 64), depth float32 metres (64, 64),
-    digits: [{"digit", "depth", "top", "left", "size", "glyph" (pool index), "color"}], far to near).
+    digits: [{"digit", "depth", "top", "left", "size", "glyph" (pool index), "color", "plate"}], far
+    to near).
     """
     image, depth = _background(rng)
     label = np.zeros((SIZE, SIZE), np.uint8)
@@ -75,19 +82,20 @@ def render_scene(
     for _ in range(int(rng.integers(1, MAX_DIGITS + 1))):
         g = int(rng.integers(len(glyphs)))
         z = round(float(rng.uniform(*DIGIT_DEPTH)), 3)  # mm-quantized: exact in a depth PNG
-        size = round(FOCAL / z)
+        size = round(FOCAL * DIGIT_HEIGHT[int(labels[g])] / z)
         top, left = (int(v) for v in rng.integers(0, SIZE - size + 1, 2))
         color = [int(c) for c in rng.integers(150, 256, 3)]
         color[int(rng.integers(3))] = 255  # bright: stands out from the <= 200 background
         digits.append({"digit": int(labels[g]), "depth": z, "top": top, "left": left, "size": size, "glyph": g})
         digits[-1]["color"] = color
+        digits[-1]["plate"] = [int(c) for c in rng.integers(*PLATE_COLOR, 3)]
     digits.sort(key=lambda d: -d["depth"])  # painter's order: far to near
     for d in digits:
         window = np.s_[d["top"] : d["top"] + d["size"], d["left"] : d["left"] + d["size"]]
         on = _glyph_mask(glyphs[d["glyph"]], d["size"])
-        image[window][on] = d["color"]
+        image[window], label[window], depth[window] = d["plate"], 0, d["depth"]  # the opaque plate
+        image[window][on] = d["color"]  # the digit painted on it
         label[window][on] = d["digit"] + 1
-        depth[window][on] = d["depth"]
     return np.rint(image).astype(np.uint8), label, depth, digits
 
 
@@ -112,6 +120,8 @@ def prepare_digit_scenes(
     Raises `ValueError` when `out_dir` holds scenes written with other settings.
     """
     settings = {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed), "size": SIZE}
+    geometry = {"focal": FOCAL, "digit_height": list(DIGIT_HEIGHT), "digit_depth": list(DIGIT_DEPTH)}
+    settings |= geometry | {"plate_color": list(PLATE_COLOR)}
     if min(num_train, num_val) < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
     marker = Path(out_dir) / MARKER
