@@ -106,7 +106,7 @@ def _conv_case(index):
 _PATHS = {
     "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _SPLIT_MIN_GROUP_WIDTH=0),
     "im2col": dict(_LAX_FORWARD_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
-    "group_patches": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
+    "narrow_groups": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
 }
 
 
@@ -120,7 +120,7 @@ def _set_path(monkeypatch, path):
 def test_conv2d_matches_lax(index, path, monkeypatch):
     _, _, _, k, _, padding, _, groups = CONV_CASES[index]
     to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
-    if path != "xla_fwd" and (to_lax or (path == "group_patches" and groups == 1)):
+    if path != "xla_fwd" and (to_lax or (path == "narrow_groups" and groups == 1)):
         pytest.skip("not a formulation conv2d has for this case")
     if path == "im2col" and k == 1:
         pytest.skip("1x1 is always a matmul")
@@ -156,7 +156,7 @@ def _second_order_ref(groups, strides):
 
 @pytest.mark.parametrize(
     "path,groups,strides",
-    [("xla_fwd", 1, 2), ("im2col", 1, 2), ("xla_fwd", 2, 2), ("group_patches", 2, 2), ("group_patches", 2, 1)],
+    [("xla_fwd", 1, 2), ("im2col", 1, 2), ("xla_fwd", 2, 2), ("narrow_groups", 2, 2), ("narrow_groups", 2, 1)],
 )
 def test_conv2d_second_order(path, groups, strides, monkeypatch):
     """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
