@@ -10,9 +10,10 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
                                   cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
-  groups, narrower                forward and stride-1 input gradient as kh*kw*c broadcast
-                                  multiply-adds (a scan over kernel rows); kernel gradient as
-                                  group-major im2col patches, one batched matmul (CPU only)
+  groups, narrower                forward and input gradient (strided: one stride-1 conv per
+                                  phase) as kh*kw*c broadcast multiply-adds, a scan over kernel
+                                  rows; kernel gradient as group-major im2col patches, one
+                                  batched matmul (CPU only)
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
@@ -284,11 +285,42 @@ def _transposed_pads(pads, khw, dilation) -> Pads | None:
     return tp if min(min(p) for p in tp) >= 0 else None
 
 
+def _phase_input_grad(dy, w_t, x_shape, strides, pads, groups):
+    """Input gradient of a strided (undilated) grouped conv as stride-1 convs, one per phase.
+
+    Per axis, padded input row `q = s * a + r` gets `sum_m dy[a - m] * w[r + s * m]`: a stride-1
+    conv of dy with the taps `w[r::s]` (reversed), so phase (r_h, r_w) is `_grouped_conv` on dy
+    with a sub-kernel; the phases are interleaved and the padding cropped. `w_t` is the per-group
+    transposed kernel (kh, kw, o / g, groups * c), not flipped.
+    """
+    n, oh, ow, _ = dy.shape
+    kh, kw = w_t.shape[:2]
+    hp, wp = (x_shape[i + 1] + sum(pads[i]) for i in range(2))
+    (sh, sw), out = strides, (oh, ow)
+    a_hw = (-(-hp // sh), -(-wp // sw))  # rows / columns of each phase
+    c = x_shape[3]
+    phases = []
+    for rh in range(sh):
+        for rw in range(sw):
+            mh, mw = len(range(rh, kh, sh)), len(range(rw, kw, sw))
+            if mh == 0 or mw == 0:  # stride > kernel: these input pixels get no gradient
+                phases.append(jnp.zeros((n, *a_hw, c), dy.dtype))
+                continue
+            sub = w_t[rh::sh, rw::sw][::-1, ::-1]
+            sub_pads = tuple((m - 1, a - o) for m, a, o in zip((mh, mw), a_hw, out))
+            phases.append(_grouped_conv(dy, sub, (1, 1), sub_pads, (1, 1), groups))
+    dxp = jnp.stack(phases, axis=3).reshape(n, *a_hw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+    dxp = dxp.reshape(n, a_hw[0] * sh, a_hw[1] * sw, c)
+    (top, _), (left, _) = pads
+    return dxp[:, top : top + x_shape[1], left : left + x_shape[2]]
+
+
 def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
     """dx: at stride 1 the same conv of dy with the flipped, per-group transposed kernel;
-    strided, dy @ w^T per group put back through the patches' transpose.
+    strided, one such conv per phase of the stride (`_phase_input_grad`); strided and dilated,
+    dy @ w^T per group put back through the patches' transpose.
     dw: dy^T @ patches per group in group-major layout (the small dy is the operand that gets
-    transposed; per-tap products or reductions over pixels measured slower)."""
+    transposed; per-tap batched matmuls and reductions over pixels measured slower)."""
     x, w = res
     kh, kw, c, _ = w.shape
     g = groups
@@ -297,9 +329,12 @@ def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
     dyg = dyg.reshape(g, n * oh * ow, og)
     tpads = _transposed_pads(pads, (kh, kw), dilation)
     xg = _group_major(x, g)
-    if strides == (1, 1) and tpads is not None:
-        w_t = w.reshape(kh, kw, c, g, og)[::-1, ::-1].transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
-        dx = _grouped_conv(dy, w_t, strides, tpads, dilation, g)
+    w_t = w.reshape(kh, kw, c, g, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
+    if (strides == (1, 1) and tpads is not None) or dilation == (1, 1):
+        if strides == (1, 1) and tpads is not None:
+            dx = _grouped_conv(dy, w_t[::-1, ::-1], strides, tpads, dilation, g)
+        else:
+            dx = _phase_input_grad(dy, w_t, x.shape, strides, pads, g)
         patches = _group_patches(xg, (kh, kw), strides, pads, dilation)
     else:
         patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
