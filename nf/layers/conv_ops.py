@@ -324,26 +324,49 @@ def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
     x, w = res
     kh, kw, c, _ = w.shape
     g = groups
-    dyg = _group_major(dy, g)
-    _, n, oh, ow, og = dyg.shape
-    dyg = dyg.reshape(g, n * oh * ow, og)
+    n, oh, ow, _ = dy.shape
+    og = w.shape[3] // g
     tpads = _transposed_pads(pads, (kh, kw), dilation)
-    xg = _group_major(x, g)
     w_t = w.reshape(kh, kw, c, g, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
-    if (strides == (1, 1) and tpads is not None) or dilation == (1, 1):
-        if strides == (1, 1) and tpads is not None:
-            dx = _grouped_conv(dy, w_t[::-1, ::-1], strides, tpads, dilation, g)
-        else:
-            dx = _phase_input_grad(dy, w_t, x.shape, strides, pads, g)
-        patches = _group_patches(xg, (kh, kw), strides, pads, dilation)
+    if strides == (1, 1) and tpads is not None:
+        dx = _grouped_conv(dy, w_t[::-1, ::-1], strides, tpads, dilation, g)
+    elif dilation == (1, 1):
+        dx = _phase_input_grad(dy, w_t, x.shape, strides, pads, g)
     else:
+        xg, dyg = _group_major(x, g), _group_major(dy, g).reshape(g, n * oh * ow, og)
         patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
         (dxg,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
-        dx = _channels_last(dxg)
-    # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
-    dw = lax.dot_general(dyg.transpose(0, 2, 1), patches, _BATCHED, preferred_element_type=jnp.float32)
-    dw = dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w.shape)  # (g, o, taps, c) -> HWIO
-    return dx, dw.astype(w.dtype)
+        return _channels_last(dxg), _grouped_kernel_grad(patches[None], dyg[None], w.shape).astype(w.dtype)
+    # Patches in batch chunks that stay in cache, under a scan (unrolled, XLA fused x's producers
+    # into every chunk's patches: 9x recomputed): B0's kernel gradients 1.3-1.5x faster.
+    target = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * g * c * x.dtype.itemsize))
+    step = max(d for d in range(1, n + 1) if n % d == 0 and d <= target) if n else 1
+    xs = _chunked_group_major(x, g, step)  # (chunks, g, step, h, w, c)
+    dys = _chunked_group_major(dy, g, step).reshape(-1, g, step * oh * ow, og)
+    patches = functools.partial(_group_patches, khw=(kh, kw), strides=strides, pads=pads, dilation=dilation)
+    return dx, _grouped_kernel_grad(xs, dys, w.shape, patches).astype(w.dtype)
+
+
+def _chunked_group_major(x: jax.Array, groups: int, step: int) -> jax.Array:
+    """(n, h, w, groups * c) -> (n / step, groups, step, h, w, c)."""
+    n, h, wd, c = x.shape
+    return x.reshape(n // step, step, h, wd, groups, c // groups).transpose(0, 4, 1, 2, 3, 5)
+
+
+def _grouped_kernel_grad(xs, dys, w_shape, patches_fn=None) -> jax.Array:
+    """Sum over chunks of dy^T @ patches per group: (chunks, g, P, og) x (chunks, g, P, taps * c)
+    (or inputs that `patches_fn` turns into those) -> HWIO kernel gradient, f32."""
+    kh, kw, c, _ = w_shape
+    g, og = dys.shape[1], dys.shape[3]
+
+    def chunk(dw, inputs):
+        xc, dyc = inputs
+        p = xc if patches_fn is None else patches_fn(xc)
+        # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
+        return dw + lax.dot_general(dyc.transpose(0, 2, 1), p, _BATCHED, preferred_element_type=jnp.float32), None
+
+    dw, _ = lax.scan(chunk, jnp.zeros((g, og, kh * kw * c), jnp.float32), (xs, dys))
+    return dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w_shape)  # (g, o, taps, c) -> HWIO
 
 
 _grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
