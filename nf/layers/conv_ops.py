@@ -336,32 +336,29 @@ def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
         xg, dyg = _group_major(x, g), _group_major(dy, g).reshape(g, n * oh * ow, og)
         patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
         (dxg,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
-        return _channels_last(dxg), _grouped_kernel_grad(patches[None], dyg[None], w.shape).astype(w.dtype)
+        return _channels_last(dxg), _grouped_kernel_grad(patches[None], dyg[None], w.shape, g).astype(w.dtype)
     # Patches in batch chunks that stay in cache, under a scan (unrolled, XLA fused x's producers
     # into every chunk's patches: 9x recomputed): B0's kernel gradients 1.3-1.5x faster.
     target = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * g * c * x.dtype.itemsize))
     step = max(d for d in range(1, n + 1) if n % d == 0 and d <= target) if n else 1
-    xs = _chunked_group_major(x, g, step)  # (chunks, g, step, h, w, c)
-    dys = _chunked_group_major(dy, g, step).reshape(-1, g, step * oh * ow, og)
-    patches = functools.partial(_group_patches, khw=(kh, kw), strides=strides, pads=pads, dilation=dilation)
-    return dx, _grouped_kernel_grad(xs, dys, w.shape, patches).astype(w.dtype)
+    # Chunks are transposed to group-major inside the loop, where they are in cache.
+    xs, dys = x.reshape(-1, step, *x.shape[1:]), dy.reshape(-1, step, oh, ow, g * og)
+
+    def chunk_operands(xc, dyc):
+        patches = _group_patches(_group_major(xc, g), (kh, kw), strides, pads, dilation)
+        return patches, _group_major(dyc, g).reshape(g, -1, og)
+
+    return dx, _grouped_kernel_grad(xs, dys, w.shape, g, chunk_operands).astype(w.dtype)
 
 
-def _chunked_group_major(x: jax.Array, groups: int, step: int) -> jax.Array:
-    """(n, h, w, groups * c) -> (n / step, groups, step, h, w, c)."""
-    n, h, wd, c = x.shape
-    return x.reshape(n // step, step, h, wd, groups, c // groups).transpose(0, 4, 1, 2, 3, 5)
-
-
-def _grouped_kernel_grad(xs, dys, w_shape, patches_fn=None) -> jax.Array:
-    """Sum over chunks of dy^T @ patches per group: (chunks, g, P, og) x (chunks, g, P, taps * c)
-    (or inputs that `patches_fn` turns into those) -> HWIO kernel gradient, f32."""
-    kh, kw, c, _ = w_shape
-    g, og = dys.shape[1], dys.shape[3]
+def _grouped_kernel_grad(xs, dys, w_shape, groups, chunk_operands=None) -> jax.Array:
+    """Sum over chunks of dy^T @ patches per group: (chunks, g, P, taps * c) x (chunks, g, P, og),
+    or chunks that `chunk_operands` turns into those, -> HWIO kernel gradient, f32."""
+    kh, kw, c, o = w_shape
+    g, og = groups, o // groups
 
     def chunk(dw, inputs):
-        xc, dyc = inputs
-        p = xc if patches_fn is None else patches_fn(xc)
+        p, dyc = inputs if chunk_operands is None else chunk_operands(*inputs)
         # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
         return dw + lax.dot_general(dyc.transpose(0, 2, 1), p, _BATCHED, preferred_element_type=jnp.float32), None
 
