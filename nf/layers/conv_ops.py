@@ -12,17 +12,20 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
   groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
   groups, narrower                forward and input gradient (strided: one stride-1 conv per
                                   phase) as kh*kw*c broadcast multiply-adds, a scan over kernel
-                                  rows; kernel gradient as group-major im2col patches, one
-                                  batched matmul (CPU only)
+                                  rows; kernel gradient as group-major im2col patches and one
+                                  batched matmul per cache-sized batch chunk, a scan (CPU only)
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
-~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
-Narrow groups' kernel gradient runs in a group-major layout (groups, n, h, w, c): only the 1x
-activations are transposed, never the 9x patches (with groups inside the channel axis, XLA:CPU
-transposed the patches for every batched matmul), and at stride 1 the input gradient is the same
-conv on the output gradient with the flipped kernel.
+~0.1 GFLOP/s forward+backward; its YNNPACK forward alone is ~3x slower than the multiply-adds);
+accelerators keep lax's grouped conv, which is fast there. For narrow groups the scans are what
+makes the multiply-adds fast inside a network: a loop is a fusion boundary, so XLA neither
+recomputes x's producers per term nor duplicates the sum into y's consumers (optimization
+barriers are dropped before fusion on XLA:CPU). Their kernel gradient transposes each chunk to a
+group-major layout (groups, n, h, w, c), never the 9x patches (with groups inside the channel
+axis, XLA:CPU transposed the patches for every batched matmul). XLA counts a loop body once:
+`nf.models.stats.unrolled_scans` unrolls these scans too when the FLOPs are counted.
 The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
 conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
@@ -33,8 +36,9 @@ forward mode (`jax.jvp`/`jacfwd`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +56,10 @@ _LAX_FORWARD_MIN_PIXELS = 256
 _PATCH_CHUNK_BYTES = 4 << 20
 _MAX_PATCH_CHUNKS = 16  # the chunk loop is unrolled: bound it for big batches
 # Grouped convs with at least this many input channels per group run as one dense conv per
-# group; narrower ones as one batched matmul over groups. Measured forward+backward at 192px
-# (tools/conv_microbench.py --family): 128-wide (NFNet) groups per group ~1.1x faster than
-# patches, 8-wide (NF-RegNet) patches 1.5-5x faster; the switch point between is a guess.
+# group; narrower ones by `_grouped_conv` (kh * kw * c multiply-adds per output). Measured
+# forward+backward at 192px (tools/conv_microbench.py --family): 128-wide (NFNet) groups per
+# group ~1.1x faster than batched-matmul patches, 8-wide (NF-RegNet) groups 1.5-5x slower; the
+# switch point between is a guess.
 _SPLIT_MIN_GROUP_WIDTH = 32
 
 
@@ -77,6 +82,22 @@ def _lax_conv(x, w, strides, pads, dilation=(1, 1), groups=1):
     )
 
 
+_lax_only = False  # set by `lax_convs`
+
+
+@contextlib.contextmanager
+def lax_convs() -> Iterator[None]:
+    """Within the block, `conv2d` traces to `lax.conv_general_dilated` whatever the case: the
+    formulation-independent jaxpr that `nf.models.stats.forward_macs` counts (the narrow-group
+    path has no conv or matmul in its forward)."""
+    global _lax_only
+    previous, _lax_only = _lax_only, True
+    try:
+        yield
+    finally:
+        _lax_only = previous
+
+
 def conv2d(
     x: jax.Array,
     w: jax.Array,
@@ -90,6 +111,8 @@ def conv2d(
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
+    if _lax_only:
+        return _lax_conv(x, w, strides, pads, dilation, groups)
     matmul_ok = x.dtype == w.dtype and min(min(p) for p in pads) >= 0
     if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
         if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
