@@ -64,6 +64,7 @@ CONV_CASES = [
     ((8, 8), 8, 8, 3, 1, ((-1, 2), (1, 0)), 1, 2),
     ((8, 8), 16, 16, 3, 1, ((3, 0), (0, 1)), 1, 4),  # stride 1, but no conv gives dx (pad > k - 1)
     ((10, 9), 16, 16, 3, 1, "SAME", 3, 4),  # stride 1, dilated: dx as the transposed conv
+    ((9, 9), 16, 16, 1, 2, "SAME", 1, 4),  # stride > kernel: input pixels without gradient
 ]
 
 
@@ -101,12 +102,14 @@ def _conv_case(index):
 
 # Every k x k case runs through each of conv2d's k x k formulations (XLA conv forward with a
 # matmul kernel gradient, or one im2col matmul), whatever its size would pick; grouped cases
-# through both grouped formulations (a dense conv per group, by either k x k formulation, or
-# patches with a batched matmul), whatever their group width would pick.
+# through both grouped formulations (a dense conv per group, by either k x k formulation, or the
+# narrow-group multiply-adds, kernel gradient in one batch chunk or one per image), whatever their
+# group width would pick.
 _PATHS = {
     "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _SPLIT_MIN_GROUP_WIDTH=0),
     "im2col": dict(_LAX_FORWARD_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
-    "group_patches": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
+    "narrow_groups": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
+    "narrow_chunked": dict(_SPLIT_MIN_GROUP_WIDTH=10**9, _PATCH_CHUNK_BYTES=1),  # one image per chunk
 }
 
 
@@ -120,7 +123,7 @@ def _set_path(monkeypatch, path):
 def test_conv2d_matches_lax(index, path, monkeypatch):
     _, _, _, k, _, padding, _, groups = CONV_CASES[index]
     to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
-    if path != "xla_fwd" and (to_lax or (path == "group_patches" and groups == 1)):
+    if path != "xla_fwd" and (to_lax or (path.startswith("narrow") and groups == 1)):
         pytest.skip("not a formulation conv2d has for this case")
     if path == "im2col" and k == 1:
         pytest.skip("1x1 is always a matmul")
@@ -156,7 +159,14 @@ def _second_order_ref(groups, strides):
 
 @pytest.mark.parametrize(
     "path,groups,strides",
-    [("xla_fwd", 1, 2), ("im2col", 1, 2), ("xla_fwd", 2, 2), ("group_patches", 2, 2), ("group_patches", 2, 1)],
+    [
+        ("xla_fwd", 1, 2),
+        ("im2col", 1, 2),
+        ("xla_fwd", 2, 2),
+        ("narrow_groups", 2, 2),
+        ("narrow_groups", 2, 1),
+        ("narrow_chunked", 2, 1),
+    ],
 )
 def test_conv2d_second_order(path, groups, strides, monkeypatch):
     """Grad-of-grad through the fast paths (e.g. for gradient penalties) matches lax."""
@@ -175,9 +185,13 @@ def _grouped_lax_convs(backend, monkeypatch):
 
 
 def test_grouped_conv_dispatch(monkeypatch):
-    """XLA:CPU runs groups as matmuls (its grouped conv is slow); accelerators keep lax's."""
+    """XLA:CPU runs groups without its (slow) grouped conv; accelerators keep lax's; under
+    `lax_convs` (what the MAC count traces) every backend does."""
     assert _grouped_lax_convs("cpu", monkeypatch) == []
     assert _grouped_lax_convs("gpu", monkeypatch) == [4]
+    with conv_ops.lax_convs():
+        assert _grouped_lax_convs("cpu", monkeypatch) == [4]
+    assert _grouped_lax_convs("cpu", monkeypatch) == []
 
 
 def _ref_pool(x, window, stride, padding):

@@ -10,7 +10,7 @@ round, so background load hits them alike; the table shows the median and the be
     python tools/conv_microbench.py --only 3x3 --rounds 15
     python tools/conv_microbench.py --net           # whole ResNet-50 conv stack: lax, base, ops
     python tools/conv_microbench.py --malloc-tune   # keep glibc from mmapping big buffers
-    python tools/conv_microbench.py --family=regnet_b0 --rounds 5   # grouped: lax, per-group, patches
+    python tools/conv_microbench.py --family=regnet_b0 --rounds 5   # grouped: lax, per-group, narrow
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _grouped(impl):
 
 
 per_group = _grouped(conv_ops._per_group_conv)
-group_patches = _grouped(conv_ops._grouped_conv)
+narrow_groups = _grouped(conv_ops._grouped_conv)
 
 
 def _same(size, k, s):
@@ -233,7 +233,7 @@ CONV = {"lax": lax_conv, "base": base_conv, "ops": ops_conv}
 CASES = []  # (name, kind, x_shape, w_shape, stride, {candidate: fn}, count in ResNet-50)
 
 
-GROUPED = {"per_group": per_group, "patches": group_patches}
+GROUPED = {"per_group": per_group, "narrow": narrow_groups}
 # family -> [(name, input px, channels, groups, stride, count in the network)], 192px batch 16
 GROUPED_FAMILIES = {
     "regnet_b0": [

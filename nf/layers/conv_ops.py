@@ -10,16 +10,22 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
                                   cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
-  groups, narrower                group-major im2col patches, one batched matmul (CPU only)
+  groups, narrower                forward and input gradient (strided: one stride-1 conv per
+                                  phase) as kh*kw*c broadcast multiply-adds, a scan over kernel
+                                  rows; kernel gradient as group-major im2col patches and one
+                                  batched matmul per cache-sized batch chunk, a scan (CPU only)
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
-~0.1 GFLOP/s forward+backward); accelerators keep lax's grouped conv, which is fast there.
-Narrow groups run in a group-major layout (groups, n, h, w, c): only the 1x activations are
-transposed, never the 9x patches (with groups inside the channel axis, XLA:CPU transposed the
-patches for every batched matmul: ~30% of NF-RegNet-B0's train step), and at stride 1 the input
-gradient is the same conv on the output gradient with the flipped kernel.
+~0.1 GFLOP/s forward+backward; its YNNPACK forward alone is ~3x slower than the multiply-adds);
+accelerators keep lax's grouped conv, which is fast there. For narrow groups the scans are what
+makes the multiply-adds fast inside a network: a loop is a fusion boundary, so XLA neither
+recomputes x's producers per term nor duplicates the sum into y's consumers (optimization
+barriers are dropped before fusion on XLA:CPU). Their kernel gradient transposes each chunk to a
+group-major layout (groups, n, h, w, c), never the 9x patches (with groups inside the channel
+axis, XLA:CPU transposed the patches for every batched matmul). XLA counts a loop body once:
+`nf.models.stats.unrolled_scans` unrolls these scans too when the FLOPs are counted.
 The im2col paths also multiply the zero padding, which XLA's cost analysis counts and lax's
 conv does not (NF-RegNet-B0 train step at 192px: 2% more counted FLOPs).
 
@@ -30,8 +36,9 @@ forward mode (`jax.jvp`/`jacfwd`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +56,10 @@ _LAX_FORWARD_MIN_PIXELS = 256
 _PATCH_CHUNK_BYTES = 4 << 20
 _MAX_PATCH_CHUNKS = 16  # the chunk loop is unrolled: bound it for big batches
 # Grouped convs with at least this many input channels per group run as one dense conv per
-# group; narrower ones as one batched matmul over groups. Measured forward+backward at 192px
-# (tools/conv_microbench.py --family): 128-wide (NFNet) groups per group ~1.1x faster than
-# patches, 8-wide (NF-RegNet) patches 1.5-5x faster; the switch point between is a guess.
+# group; narrower ones by `_grouped_conv` (kh * kw * c multiply-adds per output). Measured
+# forward+backward at 192px (tools/conv_microbench.py --family): 128-wide (NFNet) groups per
+# group ~1.1x faster than batched-matmul patches, 8-wide (NF-RegNet) groups 1.5-5x slower; the
+# switch point between is a guess.
 _SPLIT_MIN_GROUP_WIDTH = 32
 
 
@@ -74,6 +82,22 @@ def _lax_conv(x, w, strides, pads, dilation=(1, 1), groups=1):
     )
 
 
+_lax_only = False  # set by `lax_convs`
+
+
+@contextlib.contextmanager
+def lax_convs() -> Iterator[None]:
+    """Within the block, `conv2d` traces to `lax.conv_general_dilated` whatever the case: the
+    formulation-independent jaxpr that `nf.models.stats.forward_macs` counts (the narrow-group
+    path has no conv or matmul in its forward)."""
+    global _lax_only
+    previous, _lax_only = _lax_only, True
+    try:
+        yield
+    finally:
+        _lax_only = previous
+
+
 def conv2d(
     x: jax.Array,
     w: jax.Array,
@@ -87,6 +111,8 @@ def conv2d(
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
+    if _lax_only:
+        return _lax_conv(x, w, strides, pads, dilation, groups)
     matmul_ok = x.dtype == w.dtype and min(min(p) for p in pads) >= 0
     if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
         if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
@@ -187,14 +213,62 @@ def _channels_last(xg: jax.Array) -> jax.Array:
     return xg.transpose(1, 2, 3, 0, 4).reshape(n, h, wd, g * c)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _grouped_conv(x, w, strides, pads, dilation, groups):
-    """Narrow groups: im2col patches per group in group-major layout, one batched matmul.
+    """Narrow groups: the conv as kh * kw * c broadcast multiply-adds (custom VJP).
 
-    Activations enter and leave NHWC; inside, each group's pixels are rows of a (pixels, taps *
-    c) patch matrix, so the batched matmul and its backward read their operands as laid out
-    (a group axis inside the channel axis would transpose the 9x larger patches instead).
+    Each output `y[..., g, o]` accumulates `x_tap[..., g, i] * w[tap, i, g, o]` over taps and the
+    group's input channels i, kw * c terms per fused loop (one per kernel row). Forward of an
+    NF-RegNet-B0 conv (168 channels, 8-wide groups, 24px, batch 16): 16 ms, against 57-73 ms for
+    im2col patches + batched matmul (the patches' 8-float chunks are slow to build) and 51 ms for
+    XLA's own (YNNPACK) grouped conv. XLA's cost analysis counts exactly the conv's multiply-adds.
     """
-    return _channels_last(_grouped_conv_gm(_group_major(x, groups), w, strides, pads, dilation))
+    return _grouped_taps(x, w, strides, pads, dilation, groups)
+
+
+def _grouped_taps(x, w, strides, pads, dilation, groups):
+    n = x.shape[0]
+    kh, kw, cg, o = w.shape
+    (sh, sw), (dh, dw), og = strides, dilation, o // groups
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # the sum runs in f32 (bf16 inputs: as a dot would)
+    xp = _pad(x, pads).astype(acc)
+    oh, ow = (
+        _out_size(xp.shape[i + 1], (k - 1) * d + 1, s) for i, (k, d, s) in enumerate(zip((kh, kw), dilation, strides))
+    )
+    xp = xp.reshape(*xp.shape[:3], groups, cg)
+    wg = w.astype(acc).reshape(kh, kw, cg, groups, og)
+
+    # One scan step per kernel row: the loop is a fusion boundary, so XLA neither fuses x's
+    # producers into the kw * cg term sum (recomputing them per term) nor duplicates the sum
+    # into each consumer of y; optimization barriers are dropped before fusion on XLA:CPU.
+    def row(y, inputs):
+        i, w_row = inputs
+        rows = lax.dynamic_slice_in_dim(xp, i * dh, (oh - 1) * sh + 1, axis=1)[:, ::sh]
+        for j in range(kw):
+            view = lax.slice_in_dim(rows, j * dw, j * dw + (ow - 1) * sw + 1, sw, axis=2)
+            for k in range(cg):
+                y = y + view[..., k, None] * w_row[j, k]
+        return y, None
+
+    y0 = jnp.zeros((n, oh, ow, groups, og), acc)
+    y, _ = lax.scan(row, y0, (jnp.arange(kh), wg))
+    return y.reshape(n, oh, ow, o).astype(x.dtype)
+
+
+def _grouped_conv_fwd(x, w, strides, pads, dilation, groups):
+    return _grouped_taps(x, w, strides, pads, dilation, groups), (x, w)
+
+
+def _group_major(x: jax.Array, groups: int) -> jax.Array:
+    """(n, h, w, groups * c) -> (groups, n, h, w, c): channel `g * c + i` is in group g."""
+    n, h, wd, c = x.shape
+    return x.reshape(n, h, wd, groups, c // groups).transpose(3, 0, 1, 2, 4)
+
+
+def _channels_last(xg: jax.Array) -> jax.Array:
+    """(groups, n, h, w, c) -> (n, h, w, groups * c), the inverse of `_group_major`."""
+    g, n, h, wd, c = xg.shape
+    return xg.transpose(1, 2, 3, 0, 4).reshape(n, h, wd, g * c)
 
 
 def _group_patches(xg, khw, strides, pads, dilation) -> jax.Array:
@@ -228,57 +302,94 @@ def _group_kernel(w: jax.Array, groups: int) -> jax.Array:
 _BATCHED = (((2,), (1,)), ((0,), (0,)))  # (g, m, k) @ (g, k, n) -> (g, m, n)
 
 
-def _grouped_matmul(xg, w, strides, pads, dilation):
-    """(g, n, h, w, c) x HWIO -> (g, n, oh, ow, o / g)."""
-    g, n = xg.shape[:2]
-    patches = _group_patches(xg, w.shape[:2], strides, pads, dilation)
-    y = lax.dot_general(patches, _group_kernel(w, g), _BATCHED)
-    oh, ow = (
-        _out_size(xg.shape[i + 2] + sum(pads[i]), (w.shape[i] - 1) * dilation[i] + 1, strides[i]) for i in range(2)
-    )
-    return y.reshape(g, n, oh, ow, -1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _grouped_conv_gm(xg, w, strides, pads, dilation):
-    """`_grouped_matmul` whose backward rebuilds the patches from x instead of saving them
-    (under a scan over blocks, saved patches cost more to stack than to rebuild)."""
-    return _grouped_matmul(xg, w, strides, pads, dilation)
-
-
-def _grouped_conv_gm_fwd(xg, w, strides, pads, dilation):
-    return _grouped_matmul(xg, w, strides, pads, dilation), (xg, w)
-
-
 def _transposed_pads(pads, khw, dilation) -> Pads | None:
     """Pads of the stride-1 conv whose output is the input gradient (None if one is negative)."""
     tp = tuple(((k - 1) * d - lo, (k - 1) * d - hi) for (lo, hi), k, d in zip(pads, khw, dilation))
     return tp if min(min(p) for p in tp) >= 0 else None
 
 
-def _grouped_conv_gm_bwd(strides, pads, dilation, res, dy):
-    """dx: at stride 1 the conv of dy with the flipped, per-group transposed kernel (the
-    forward's path); strided, dy @ w^T per group put back through the patches' transpose.
-    dw: dy^T @ patches per group (the small dy is the operand that gets transposed)."""
-    xg, w = res
+def _phase_input_grad(dy, w_t, x_shape, strides, pads, groups):
+    """Input gradient of a strided (undilated) grouped conv as stride-1 convs, one per phase.
+
+    Per axis, padded input row `q = s * a + r` gets `sum_m dy[a - m] * w[r + s * m]`: a stride-1
+    conv of dy with the taps `w[r::s]` (reversed), so phase (r_h, r_w) is `_grouped_conv` on dy
+    with a sub-kernel; the phases are interleaved and the padding cropped. `w_t` is the per-group
+    transposed kernel (kh, kw, o / g, groups * c), not flipped.
+    """
+    n, oh, ow, _ = dy.shape
+    kh, kw = w_t.shape[:2]
+    hp, wp = (x_shape[i + 1] + sum(pads[i]) for i in range(2))
+    (sh, sw), out = strides, (oh, ow)
+    a_hw = (-(-hp // sh), -(-wp // sw))  # rows / columns of each phase
+    c = x_shape[3]
+    phases = []
+    for rh in range(sh):
+        for rw in range(sw):
+            mh, mw = len(range(rh, kh, sh)), len(range(rw, kw, sw))
+            if mh == 0 or mw == 0:  # stride > kernel: these input pixels get no gradient
+                phases.append(jnp.zeros((n, *a_hw, c), dy.dtype))
+                continue
+            sub = w_t[rh::sh, rw::sw][::-1, ::-1]
+            sub_pads = tuple((m - 1, a - o) for m, a, o in zip((mh, mw), a_hw, out))
+            phases.append(_grouped_conv(dy, sub, (1, 1), sub_pads, (1, 1), groups))
+    dxp = jnp.stack(phases, axis=3).reshape(n, *a_hw, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+    dxp = dxp.reshape(n, a_hw[0] * sh, a_hw[1] * sw, c)
+    (top, _), (left, _) = pads
+    return dxp[:, top : top + x_shape[1], left : left + x_shape[2]]
+
+
+def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
+    """dx: at stride 1 the same conv of dy with the flipped, per-group transposed kernel;
+    strided, one such conv per phase of the stride (`_phase_input_grad`); strided and dilated,
+    dy @ w^T per group put back through the patches' transpose.
+    dw: dy^T @ patches per group in group-major layout (the small dy is the operand that gets
+    transposed; per-tap batched matmuls and reductions over pixels measured slower)."""
+    x, w = res
     kh, kw, c, _ = w.shape
-    g, n, oh, ow, og = dy.shape
-    dyg = dy.reshape(g, n * oh * ow, og)
+    g = groups
+    n, oh, ow, _ = dy.shape
+    og = w.shape[3] // g
     tpads = _transposed_pads(pads, (kh, kw), dilation)
+    w_t = w.reshape(kh, kw, c, g, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
     if strides == (1, 1) and tpads is not None:
-        w_t = w.reshape(kh, kw, c, g, og)[::-1, ::-1].transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, g * c)
-        dx = _grouped_conv_gm(dy, w_t, strides, tpads, dilation)
-        patches = _group_patches(xg, (kh, kw), strides, pads, dilation)
+        dx = _grouped_conv(dy, w_t[::-1, ::-1], strides, tpads, dilation, g)
+    elif dilation == (1, 1):
+        dx = _phase_input_grad(dy, w_t, x.shape, strides, pads, g)
     else:
+        xg, dyg = _group_major(x, g), _group_major(dy, g).reshape(g, n * oh * ow, og)
         patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
-        (dx,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
-    # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
-    dw = lax.dot_general(dyg.transpose(0, 2, 1), patches, _BATCHED, preferred_element_type=jnp.float32)
-    dw = dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w.shape)  # (g, o, taps, c) -> HWIO
-    return dx, dw.astype(w.dtype)
+        (dxg,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
+        return _channels_last(dxg), _grouped_kernel_grad(patches[None], dyg[None], w.shape, g).astype(w.dtype)
+    # Patches in batch chunks that stay in cache, under a scan (unrolled, XLA fused x's producers
+    # into every chunk's patches: 9x recomputed): B0's kernel gradients 1.3-1.5x faster.
+    target = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * g * c * x.dtype.itemsize))
+    step = max(d for d in range(1, n + 1) if n % d == 0 and d <= target) if n else 1
+    # Chunks are transposed to group-major inside the loop, where they are in cache.
+    xs, dys = x.reshape(-1, step, *x.shape[1:]), dy.reshape(-1, step, oh, ow, g * og)
+
+    def chunk_operands(xc, dyc):
+        patches = _group_patches(_group_major(xc, g), (kh, kw), strides, pads, dilation)
+        return patches, _group_major(dyc, g).reshape(g, -1, og)
+
+    return dx, _grouped_kernel_grad(xs, dys, w.shape, g, chunk_operands).astype(w.dtype)
 
 
-_grouped_conv_gm.defvjp(_grouped_conv_gm_fwd, _grouped_conv_gm_bwd)
+def _grouped_kernel_grad(xs, dys, w_shape, groups, chunk_operands=None) -> jax.Array:
+    """Sum over chunks of dy^T @ patches per group: (chunks, g, P, taps * c) x (chunks, g, P, og),
+    or chunks that `chunk_operands` turns into those, -> HWIO kernel gradient, f32."""
+    kh, kw, c, o = w_shape
+    g, og = groups, o // groups
+
+    def chunk(dw, inputs):
+        p, dyc = inputs if chunk_operands is None else chunk_operands(*inputs)
+        # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
+        return dw + lax.dot_general(dyc.transpose(0, 2, 1), p, _BATCHED, preferred_element_type=jnp.float32), None
+
+    dw, _ = lax.scan(chunk, jnp.zeros((g, og, kh * kw * c), jnp.float32), (xs, dys))
+    return dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w_shape)  # (g, o, taps, c) -> HWIO
+
+
+_grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -3,7 +3,8 @@
 - `count_params`: number of `nnx.Param` scalars, from an abstract model (`nnx.eval_shape`: no
   parameter memory is allocated).
 - `forward_macs`: multiply-accumulates of the convolutions and matrix products of the forward
-  pass, read from its jaxpr (no compile): every output element of a conv costs kh*kw*cin/groups,
+  pass, read from its jaxpr (no compile; convs traced as lax's conv, `conv_ops.lax_convs`, since
+  conv2d's narrow-group path is no conv or matmul): every output element of a conv costs kh*kw*cin/groups,
   of a matmul the contracted size; scan bodies count once per iteration. This is the convention of
   published figures (NFNet-F0: 12.38B at 256px) and counts padded positions like any other.
 - `xla_flops`: FLOPs from XLA's cost analysis of a jitted function (what the benchmark divides by
@@ -27,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jex_core
+
+from nf.layers import conv_ops
 
 ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
@@ -153,7 +156,8 @@ def forward_macs(
         return nnx.merge(graphdef, variables, rest)(x, train=train)
 
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
-    return jaxpr_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
+    with conv_ops.lax_convs():  # every conv as a conv, however conv2d would run it
+        return jaxpr_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
 
 
 def model_stats(name: str, image_sizes: tuple[int, ...] | None = None, **overrides: Any) -> dict:
