@@ -69,8 +69,8 @@ def main(argv) -> None:
         for key, label, fmt in metrics:
             row = [fmt.format(results[task][run][f"ema_{key}"]) for run in ("pretrained", "scratch")]
             print(f"{task:<14}{label:<11}{row[0]:>12}{row[1]:>12}")
-    step = results["segmentation"]["pretrained"]["step"]
-    print(f"(step {step}; metrics.jsonl in {runs}/scenes_*)")
+    steps = ", ".join(f"{task} {results[task]['pretrained']['step']}" for task in TASKS)
+    print(f"(steps: {steps}; metrics.jsonl in {runs}/scenes_*)")
 
 
 if __name__ == "__main__":
