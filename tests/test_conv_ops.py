@@ -106,7 +106,7 @@ def _conv_case(index):
 # narrow-group multiply-adds, kernel gradient in one batch chunk or one per image), whatever their
 # group width would pick.
 _PATHS = {
-    "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _SPLIT_MIN_GROUP_WIDTH=0),
+    "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _LAX_FORWARD_MIN_PATCH=0, _SPLIT_MIN_GROUP_WIDTH=0),
     "im2col": dict(_LAX_FORWARD_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
     "narrow_groups": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
     "narrow_chunked": dict(_SPLIT_MIN_GROUP_WIDTH=10**9, _PATCH_CHUNK_BYTES=1),  # one image per chunk
