@@ -206,18 +206,6 @@ def _per_group_conv(x, w, strides, pads, dilation, groups):
     )
 
 
-def _group_major(x: jax.Array, groups: int) -> jax.Array:
-    """(n, h, w, groups * c) -> (groups, n, h, w, c): channel `g * c + i` is in group g."""
-    n, h, wd, c = x.shape
-    return x.reshape(n, h, wd, groups, c // groups).transpose(3, 0, 1, 2, 4)
-
-
-def _channels_last(xg: jax.Array) -> jax.Array:
-    """(groups, n, h, w, c) -> (n, h, w, groups * c), the inverse of `_group_major`."""
-    g, n, h, wd, c = xg.shape
-    return xg.transpose(1, 2, 3, 0, 4).reshape(n, h, wd, g * c)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _grouped_conv(x, w, strides, pads, dilation, groups):
     """Narrow groups: the conv as kh * kw * c broadcast multiply-adds (custom VJP).
