@@ -348,38 +348,36 @@ def _grouped_conv_bwd(strides, pads, dilation, groups, res, dy):
         dx = _grouped_conv(dy, w_t[::-1, ::-1], strides, tpads, dilation, g)
     elif dilation == (1, 1):
         dx = _phase_input_grad(dy, w_t, x.shape, strides, pads, g)
-    else:
-        xg, dyg = _group_major(x, g), _group_major(dy, g).reshape(g, n * oh * ow, og)
-        patches, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), xg)
+    else:  # strided and dilated (rare): dy @ w^T per group through the patches' transpose
+        dyg = _group_major(dy, g).reshape(g, n * oh * ow, og)
+        _, patches_vjp = jax.vjp(lambda xg: _group_patches(xg, (kh, kw), strides, pads, dilation), _group_major(x, g))
         (dxg,) = patches_vjp(lax.dot_general(dyg, _group_kernel(w, g), (((2,), (2,)), ((0,), (0,)))))
-        return _channels_last(dxg), _grouped_kernel_grad(patches[None], dyg[None], w.shape, g).astype(w.dtype)
-    # Patches in batch chunks that stay in cache, under a scan (unrolled, XLA fused x's producers
-    # into every chunk's patches: 9x recomputed): B0's kernel gradients 1.3-1.5x faster.
+        dx = _channels_last(dxg)
+    return dx, _grouped_kernel_grad(x, dy, (kh, kw), strides, pads, dilation, g).astype(w.dtype)
+
+
+def _grouped_kernel_grad(x, dy, khw, strides, pads, dilation, groups) -> jax.Array:
+    """HWIO kernel gradient (f32): the sum over batch chunks of dy^T @ patches per group.
+
+    The chunks' patches stay in cache and are built under a scan (unrolled, XLA fused x's
+    producers into every chunk's patches: 9x recomputed): B0's kernel gradients 1.3-1.5x faster.
+    Each chunk is transposed to group-major inside the loop, where it is in cache."""
+    (kh, kw), g = khw, groups
+    n, oh, ow, o = dy.shape
+    c, og = x.shape[3] // g, o // g
     target = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * g * c * x.dtype.itemsize))
     step = max(d for d in range(1, n + 1) if n % d == 0 and d <= target) if n else 1
-    # Chunks are transposed to group-major inside the loop, where they are in cache.
-    xs, dys = x.reshape(-1, step, *x.shape[1:]), dy.reshape(-1, step, oh, ow, g * og)
-
-    def chunk_operands(xc, dyc):
-        patches = _group_patches(_group_major(xc, g), (kh, kw), strides, pads, dilation)
-        return patches, _group_major(dyc, g).reshape(g, -1, og)
-
-    return dx, _grouped_kernel_grad(xs, dys, w.shape, g, chunk_operands).astype(w.dtype)
-
-
-def _grouped_kernel_grad(xs, dys, w_shape, groups, chunk_operands=None) -> jax.Array:
-    """Sum over chunks of dy^T @ patches per group: (chunks, g, P, taps * c) x (chunks, g, P, og),
-    or chunks that `chunk_operands` turns into those, -> HWIO kernel gradient, f32."""
-    kh, kw, c, o = w_shape
-    g, og = groups, o // groups
 
     def chunk(dw, inputs):
-        p, dyc = inputs if chunk_operands is None else chunk_operands(*inputs)
+        xc, dyc = inputs
+        patches = _group_patches(_group_major(xc, g), khw, strides, pads, dilation)
+        dyc = _group_major(dyc, g).reshape(g, -1, og)
         # (g, og, P) @ (g, P, taps * c): dy transposed explicitly, so the dot is in canonical form
-        return dw + lax.dot_general(dyc.transpose(0, 2, 1), p, _BATCHED, preferred_element_type=jnp.float32), None
+        return dw + lax.dot_general(dyc.transpose(0, 2, 1), patches, _BATCHED, preferred_element_type=jnp.float32), None
 
+    xs, dys = x.reshape(-1, step, *x.shape[1:]), dy.reshape(-1, step, oh, ow, o)
     dw, _ = lax.scan(chunk, jnp.zeros((g, og, kh * kw * c), jnp.float32), (xs, dys))
-    return dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(w_shape)  # (g, o, taps, c) -> HWIO
+    return dw.reshape(g, og, kh * kw, c).transpose(2, 3, 0, 1).reshape(kh, kw, c, o)  # (g, o, taps, c) -> HWIO
 
 
 _grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
