@@ -119,9 +119,16 @@ def prepare_digit_scenes(
 
     Raises `ValueError` when `out_dir` holds scenes written with other settings.
     """
-    settings = {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed), "size": SIZE}
-    settings |= {"focal": FOCAL, "digit_height": list(DIGIT_HEIGHT), "digit_depth": list(DIGIT_DEPTH)}
-    settings["plate_color"] = list(PLATE_COLOR)  # any change to the scenes changes the settings
+    settings = {  # the geometry too: any change to the scenes changes the settings
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "seed": int(seed),
+        "size": SIZE,
+        "focal": FOCAL,
+        "digit_height": list(DIGIT_HEIGHT),
+        "digit_depth": list(DIGIT_DEPTH),
+        "plate_color": list(PLATE_COLOR),
+    }
     if min(num_train, num_val) < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
     marker = Path(out_dir) / MARKER
