@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from nf.data.transforms import CROP_PADDING, MEAN_RGB, STDDEV_RGB
 from nf.models import MODELS
 from nf.pretrained.convert import ParamFiller, build, stage_of
 from nf.pretrained.unpickle import load_haiku_params
@@ -49,9 +50,6 @@ RELEASED: dict[str, dict[str, Any]] = {
     "F5": dict(top1=86.0),
     "F6": dict(top1=86.5),
 }
-CROP_PADDING = 32  # eval: centre crop of size/(size+32) of the short side, bicubic resize to size
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 _BLOCK = re.compile(r"nf_block(?:_(\d+))?(?:/~/(.+))?")
 
@@ -66,15 +64,16 @@ def model_name(variant: str) -> str:
 
 
 def preprocessing(variant: str) -> dict[str, Any]:
-    """The reference's eval preprocessing for a variant (its test resolution)."""
+    """The reference's eval preprocessing for a variant at its test resolution: centre crop of
+    size/(size+32) of the short side, bicubic resize to size, ImageNet mean/std (0-255 scale)."""
     size = MODELS[model_name(variant)].test_size
     return dict(
         kind="deepmind",
         image_size=size,
         crop_pct=size / (size + CROP_PADDING),
         interpolation="bicubic",
-        mean=list(MEAN_RGB),
-        std=list(STDDEV_RGB),
+        mean=[float(m) for m in MEAN_RGB],
+        std=[float(s) for s in STDDEV_RGB],
     )
 
 
