@@ -1,4 +1,9 @@
-"""Convolution primitives tuned for XLA:CPU (and fine on accelerators).
+"""Convolution primitives tuned for XLA:CPU; every other backend gets XLA's own ops.
+
+`cpu_kernels()` is the one dispatch decision: on XLA:CPU (and not inside `lax_convs`) `conv2d`
+and `max_pool` take the tuned paths below; on TPUs and GPUs, whose convolutions are XLA's fast
+path (and the only one that supports forward-mode `jax.jvp`), they are
+`lax.conv_general_dilated` and `lax.reduce_window` themselves.
 
 XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
 equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
@@ -10,11 +15,11 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
   and >= 64 patch channels        cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   or narrow patches (RGB stems)
-  groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
+  groups, >= 32 channels/group    one of the above per group, outputs concatenated
   groups, narrower                forward and input gradient (strided: one stride-1 conv per
                                   phase) as kh*kw*c broadcast multiply-adds, a scan over kernel
                                   rows; kernel gradient as group-major im2col patches and one
-                                  batched matmul per cache-sized batch chunk, a scan (CPU only)
+                                  batched matmul per cache-sized batch chunk, a scan
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
@@ -90,11 +95,17 @@ def _lax_conv(x, w, strides, pads, dilation=(1, 1), groups=1):
 _lax_only = False  # set by `lax_convs`
 
 
+def cpu_kernels() -> bool:
+    """Whether `conv2d` and `max_pool` take the XLA:CPU-tuned paths (custom VJPs, im2col, grouped
+    multiply-adds): on the CPU backend outside `lax_convs`. Elsewhere they are lax's own ops."""
+    return not _lax_only and jax.default_backend() == "cpu"
+
+
 @contextlib.contextmanager
 def lax_convs() -> Iterator[None]:
-    """Within the block, `conv2d` traces to `lax.conv_general_dilated` whatever the case: the
-    formulation-independent jaxpr that `nf.models.stats.forward_macs` counts (the narrow-group
-    path has no conv or matmul in its forward)."""
+    """Within the block, `conv2d` and `max_pool` trace to lax's ops on every backend, as on an
+    accelerator: the formulation-independent jaxpr that `nf.models.stats.forward_macs` counts
+    (the narrow-group path has no conv or matmul in its forward), and forward-mode autodiff."""
     global _lax_only
     previous, _lax_only = _lax_only, True
     try:
@@ -116,10 +127,10 @@ def conv2d(
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
-    if _lax_only:
+    if not cpu_kernels():
         return _lax_conv(x, w, strides, pads, dilation, groups)
     matmul_ok = x.dtype == w.dtype and min(min(p) for p in pads) >= 0
-    if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
+    if groups > 1 and matmul_ok:
         if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
             return _per_group_conv(x, w, strides, pads, dilation, groups)
         return _grouped_conv(x, w, strides, pads, dilation, groups)
@@ -428,6 +439,8 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: str = "SAM
     """
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"max_pool padding must be 'SAME' or 'VALID', got {padding!r}")
+    if not cpu_kernels():
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
     pads = _resolve_padding(padding, x.shape[1:3], (window, window), (stride, stride), (1, 1))
     return _max_pool(x, window, stride, pads, tuple(x.shape))
 
