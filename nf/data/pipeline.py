@@ -132,8 +132,11 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         mixup_alpha: float,
         cutmix: bool,
         randaugment: RandAugment | None = None,
+        mean: Sequence[float] = tuple(T.MEAN_RGB),
+        std: Sequence[float] = tuple(T.STDDEV_RGB),
     ):
         self.num_classes, self.seed, self.shard_index = num_classes, seed, shard_index
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.mixup_alpha, self.cutmix = mixup_alpha, cutmix
         self.randaugment = randaugment
 
@@ -148,14 +151,14 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         mixing = self.mixup_alpha > 0 or self.cutmix
         if mixing or self.randaugment is not None:
             image = np.asarray(image, np.float32)  # 0..255
-            image[~mask] = T.MEAN_RGB  # blank slots are zero after normalization, as below
+            image[~mask] = self.mean  # blank slots are zero after normalization, as below
             if mixing:
                 rng = np.random.default_rng([self.seed, self.shard_index, index])
                 image, targets = T.mix_batch(image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
             if self.randaugment is not None:
                 image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
                 image = self.randaugment.augment_batch(image, (self.seed, self.shard_index, index), mask)
-        image = T.normalize(image)
+        image = T.normalize(image, self.mean, self.std)
         image[~mask] = 0.0
         return {
             "image": image,
@@ -242,6 +245,10 @@ def make_dataset(
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
+    crop_pct: float | None = None,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = tuple(T.MEAN_RGB),
+    std: Sequence[float] = tuple(T.STDDEV_RGB),
     crop_area_range: tuple[float, float] = (0.08, 1.0),
     crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: bool = True,
@@ -259,7 +266,7 @@ def make_dataset(
     if not (train and randaugment.num_layers):
         randaugment = None
     finalize = _FinalizeBatch(
-        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment
+        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment, mean, std
     )
     if train:
         transform = T.TrainTransform(
@@ -272,7 +279,13 @@ def make_dataset(
         )
     else:
         transform = T.EvalTransform(
-            image_size, eval_crop=eval_crop, crop_padding=crop_padding, on_corrupt=on_corrupt, fast_jpeg=fast_jpeg
+            image_size,
+            eval_crop=eval_crop,
+            crop_padding=crop_padding,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            on_corrupt=on_corrupt,
+            fast_jpeg=fast_jpeg,
         )
     return build_batches(
         source,
@@ -463,6 +476,10 @@ def make_pipeline(
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
+    crop_pct: float | None = None,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = tuple(T.MEAN_RGB),
+    std: Sequence[float] = tuple(T.STDDEV_RGB),
     crop_area_range: Sequence[float] = (0.08, 1.0),
     crop_aspect_range: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
@@ -494,8 +511,12 @@ def make_pipeline(
         with this many random ops per image (0: off) at this magnitude (10-scale), applied after
         MixUp/CutMix on the uint8-rounded images, before normalization (the NFNet recipe).
       drop_remainder: train with finite num_epochs: drop the last partial batch.
-      eval_crop: "center_crop" (NF-RegNet) or "resize_crop" (NFNet), see `transforms`.
+      eval_crop: "center_crop" (NF-RegNet), "resize_crop" (NFNet) or "resize_short_crop" (timm),
+        see `transforms.EvalTransform`.
       crop_padding: eval crops px of px + crop_padding (default 32; 0: the whole image).
+      crop_pct, interpolation: eval only; the crop fraction (overrides crop_padding) and the
+        resampling filter (`transforms.INTERPOLATIONS`).
+      mean, std: per-channel normalization on the 0..255 scale (default ImageNet's).
       crop_area_range, crop_aspect_range, hflip: train augmentation (Inception crop + flip).
       on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming
         the file, counts it (`it.num_skipped`) and replaces it (train) or masks it out (eval).
@@ -518,6 +539,10 @@ def make_pipeline(
         drop_remainder=drop_remainder,
         eval_crop=eval_crop,
         crop_padding=crop_padding,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
         crop_area_range=tuple(crop_area_range),
         crop_aspect_range=tuple(crop_aspect_range),
         hflip=hflip,

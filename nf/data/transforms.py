@@ -2,8 +2,9 @@
 
 REFERENCE §6. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
 the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
-"center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize) or
-"resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px).
+"center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
+"resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
+(timm: resize the short side to floor(px/crop_pct) keeping the aspect, then centre crop px).
 
 A per-example transform maps a source record {"image": bytes, "label", "path"} to
 
@@ -32,7 +33,15 @@ from PIL import Image, UnidentifiedImageError
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 CROP_PADDING = 32
-EVAL_CROPS = ("center_crop", "resize_crop")
+EVAL_CROPS = ("center_crop", "resize_crop", "resize_short_crop")
+INTERPOLATIONS = {  # PIL's resampling filters by the names timm's configs use
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 ON_CORRUPT = ("error", "skip")
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), PIL convention
@@ -79,9 +88,10 @@ def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = No
     return np.asarray(_to_rgb(open_image(data, path, read_error), path))
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8/float RGB -> float32 `(x - mean) / std` with the ImageNet statistics (x in 0..255)."""
-    return ((np.asarray(image, np.float32) - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+def normalize(image: np.ndarray, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB) -> np.ndarray:
+    """uint8/float RGB -> float32 `(x - mean) / std`, by default the ImageNet statistics (x in 0..255)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((np.asarray(image, np.float32) - mean) / std).astype(np.float32)
 
 
 def denormalize(image: np.ndarray) -> np.ndarray:
@@ -148,10 +158,14 @@ def _draft_for_box(img: Image.Image, box: Box, out_size: int) -> tuple[Image.Ima
     return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def _crop_resize(img: Image.Image, box, size: int, path: str) -> np.ndarray:
+def _crop_resize(
+    img: Image.Image, box, size: int | tuple[int, int], path: str, resample: int = Image.Resampling.BICUBIC
+) -> np.ndarray:
+    """`box` of `img` resized to `size` (a side, or (width, height)) as uint8 RGB."""
+    size = (size, size) if isinstance(size, int) else size
     try:
         img = img if img.mode == "RGB" else _to_rgb(img, path)
-        out = img.resize((size, size), resample=Image.Resampling.BICUBIC, box=box)
+        out = img.resize(size, resample=resample, box=box)
     except CorruptImageError:
         raise
     except Exception as e:
@@ -272,13 +286,18 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
 
 
 class EvalTransform(_ImageTransform, grain.transforms.Map):
-    """Decode -> deterministic centre crop -> bicubic resize (uint8 RGB out).
+    """Decode -> deterministic centre crop -> resize (bicubic by default; uint8 RGB out).
 
     Args:
       image_size: output side px.
-      eval_crop: "center_crop" (square crop of px/(px+32) of the short side, then resize to px;
-        NF-RegNet) or "resize_crop" (resize to (px+32)^2, then centre crop px; NFNet).
-      crop_padding: the 32 above; 0 keeps the whole (square) image, e.g. for tiny digit images.
+      eval_crop: "center_crop" (square crop of crop_pct of the short side, then resize to px;
+        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to round(px/crop_pct)^2, then
+        centre crop px; NFNet) or "resize_short_crop" (resize the short side to
+        floor(px/crop_pct) keeping the aspect, then centre crop px; timm's eval).
+      crop_padding: crop_pct = px/(px+crop_padding) (32; 0 keeps the whole square image, e.g. for
+        tiny digit images) unless `crop_pct` is given.
+      crop_pct: the crop fraction (overrides crop_padding), e.g. a timm model's `crop_pct`.
+      interpolation: a name of `INTERPOLATIONS`.
       on_corrupt, fast_jpeg: as in `TrainTransform`.
     Records with {"padding": True} (added by the eval pipeline) become blank, mask-False slots.
     """
@@ -289,31 +308,49 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
         *,
         eval_crop: str = "center_crop",
         crop_padding: int = CROP_PADDING,
+        crop_pct: float | None = None,
+        interpolation: str = "bicubic",
         on_corrupt: str = "error",
         fast_jpeg: bool = True,
     ):
         super().__init__(image_size, on_corrupt, fast_jpeg)
         check_choice("eval_crop", eval_crop, EVAL_CROPS)
+        check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-        self.eval_crop, self.crop_padding = eval_crop, int(crop_padding)
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        px = self.image_size
+        self.eval_crop, self.interpolation = eval_crop, interpolation
+        self.crop_pct = px / (px + int(crop_padding)) if crop_pct is None else float(crop_pct)
 
     def _image(self, record: dict[str, Any]) -> np.ndarray:
         path = record.get("path", "<bytes>")
         img = open_image(record["image"], path, record.get("read_error"))
-        px = self.image_size
+        px, resample = self.image_size, INTERPOLATIONS[self.interpolation]
         if self.eval_crop == "center_crop":
-            box = center_crop_box(*img.size, px / (px + self.crop_padding))
+            box = center_crop_box(*img.size, self.crop_pct)
             if self.fast_jpeg:
                 img, box = _draft_for_box(img, box, px)
-            return _crop_resize(img, box, px, path)
-        # resize_crop: resize (aspect not kept) to (px+32)^2, then take the central px x px.
-        big = px + self.crop_padding
+            return _crop_resize(img, box, px, path, resample)
+        if self.eval_crop == "resize_crop":  # resize (aspect not kept) to (px/crop_pct)^2, crop the central px
+            big = round(px / self.crop_pct)
+            if self.fast_jpeg:
+                img, _ = _draft_for_box(img, (0, 0, *img.size), big)
+            resized = _crop_resize(img, None, big, path, resample)
+            off = (big - px) // 2
+            return resized[off : off + px, off : off + px]
+        # resize_short_crop, as torchvision's Resize(int) + CenterCrop that timm's eval uses
+        short = math.floor(px / self.crop_pct)
         if self.fast_jpeg:
-            img, _ = _draft_for_box(img, (0, 0, *img.size), big)
-        resized = _crop_resize(img, None, big, path)
-        off = (big - px) // 2
-        return resized[off : off + px, off : off + px]
+            img, _ = _draft_for_box(img, (0, 0, *img.size), short)
+        width, height = img.size
+        size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        resized = _crop_resize(img, None, size, path, resample)
+        top, left = round((size[1] - px) / 2.0), round((size[0] - px) / 2.0)
+        if top < 0 or left < 0:
+            raise ValueError(f"crop_pct={self.crop_pct} > 1 leaves the {size} image smaller than {px}px")
+        return resized[top : top + px, left : left + px]
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
         return self._guard(self._image, record)

@@ -19,6 +19,7 @@ from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
+from nf.inference.card import CARD_FILE, card_from_config
 from nf.tasks import Task, get_task
 from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
 from nf.train import data as train_data
@@ -158,6 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     task = get_task(config, data.num_classes)
     if config.get("init_from"):
         transfer.check_init_from(config.init_from, workdir)
+    if task.name == "classification" and jax.process_index() == 0:
+        write_model_card(config, data, workdir)
     model = task.build_model()
     fns = ModelFns(model)
     params, model_state = fns.init_values(model)
@@ -240,6 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     preempted = StopSignal()
     last_eval: dict[str, float] = {}
+    if start >= config.total_steps:  # a finished run: nothing to train, evaluate what it holds
+        logging.info("%s finished at step %d (total_steps=%d): evaluating only", workdir, start, config.total_steps)
+        last_eval = evaluate(eval_step, state, data.eval_batches, to_global, task)
     timer = LoopTimer()
     previous = None  # the previous step's loss: is the device still busy when a batch arrives?
     try:
@@ -316,6 +322,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
         print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary))
     return summary
+
+
+def write_model_card(config: ml_collections.ConfigDict, data: train_data.TrainData, workdir: str) -> None:
+    """`workdir/nf_model.json` (nf.inference.card) unless there: the model, classes and the eval
+    preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
+    if not (epath.Path(workdir) / CARD_FILE).exists():
+        card_from_config(config, data.num_classes, data.class_names).save(workdir)
 
 
 def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str) -> str:
