@@ -45,7 +45,7 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
     directory = epath.Path(workdir) / "checkpoints"
     if directory.exists() and any(p.name.isdigit() for p in directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; choose an empty --workdir (nothing written)")
-    built = card.build_model()
+    built = nnx.eval_shape(card.build_model)  # shapes only: no random init of a big model
     want, got = _shape_map(model_trees(built)[0]), _shape_map(model_trees(model)[0])
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[:6]
