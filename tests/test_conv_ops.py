@@ -267,3 +267,17 @@ def test_accelerator_route_is_lax_and_supports_jvp(name, monkeypatch):
     assert conv_ops.cpu_kernels()
     with conv_ops.lax_convs():
         assert not conv_ops.cpu_kernels()
+
+
+@pytest.mark.parametrize("method", conv_ops.GROUPED_FORMULATIONS)
+def test_named_grouped_formulations_match_lax(method):
+    """The public per-formulation entry (what tools/conv_microbench.py times) computes lax's conv."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 16))
+    want = lax.conv_general_dilated(
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4
+    )
+    got = conv_ops.grouped_conv(x, w, strides=2, groups=4, method=method)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="valid"):
+        conv_ops.grouped_conv(x, w, groups=4, method="im2col")

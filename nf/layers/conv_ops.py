@@ -145,6 +145,22 @@ def conv2d(
     return _im2col_conv(x, w, strides, pads, dilation)
 
 
+GROUPED_FORMULATIONS = ("per_group", "narrow")
+
+
+def grouped_conv(
+    x: jax.Array, w: jax.Array, *, strides: int = 1, padding: Padding = "SAME", groups: int, method: str
+) -> jax.Array:
+    """A grouped conv by one named XLA:CPU formulation, whatever `conv2d` would pick (for
+    benchmarks): 'per_group' (one conv per group, concatenated) or 'narrow' (multiply-adds)."""
+    if method not in GROUPED_FORMULATIONS:
+        raise ValueError(f"Unknown grouped formulation {method!r}; valid: {GROUPED_FORMULATIONS}")
+    strides = _pair(strides)
+    pads = _resolve_padding(padding, x.shape[1:3], tuple(w.shape[:2]), strides, (1, 1))
+    impl = _per_group_conv if method == "per_group" else _grouped_conv
+    return impl(x, w, strides, pads, (1, 1), groups)
+
+
 def _pad(x: jax.Array, pads: Pads, value=0.0) -> jax.Array:
     """Spatial padding; a no-op (no copy) when all pads are zero."""
     if not any(lo or hi for lo, hi in pads):
