@@ -205,10 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         background=jax.process_count() == 1,
     )
     train_iter = data.train_iter()
-    start = ckpt.latest_step()
-    if start is not None:
-        logging.info("Resuming from %s/%d", ckpt.directory, start)
-        state = ckpt.restore(start, abstract_state, train_iter)
+    restored = ckpt.restore_latest(abstract_state, train_iter)  # the newest intact step
+    if restored is not None:
+        state = restored
     elif config.get("init_from"):
         source = config.get("init_from_params", "ema")
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
