@@ -422,6 +422,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config_file, 
             assert np.all(np.isfinite(v)), (step, k)
 
 
+def test_non_finite_step_is_caught_between_log_steps(tiny_config_file, jax_cache_dir, tmp_path):
+    """Logging every 10 steps, no periodic checkpoint: step 3's overflow is skipped on the device,
+    the run stops at its first read (step 10) naming step 3, and nothing non-finite is saved."""
+    workdir = tmp_path / "run"
+    flags = ("--config.optimizer.lr=1e6", "--config.log_every_steps=10", "--config.checkpoint_every_steps=100")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log")
+    assert rc != 0
+    assert "NonFiniteLossError: Gradient norm became inf at step 3;" in out, _tail(out)
+    assert "No checkpoint had been written yet." in out, _tail(out)
+    assert checkpoint_steps(workdir) == [] and _train(read_metrics(workdir)) == []
+
+    # Tolerating them: the run finishes, skipping every bad step; every checkpoint is finite.
+    workdir = tmp_path / "tolerant"
+    flags = ("--config.optimizer.lr=1e6", "--config.log_every_steps=100", "--config.max_bad_steps=100")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log2")
+    assert rc == 0, _tail(out)
+    train = _train(read_metrics(workdir))
+    assert [m["step"] for m in train] == [4, 8, 12]  # read at the save steps only
+    assert train[0]["skipped_steps"] >= 1 and train[-1]["skipped_steps"] >= train[0]["skipped_steps"]
+    for step in checkpoint_steps(workdir):
+        for k, v in restore_state(workdir, step).items():
+            assert np.all(np.isfinite(v)), (step, k)
+
+
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_missing_data_directory(tiny_config, tmp_path, split):
     """In process: the error names the missing folder before anything is built or written."""

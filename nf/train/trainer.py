@@ -22,16 +22,13 @@ from flax import nnx
 from nf.tasks import Task, get_task
 from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
 from nf.train import data as train_data
-from nf.train import transfer
+from nf.train import guard, transfer
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
+from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
 from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
@@ -218,11 +215,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     to_global = lambda batch: jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
     )
-    train_step = jax.jit(
-        make_train_step(fns, tx, schedule, config, task),
-        donate_argnums=0,
-        out_shardings=(state_shard, replicated(mesh)),
+    max_bad_steps = config.get("max_bad_steps", 1)
+    train_step = jax.jit(  # skips non-finite steps on the device; `guard.check` reads the counters
+        guard.guarded(make_train_step(fns, tx, schedule, config, task), max_bad_steps),
+        donate_argnums=(0, 2),
+        out_shardings=(state_shard, replicated(mesh), replicated(mesh)),
     )
+    counters = jax.device_put(guard.init_counters(), replicated(mesh))
     eval_step = jax.jit(make_eval_step(fns, task))
 
     logger = MetricLogger(workdir)
@@ -248,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t1 = time.perf_counter()
             previous_done = previous is None or previous.is_ready()
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics = train_step(state, to_global(batch))
+                state, metrics, counters = train_step(state, to_global(batch), counters)
             previous = metrics["loss"]
             for hook in hooks:
                 hook(step)
@@ -258,22 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             final = step == config.total_steps or stop
             save_due = final or ckpt.due(step)
             if step % config.log_every_steps == 0 or save_due:
-                metrics = jax.device_get(metrics)
-                # Checked before any save: bad states never land. A finite loss with a non-finite
-                # gradient has already put inf/NaN into this step's parameters.
-                loss, grad_norm = metrics["loss"], metrics["grad_norm"]
-                if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                    what = f"Loss became {loss}" if not np.isfinite(loss) else f"Gradient norm became {grad_norm}"
-                    last = ckpt.latest_step()
-                    kept = (
-                        f"The last good checkpoint (step {last}) in {ckpt.directory} is intact."
-                        if last
-                        else ("No checkpoint had been written yet.")
-                    )
-                    raise NonFiniteLossError(
-                        f"{what} at step {step}; stopping. {kept} Lower the learning rate "
-                        "or enable AGC (optimizer.agc_clip)."
-                    )
+                metrics, seen = jax.device_get((metrics, counters))
+                # Every step skipped its non-finite updates on the device; stop before any save.
+                guard.check(seen, max_bad_steps, ckpt.latest_step(), ckpt.directory)
                 now = time.perf_counter()  # this step has finished: a synchronization point
                 timer.step(t0, t1, now, previous_done)
                 if (per_step := timer.synced(step, now)) is not None:
