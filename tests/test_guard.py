@@ -91,7 +91,7 @@ def test_a_bad_step_is_skipped_and_counted(poison):
     # read three steps later (a log interval larger than the failing step): names step 3
     want = {"loss": "Loss became nan", "grad": "Gradient norm became inf", "params": "updated parameters"}[poison]
     with pytest.raises(guard.NonFiniteLossError, match=f"{want}.* at step 3;"):
-        guard.check(counters, 1, last_checkpoint=None, directory="ckpt")
+        guard.check(counters, 1, last_checkpoint=lambda: None, directory="ckpt")
 
 
 def test_isolated_bad_steps_are_tolerated_below_the_limit():
@@ -101,12 +101,12 @@ def test_isolated_bad_steps_are_tolerated_below_the_limit():
     w, _, _ = _reference({2, 4, 5}, 8)
     np.testing.assert_allclose(state["params"]["w"], w, rtol=1e-6)
     assert int(counters["skipped"]) == 3 and int(counters["stop_step"]) == 0
-    guard.check(counters, 3, last_checkpoint=4, directory="ckpt")  # no error
+    guard.check(counters, 3, last_checkpoint=lambda: 4, directory="ckpt")  # no error
 
     _, _, counters = _run({2: "grad", 3: "loss", 4: "params", 6: "loss"}, steps=8, max_bad_steps=3)
     assert int(counters["stop_step"]) == 4 and int(counters["skipped"]) == 4
     with pytest.raises(guard.NonFiniteLossError, match=r"3 consecutive .* at step 4;.*step 2\) in ckpt is intact"):
-        guard.check(counters, 3, last_checkpoint=2, directory="ckpt")
+        guard.check(counters, 3, last_checkpoint=lambda: 2, directory="ckpt")
 
 
 def test_max_bad_steps_must_be_positive():

@@ -78,12 +78,16 @@ def guarded(train_step: Callable, max_bad_steps: int) -> Callable:
     return step
 
 
-def check(counters: dict[str, Any], max_bad_steps: int, last_checkpoint: int | None, directory: str) -> None:
+def check(
+    counters: dict[str, Any], max_bad_steps: int, last_checkpoint: Callable[[], int | None], directory: str
+) -> None:
     """At a log or save step, with `counters` on the host: raise `NonFiniteLossError` naming the step
-    where `max_bad_steps` consecutive steps had been skipped."""
+    where `max_bad_steps` consecutive steps had been skipped (`last_checkpoint()` is only asked then:
+    it waits for a save in flight)."""
     stop = int(counters["stop_step"])
     if not stop:
         return
+    last_checkpoint = last_checkpoint()
     loss, grad_norm = float(counters["stop_loss"]), float(counters["stop_grad_norm"])
     if not np.isfinite(loss):
         what = f"Loss became {loss}"

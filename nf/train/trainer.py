@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % config.log_every_steps == 0 or save_due:
                 metrics, seen = jax.device_get((metrics, counters))
                 # Every step skipped its non-finite updates on the device; stop before any save.
-                guard.check(seen, max_bad_steps, ckpt.latest_step(), ckpt.directory)
+                guard.check(seen, max_bad_steps, ckpt.latest_step, ckpt.directory)
                 now = time.perf_counter()  # this step has finished: a synchronization point
                 timer.step(t0, t1, now, previous_done)
                 if (per_step := timer.synced(step, now)) is not None:
