@@ -299,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         spp_path = None
         if spp_state is not None:
             spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
-        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary))
+        input_line = train_iter.input_summary() if hasattr(train_iter, "input_summary") else None
+        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary), input_line)
     return summary
 
 
@@ -319,7 +320,12 @@ def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str
 
 
 def print_summary(
-    workdir: str, ckpt_dir: str, summary: dict, spp_path: str | None, eval_line: str | None = None
+    workdir: str,
+    ckpt_dir: str,
+    summary: dict,
+    spp_path: str | None,
+    eval_line: str | None = None,
+    input_line: str | None = None,
 ) -> None:
     lines = [f"Finished at step {summary['step']}."]
     if eval_line:
@@ -331,6 +337,8 @@ def print_summary(
             f"{summary['data_wait_fraction']:.1%} of the loop"
             + (f", checkpoint saves stalled it at most {stall * 1e3:.0f} ms" if stall is not None else "")
         )
+    if input_line:
+        lines.append(input_line)
     lines += [
         f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
         f"  checkpoints: {ckpt_dir}",
