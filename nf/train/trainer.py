@@ -225,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_step = jax.jit(make_eval_step(fns, task))
 
     logger = MetricLogger(workdir)
+    logger.truncate_after(start)  # lines of steps past the restored checkpoint (a kill -9) go
     if start == 0:
         logger.write_hparams(flatten_config(config.to_dict()))
     hooks = [
@@ -284,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 timer.restart(step, time.perf_counter())
             if stop:
                 ckpt.wait()
-                logging.warning("Saved step %d after SIGTERM; exiting.", step)
+                logging.warning("Saved step %d after %s; exiting.", step, preempted.reason)
                 break
     finally:
         preempted.restore()
