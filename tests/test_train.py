@@ -409,6 +409,28 @@ def test_sigterm_while_starting_saves_at_the_first_step(tiny_config_file, jax_ca
     assert checkpoint_steps(workdir) == [1] and int(restore_state(workdir, 1)[("step",)]) == 1
 
 
+def test_a_second_trainer_on_the_same_workdir_fails_fast(tiny_config_file, jax_cache_dir, tmp_path):
+    """While one run trains, a second `nf-train` on its workdir exits with an error naming the
+    first (its process id); the first finishes untouched, each step logged once."""
+    workdir = tmp_path / "run"
+    env, cmd = _env(jax_cache_dir), _cmd(tiny_config_file, workdir)
+    log = tmp_path / "first.log"
+    first = _start(cmd, env, log)
+    try:
+        _wait_until(lambda: _last_train_step(workdir) >= 1, first, log, "step 1")
+        t0 = time.monotonic()
+        rc, out = _run(cmd, env, tmp_path / "second.log")
+        detect = time.monotonic() - t0
+        assert first.poll() is None, "the first run ended before the second was refused"
+        assert rc != 0 and f"is in use by another nf-train run: process {first.pid} on host" in out, _tail(out)
+        print(f"second trainer refused after {detect:.1f} s (process start to exit)")
+        assert detect < 60
+        assert first.wait(timeout=TIMEOUT) == 0, _tail(log.read_text())
+    finally:
+        first.kill() if first.poll() is None else None
+    assert [m["step"] for m in _train(read_metrics(workdir))] == list(range(1, STEPS + 1))
+
+
 def test_metrics_file_is_cut_back_to_the_restored_step(tmp_path):
     """After a kill -9 the file holds lines past the last checkpoint (and maybe half a line); the
     resumed run writes those steps again, so they go first."""

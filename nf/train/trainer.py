@@ -28,6 +28,7 @@ from nf.train.distributed import StopSignal, host_copy
 from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
 from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
+from nf.train.workdir_lock import WorkdirLock
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 
 
@@ -142,7 +143,13 @@ def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval."""
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval.
+    One run per workdir: process 0 holds its lock (`nf.train.workdir_lock`) throughout."""
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     mesh = make_mesh(config.mesh)
     n_dev = mesh.size
