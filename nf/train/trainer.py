@@ -22,7 +22,7 @@ from flax import nnx
 from nf.tasks import Task, get_task
 from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
 from nf.train import data as train_data
-from nf.train import guard, transfer
+from nf.train import config_schema, guard, transfer
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
 from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
@@ -145,6 +145,7 @@ def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval.
     One run per workdir: process 0 holds its lock (`nf.train.workdir_lock`) throughout."""
+    config_schema.validate(config)  # before anything is written
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         return _train_and_evaluate(config, workdir)
 
