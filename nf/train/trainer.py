@@ -21,15 +21,15 @@ from flax import nnx
 
 from nf.tasks import Task, get_task
 from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
-from nf.train import data as train_data
 from nf.train import config_schema, guard, transfer
+from nf.train import data as train_data
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
 from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
 from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
-from nf.train.workdir_lock import WorkdirLock
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
+from nf.train.workdir_lock import WorkdirLock
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
