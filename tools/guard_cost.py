@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2, help="steps per timed call")
+    parser.add_argument("--ab", type=int, default=1, help="0: time the guard alone only (no step compiles)")
     args = parser.parse_args()
 
     config = recipes.resnet_imagenet(args.model, regularized=False)
@@ -73,18 +74,36 @@ def main() -> None:
         jax.block_until_ready((s, m))
         runs[name] = [s, c]
 
-    for name in runs:  # compile and warm up
+    times = {name: [float("nan")] for name in runs}
+    for name in runs if args.ab else ():  # compile and warm up
         t = time.perf_counter()
         call(name)
         print(f"{name}: first call (compile) {time.perf_counter() - t:.1f} s", flush=True)
-    times = {name: [] for name in runs}
-    for r in range(args.rounds):
+    if args.ab:
+        times = {name: [] for name in runs}
+    for r in range(args.rounds if args.ab else 0):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for name in order:
             t = time.perf_counter()
             call(name)
             times[name].append((time.perf_counter() - t) / args.steps)
         print(f"round {r}: " + ", ".join(f"{n} {times[n][-1]:.4f} s" for n in runs), flush=True)
+    # The guard's own work alone (finite checks + keeping the previous state), same tree, same
+    # program shape as inside the step: less noisy than the difference of two whole steps.
+    state, new_state = fresh_state(), fresh_state()
+    only = jax.jit(lambda s, n, loss, gn: guard.keep_finite(s, n, loss, gn), donate_argnums=1)
+    loss, gn = jnp.float32(1.0), jnp.float32(1.0)
+    new_state, _ = jax.block_until_ready(only(state, new_state, loss, gn))
+    alone = []
+    for _ in range(5 * args.rounds):
+        t = time.perf_counter()
+        new_state, _ = jax.block_until_ready(only(state, new_state, loss, gn))
+        alone.append(time.perf_counter() - t)
+    print(
+        f"guard alone: {np.median(alone) * 1e3:.1f} ms (median of {len(alone)}) = "
+        f"{100 * np.median(alone) / np.median(times['plain']):.2f} % of the plain step",
+        flush=True,
+    )
     ratios = np.asarray(times["guarded"]) / np.asarray(times["plain"])
     print(
         f"{args.model} {args.image_size}px batch {args.batch_size}: plain {np.median(times['plain']):.4f} s/step, "

@@ -2,12 +2,12 @@
 
 `guarded(train_step, max_bad_steps)` wraps a `(state, batch) -> (state, metrics)` step. Inside the
 same jitted program it decides whether the step is finite (loss, gradient norm and every updated
-parameter, optimizer, EMA and model-state value) and, when it is not, keeps the previous values of
-every state leaf: the batch is skipped (only the step counter advances, so loop, schedule and
-checkpoints keep counting steps). Small device counters (`GuardCounters`) are carried from step
-to step; the loop reads them with the metrics at log and save steps (`check`) and stops once
-`max_bad_steps` consecutive steps were skipped. Because a bad step never reaches the state, no
-checkpoint can hold a non-finite value, whatever the log interval.
+parameter) and, when it is not, keeps the previous values of every state leaf: the batch is skipped
+(only the step counter advances, so loop, schedule and checkpoints keep counting steps). Small
+device counters (`GuardCounters`) are carried from step to step; the loop reads them with the
+metrics at log and save steps (`check`) and stops once `max_bad_steps` consecutive steps were
+skipped. Because a bad step never reaches the state, no checkpoint can hold a non-finite value,
+whatever the log interval.
 
 Each check is one sum per leaf (fused by XLA into the step's last pass over the leaf): a NaN or an
 inf anywhere makes the sum non-finite (finite values so large that their sum overflows float32
@@ -51,6 +51,17 @@ def tree_is_finite(*trees: Any) -> jax.Array:
     return ok
 
 
+def keep_finite(state: dict, new_state: dict, loss: jax.Array, grad_norm: jax.Array) -> tuple[dict, jax.Array]:
+    """(`new_state` if the step is finite else `state` with the new step counter, the finite flag)."""
+    # The optimizer and EMA states are finite when the gradients (their norm) and the updated
+    # parameters are: checking those two is enough, and a third of the reads.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_is_finite(new_state["params"])
+    changed = {k: v for k, v in new_state.items() if k != "step"}
+    kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), changed, {k: state[k] for k in changed})
+    kept["step"] = new_state["step"]
+    return kept, ok
+
+
 def guarded(train_step: Callable, max_bad_steps: int) -> Callable:
     """`(state, batch, counters) -> (state, metrics, counters)`: `train_step` that skips non-finite
     steps (see the module docstring). `metrics` gains `skipped_steps` (total so far)."""
@@ -60,10 +71,7 @@ def guarded(train_step: Callable, max_bad_steps: int) -> Callable:
     def step(state, batch, counters: GuardCounters):
         new_state, metrics = train_step(state, batch)
         loss, grad_norm = metrics["loss"], metrics["grad_norm"]
-        changed = {k: v for k, v in new_state.items() if k != "step"}
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & tree_is_finite(changed)
-        kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), changed, {k: state[k] for k in changed})
-        kept["step"] = new_state["step"]
+        kept, ok = keep_finite(state, new_state, loss, grad_norm)
         consecutive = jnp.where(ok, 0, counters["consecutive"] + 1)
         first_stop = (consecutive == max_bad_steps) & (counters["stop_step"] == 0)
         new_counters = {
