@@ -118,10 +118,15 @@ def restore_state(workdir: Path, step: int) -> dict[tuple[str, ...], np.ndarray]
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of every file and folder under `directory`."""
+    """{relative path: (size, mtime_ns)} of every file and folder under `directory`, but the
+    workdir lock (every run takes it, then empties it)."""
+    from nf.train.workdir_lock import LOCK_NAME
+
     out = {}
     for root, dirs, files in os.walk(directory):
         for name in dirs + files:
+            if name == LOCK_NAME and Path(root) == Path(directory):
+                continue
             p = Path(root) / name
             st = p.stat()
             out[str(p.relative_to(directory))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
@@ -418,10 +423,11 @@ def test_a_second_trainer_on_the_same_workdir_fails_fast(tiny_config_file, jax_c
     first = _start(cmd, env, log)
     try:
         _wait_until(lambda: _last_train_step(workdir) >= 1, first, log, "step 1")
+        first.send_signal(signal.SIGSTOP)  # the tiny run would finish before the second one starts
         t0 = time.monotonic()
         rc, out = _run(cmd, env, tmp_path / "second.log")
         detect = time.monotonic() - t0
-        assert first.poll() is None, "the first run ended before the second was refused"
+        first.send_signal(signal.SIGCONT)
         assert rc != 0 and f"is in use by another nf-train run: process {first.pid} on host" in out, _tail(out)
         print(f"second trainer refused after {detect:.1f} s (process start to exit)")
         assert detect < 60
