@@ -3,6 +3,7 @@ orbax directories (written by save_model and by the trainer), and a finished run
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -15,6 +16,7 @@ from absl import flags
 from flax import nnx
 
 from nf.inference import CARD_FILE, ModelCard, ModelCardError, Preprocessing, load_model, save_model
+from nf.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "nf_resnet26", "depths": [1, 2], "widths": [8, 16], "strides": [1, 2], "stem_width": 8}
@@ -77,13 +79,23 @@ def tiny_card(num_classes: int = 3, **changes) -> ModelCard:
     return ModelCard(**{**base, **changes})
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, x):
+    return nnx.merge(graphdef, state)(x, train=False)
+
+
+def logits_of(model: nnx.Module, x: np.ndarray) -> np.ndarray:
+    """`model(x, train=False)`, jitted once per architecture (eager dispatches op by op: slow)."""
+    graphdef, state = nnx.split(model)
+    return np.asarray(_forward(graphdef, state, x))
+
+
 def perturbed(model: nnx.Module, seed: int = 1) -> nnx.Module:
     """Every parameter moved off its init (gains 1, biases 0 would hide a swapped leaf)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves), rest)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda x: x + 0.05 * rng.normal(size=x.shape).astype(x.dtype), params)
+    return nnx.merge(graphdef, params, rest)
 
 
 def keypath(path) -> str:
@@ -186,7 +198,7 @@ def test_save_model_then_load_model_gives_the_same_logits(tmp_path):
     for weights in ("ema", "raw"):
         loaded, loaded_card = load_model(tmp_path / "m", weights=weights)
         assert loaded_card == card
-        np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+        np.testing.assert_array_equal(logits_of(loaded, x), logits_of(model, x))
 
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         save_model(model, tmp_path / "m", card)
@@ -236,7 +248,7 @@ def test_a_workdir_without_card_loads_with_its_config(trained_run, digits_root, 
     model, card = load_model(bare, config=quickstart_config(digits_root))
     assert card == ModelCard.load(trained_run)
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(load_model(trained_run)[0](x)))
+    np.testing.assert_array_equal(logits_of(model, x), logits_of(load_model(trained_run)[0], x))
 
 
 def test_resuming_a_finished_run_evaluates_it(trained_run, digits_root, tmp_path):
@@ -251,3 +263,175 @@ def test_resuming_a_finished_run_evaluates_it(trained_run, digits_root, tmp_path
     for key in ("top1", "top5", "ema_top1", "ema_top5"):
         assert summary[key] == pytest.approx(last[key], abs=1e-12)  # same weights, same eval set
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+
+
+# ------------------------------------------------------------------------- nf-eval / nf-predict
+
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """6 classes x 2 PNG images of different sizes and aspects (so the crops matter)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder") / "val"
+    rng = np.random.default_rng(0)
+    sizes = [(23, 17), (17, 29), (20, 20), (31, 18)]
+    for c in range(NUM_CLASSES):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(2):
+            w, h = sizes[(c + i) % len(sizes)]
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+def reference_inputs(paths, p: Preprocessing) -> np.ndarray:
+    """The card's preprocessing written out with PIL and numpy (torchvision's Resize(int) +
+    CenterCrop for timm; DeepMind's centre crop of px/(px+32) of the short side, then resize)."""
+    import math
+
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        px = p.image_size
+        if p.crop == "resize_short_crop":
+            s = math.floor(px / p.crop_pct)
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            a = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC))
+            top, left = round((nh - px) / 2.0), round((nw - px) / 2.0)
+            a = a[top : top + px, left : left + px]
+        else:
+            side = int(p.crop_pct * min(w, h))
+            top, left = (h - side + 1) // 2, (w - side + 1) // 2
+            a = np.asarray(img.resize((px, px), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)))
+        out.append((a.astype(np.float32) - np.float32(p.mean)) / np.float32(p.std))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def imported_like(image_folder, tmp_path_factory) -> tuple[Path, nnx.Module]:
+    """A save_model workdir (a stand-in for an imported model): 6 classes named as the folders."""
+    card = tiny_card(
+        NUM_CLASSES,
+        class_names=[f"class_{c}" for c in range(NUM_CLASSES)],
+        preprocessing=Preprocessing.timm(16, 0.875, mean01=(0.5, 0.4, 0.3), std01=(0.2, 0.3, 0.25)),
+    )
+    model = perturbed(card.build_model(seed=2), seed=3)
+    workdir = tmp_path_factory.mktemp("imported") / "m"
+    save_model(model, workdir, card)
+    return workdir, model
+
+
+@pytest.mark.parametrize("kind", ["timm", "deepmind"])
+def test_nf_eval_matches_an_independent_evaluation(imported_like, image_folder, tmp_path, kind):
+    from nf.cli import evaluate as nf_eval
+
+    workdir, model = imported_like
+    card = ModelCard.load(workdir)
+    if kind == "deepmind":  # the same weights under DeepMind's preprocessing
+        workdir = tmp_path / "dm"
+        shutil.copytree(imported_like[0], workdir)
+        card = ModelCard(**{**card.__dict__, "preprocessing": Preprocessing.deepmind(16)})
+        card.save(workdir)
+    out = tmp_path / "report.json"
+    args = [f"--workdir={workdir}", f"--data={image_folder}", "--batch_size=5", f"--out={out}", "--weights=both"]
+    assert nf_eval.main(args) == 0
+    report = json.loads(out.read_text())
+
+    paths = sorted(image_folder.glob("*/*.png"))
+    labels = np.array([int(p.parent.name.split("_")[1]) for p in paths])
+    logits = logits_of(model, reference_inputs(paths, card.preprocessing)).astype(np.float64)
+    order = np.argsort(-logits, axis=1)
+    want_top1 = np.mean(order[:, 0] == labels)
+    want_top5 = np.mean([label in row[:5] for label, row in zip(labels, order)])
+    top = logits.max(1, keepdims=True)
+    log_probs = logits - top - np.log(np.sum(np.exp(logits - top), 1, keepdims=True))
+    want_loss = -np.mean(log_probs[np.arange(len(labels)), labels])
+    assert report["num_images"] == len(paths) == 12
+    for weights in ("ema", "raw"):
+        r = report["results"][weights]
+        assert r["top1"] == pytest.approx(want_top1, abs=1e-9)
+        assert r["top5"] == pytest.approx(want_top5, abs=1e-9)
+        assert r["loss"] == pytest.approx(want_loss, rel=1e-4)
+    assert 0 < want_top5 < 1 and report["images_per_sec"] > 0
+    assert report["preprocessing"]["kind"] == kind
+
+
+def test_nf_eval_refuses_a_folder_with_other_classes(imported_like, tmp_path):
+    from PIL import Image
+
+    from nf.cli import evaluate as nf_eval
+
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / name / "a.png")
+    with pytest.raises(ValueError, match=r"has 2 classes \['cat', 'dog'\]\.\.\. but the model has 6"):
+        nf_eval.main([f"--workdir={imported_like[0]}", f"--data={tmp_path / 'data'}"])
+
+
+def test_nf_predict_prints_the_top_classes(imported_like, image_folder, tmp_path, capsys):
+    from nf.cli import predict as nf_predict
+
+    workdir, model = imported_like
+    paths = [str(p) for p in sorted(image_folder.glob("*/*.png"))[:3]]
+    assert nf_predict.main([f"--workdir={workdir}", "--top_k=3", "--json", "--batch_size=2", *paths]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    probs = np.asarray(jax.nn.softmax(logits_of(model, reference_inputs(paths, ModelCard.load(workdir).preprocessing))))
+    for row, path, p in zip(rows, paths, probs):
+        want = np.argsort(-p)[:3]
+        assert row["image"] == path
+        assert [name for name, _ in row["top"]] == [f"class_{c}" for c in want]
+        np.testing.assert_allclose([q for _, q in row["top"]], p[want], rtol=1e-5)
+
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"animal number {c}\n" for c in range(NUM_CLASSES)))
+    assert nf_predict.main([f"--workdir={workdir}", "--top_k=2", f"--class_names={names}", paths[0]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == paths[0] and len(lines) == 3
+    assert lines[1].split(None, 1)[1] == f"animal number {np.argsort(-probs[0])[0]}"
+    names.write_text("a\nb\n")
+    with pytest.raises(ValueError, match="lists 2 class names; the model has 6"):
+        nf_predict.main([f"--workdir={workdir}", f"--class_names={names}", paths[0]])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"cannot decode image file {broken}"):
+        nf_predict.main([f"--workdir={workdir}", str(broken)])
+
+
+# ------------------------------------------------------------------------------------ nf-export
+
+
+def test_nf_export_reloads_and_matches_the_logits_at_two_batch_sizes(imported_like, tmp_path):
+    from nf.cli import export as nf_export
+
+    workdir, model = imported_like
+    out = tmp_path / "model.stablehlo"
+    assert nf_export.main([f"--workdir={workdir}", f"--out={out}"]) == 0
+    exported = jax.export.deserialize(bytearray(out.read_bytes()))
+    info = json.loads((tmp_path / "model.stablehlo.json").read_text())
+    assert info["input"] == {"shape": ["batch", 16, 16, 3], "dtype": "float32", "layout": "NHWC"}
+    assert info["class_names"] == [f"class_{c}" for c in range(NUM_CLASSES)] and info["platforms"] == ["cpu"]
+    assert info["preprocessing"] == ModelCard.load(workdir).preprocessing.to_dict()
+    rng = np.random.default_rng(4)
+    for batch in (1, 5):
+        x = rng.normal(size=(batch, 16, 16, 3)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(exported.call(x)), logits_of(model, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("platforms", [None, ("cpu", "cuda", "tpu")])
+def test_export_of_a_grouped_conv_model(platforms):
+    """NF-RegNet's 8-wide grouped convs take CPU-specific routes (nf.layers.conv_ops); a portable
+    export traces lax's grouped conv instead. Both reload and agree with the model."""
+    from nf.inference.export import export_model
+
+    model = perturbed(create_model("nf_regnet_b0", num_classes=4, depths=(1, 2), widths=(16, 32), group_width=8))
+    exported = jax.export.deserialize(bytearray(export_model(model, 32, platforms).serialize()))
+    assert exported.platforms == (platforms or ("cpu",))
+    for batch in (2, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(exported.call(x)), logits_of(model, x), rtol=1e-4, atol=1e-5)

@@ -129,8 +129,8 @@ def test_import_to_workdir_round_trip(tmp_path):
     checkpoint loads back to the reference's logits."""
     import hashlib
 
+    from nf.cli.import_weights import import_to_workdir
     from nf.inference import load_model
-    from nf.pretrained.cli import import_to_workdir
 
     weights = _fixture("tiny_haiku.npz")
     card = import_to_workdir("deepmind", "F0", weights, str(tmp_path / "run"), **TINY_ARCH)
@@ -159,7 +159,7 @@ def test_nf_import_command_refuses_a_malicious_file(tmp_path):
         [
             sys.executable,
             "-m",
-            "nf.pretrained.cli",
+            "nf.cli.import_weights",
             "--source=deepmind",
             "--name=F0",
             f"--weights={path}",

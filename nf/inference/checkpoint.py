@@ -12,6 +12,7 @@ is also a valid `init_from` for fine-tuning (nf.train.transfer).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -141,6 +142,39 @@ def read_card(workdir: str | os.PathLike, config: ml_collections.ConfigDict | No
     return card_from_config(config, source.num_classes, getattr(source, "classes", None), {"kind": "nf-train"})
 
 
+def load_trees(
+    workdir: str | os.PathLike,
+    weights: Sequence[str] = ("ema",),
+    step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+) -> tuple[nnx.Module, ModelCard, dict[str, dict], dict]:
+    """`(model, card, {weights: params pure dict}, model state pure dict)` of `workdir`: the
+    model built from its card (or from `config`) with its initial values, and each of `weights`
+    ("ema", "raw") of `step` (default the latest) read in one partial restore."""
+    unknown = [w for w in weights if w not in WEIGHTS]
+    if unknown or not weights:
+        raise ValueError(f"weights={list(weights)!r}: choose from {sorted(WEIGHTS)}")
+    card = read_card(workdir, config)
+    model = card.build_model()
+    path = state_dir(workdir, step)
+    params, model_state = model_trees(model)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+    target = {WEIGHTS[w]: abstract(params) for w in weights}
+    if jax.tree.leaves(model_state):  # BatchNorm statistics
+        target["model_state"] = abstract(model_state)
+    restored = restore_trees(path, target)
+    return model, card, {w: restored[WEIGHTS[w]] for w in weights}, restored.get("model_state", model_state)
+
+
+def with_values(model: nnx.Module, params: dict, model_state: dict) -> nnx.Module:
+    """A copy of `model` holding `params` and `model_state` (pure dicts of its structure)."""
+    graphdef, params_state, rest_state = nnx.split(nnx.clone(model), nnx.Param, ...)
+    nnx.replace_by_pure_dict(params_state, params)
+    nnx.replace_by_pure_dict(rest_state, model_state)
+    return nnx.merge(graphdef, params_state, rest_state)
+
+
 def load_model(
     workdir: str | os.PathLike,
     weights: str = "ema",
@@ -151,21 +185,18 @@ def load_model(
     "raw") of `step` (default the latest), and the card."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r} is unknown; valid: {sorted(WEIGHTS)}")
-    card = read_card(workdir, config)
-    model = card.build_model()
-    path = state_dir(workdir, step)
-    params, model_state = model_trees(model)
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
-    target = {WEIGHTS[weights]: abstract(params)}
-    if jax.tree.leaves(model_state):  # BatchNorm statistics
-        target["model_state"] = abstract(model_state)
-    restored = restore_trees(path, target)
-    graphdef, params_state, rest_state = nnx.split(model, nnx.Param, ...)
-    nnx.replace_by_pure_dict(params_state, restored[WEIGHTS[weights]])
-    if "model_state" in restored:
-        nnx.replace_by_pure_dict(rest_state, restored["model_state"])
-    return nnx.merge(graphdef, params_state, rest_state), card
+    model, card, params, model_state = load_trees(workdir, (weights,), step, config)
+    return with_values(model, params[weights], model_state), card
 
 
-__all__ = ["CARD_FILE", "WEIGHTS", "load_model", "model_trees", "read_card", "save_model", "state_dir"]
+__all__ = [
+    "CARD_FILE",
+    "WEIGHTS",
+    "load_model",
+    "load_trees",
+    "model_trees",
+    "read_card",
+    "save_model",
+    "state_dir",
+    "with_values",
+]

@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
@@ -27,7 +26,6 @@ from nf.train import data as train_data
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
 from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
-from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 from nf.train.workdir_lock import WorkdirLock
@@ -129,17 +127,23 @@ def make_eval_step(fns: ModelFns, task: Task):
     return eval_step
 
 
+def evaluate_params(eval_step, params, model_state, eval_batches, to_global, task: Task) -> dict[str, float]:
+    """The task's metrics of one set of weights over one pass of the eval set (every example
+    once): per-batch sums added up on the host in float64 and finalized once."""
+    totals = None
+    for batch in eval_batches():
+        sums = eval_step(params, model_state, to_global(batch))
+        sums = jax.tree.map(lambda x: np.asarray(x).astype(np.float64), sums)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    return task.finalize(totals)
+
+
 def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str, float]:
-    """Raw and EMA metrics over one pass of the eval set (every example once): the task's
-    per-batch sums are added up on the host in float64 and finalized once."""
+    """Raw and EMA metrics (`evaluate_params`), the EMA ones prefixed `ema_`."""
     results = {}
     for prefix, params in (("", state["params"]), ("ema_", state["ema"])):
-        totals = None
-        for batch in eval_batches():
-            sums = eval_step(params, state["model_state"], to_global(batch))
-            sums = jax.tree.map(lambda x: np.asarray(x).astype(np.float64), sums)
-            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-        results.update({f"{prefix}{k}": v for k, v in task.finalize(totals).items()})
+        metrics = evaluate_params(eval_step, params, state["model_state"], eval_batches, to_global, task)
+        results.update({f"{prefix}{k}": v for k, v in metrics.items()})
     return results
 
 
@@ -152,6 +156,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    from clu import periodic_actions  # imports TensorFlow: not needed by evaluation-only users
+
+    from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
+
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     mesh = make_mesh(config.mesh)
     n_dev = mesh.size

@@ -11,24 +11,16 @@ source, file, SHA-256, published top-1).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import os
 import time
 from typing import Any
 
-from absl import app, flags
-
+from nf.cli.common import console, prepare_runtime
 from nf.inference import ModelCard, save_model
 from nf.pretrained import SOURCES, catalog_entry, import_weights, model_name, preprocessing
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("source", None, list(SOURCES), "Who published the file: DeepMind's Haiku release or timm.")
-flags.DEFINE_string("name", None, "DeepMind's variant (F0..F6) or timm's model name (e.g. eca_nfnet_l0).")
-flags.DEFINE_string("weights", None, "The weights file (F0_haiku.npz, model.safetensors).")
-flags.DEFINE_string("workdir", None, "An empty or new directory for the checkpoint and model card.")
-flags.DEFINE_integer("num_classes", None, "Classes of a fresh classifier head (default: keep the file's).")
-flags.DEFINE_string("class_names", None, "A text file with one class name per line (e.g. ImageNet's).")
 
 
 def sha256(path: str) -> str:
@@ -81,28 +73,33 @@ def import_to_workdir(
     return card
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    for flag in ("source", "name", "weights", "workdir"):
-        if not getattr(FLAGS, flag):
-            raise app.UsageError(f"--{flag} is required")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nf-import", description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True, choices=SOURCES, help="who published the file")
+    p.add_argument("--name", required=True, help="DeepMind's variant (F0..F6) or timm's model name (eca_nfnet_l0)")
+    p.add_argument("--weights", required=True, help="the weights file (F0_haiku.npz, model.safetensors)")
+    p.add_argument("--workdir", required=True, help="an empty or new directory for the checkpoint and card")
+    p.add_argument("--num_classes", type=int, default=None, help="classes of a fresh head (default: the file's)")
+    p.add_argument("--class_names", help="text file: one class name per line, in class-index order")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    prepare_runtime()
     t0 = time.perf_counter()
-    card = import_to_workdir(
-        FLAGS.source, FLAGS.name, FLAGS.weights, FLAGS.workdir, FLAGS.num_classes, FLAGS.class_names
-    )
+    card = import_to_workdir(args.source, args.name, args.weights, args.workdir, args.num_classes, args.class_names)
     p = card.preprocessing
     print(
-        f"Imported {FLAGS.source} {FLAGS.name} as {card.name} ({card.num_classes} classes) into {FLAGS.workdir} "
+        f"Imported {args.source} {args.name} as {card.name} ({card.num_classes} classes) into {args.workdir} "
         f"in {time.perf_counter() - t0:.1f} s\n"
         f"  eval preprocessing: {p.kind}, {p.image_size} px, crop_pct {p.crop_pct:.3f}, {p.interpolation}\n"
         f"  sha256 {card.source['sha256']}"
     )
+    return 0
 
 
-def run() -> None:
-    app.run(main)
-
+run = console(main)
 
 if __name__ == "__main__":
     run()

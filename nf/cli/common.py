@@ -1,0 +1,48 @@
+"""What the console scripts share: config files, errors as one line, absl flags for grain."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import sys
+from collections.abc import Callable
+
+import ml_collections
+
+
+def load_config(path: str | None) -> ml_collections.ConfigDict | None:
+    """`get_config()` of an ml_collections config file (as `nf-train --config=FILE` reads it)."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config={path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("nf_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config={path!r} defines no get_config()")
+    return module.get_config()
+
+
+def prepare_runtime() -> None:
+    """grain reads absl flags (parse their defaults, as `app.run` would); quiet TensorFlow."""
+    from absl import flags
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def console(main: Callable[[list[str] | None], int]) -> Callable[[], None]:
+    """An entry point running `main(sys.argv[1:])`: expected errors (bad files, cards, flags) as
+    one `error:` line and exit status 2 instead of a traceback."""
+
+    def run() -> None:
+        try:
+            sys.exit(main(sys.argv[1:]))
+        except (FileNotFoundError, FileExistsError, ValueError, pickle.UnpicklingError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
