@@ -10,7 +10,7 @@ Runs in a separate PyTorch environment, never a dependency of nf:
 Each fixture folder holds `model.safetensors` (timm's state_dict, keyed as timm's released
 safetensors files), `data.safetensors` (float32 NHWC inputs `x_<px>` ~ N(0, 1), batch 2, and timm's
 eval-mode logits `logits_<px>`) and `config.json` (the NfCfg fields used). Every parameter is moved
-off its init (weights + N(0, 0.02^2), gains / biases + N(0, 0.2^2), zero-init gains and skip gains
+off its init (weights + N(0, 0.02^2), gains / biases / classifier weight + N(0, 0.2^2), zero-init gains and skip gains
 set to 1 + N(0, 0.2^2)) so each is checked. Deterministic (seeded): reruns write the same files.
 """
 
@@ -28,12 +28,11 @@ from pathlib import Path
 for _name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
     sys.modules.setdefault(_name, types.ModuleType(_name))
 
+import timm  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from timm.models import get_pretrained_cfg  # noqa: E402
 from timm.models.nfnet import NormFreeNet, model_cfgs  # noqa: E402
-
-import timm  # noqa: E402
 
 PRETRAINED = [f"dm_nfnet_f{i}" for i in range(7)] + [
     "nfnet_l0",
@@ -50,9 +49,18 @@ NUM_CLASSES = 10
 # with >= 2 blocks but one, so nf's stacked layout is exercised). Widths are chosen so timm's
 # make_divisible rounding of bottleneck and SE widths differs from plain flooring where it can.
 TINY: dict[str, tuple[str, dict]] = {
-    "dm_nfnet": ("dm_nfnet_f0", dict(depths=(1, 2, 1, 2), channels=(32, 48, 64, 96), stem_chs=16, group_size=16)),
-    "nfnet_l0": ("nfnet_l0", dict(depths=(1, 2, 1, 2), channels=(32, 48, 80, 96), stem_chs=16, group_size=8)),
-    "eca_nfnet": ("eca_nfnet_l0", dict(depths=(1, 2, 1, 2), channels=(32, 48, 80, 128), stem_chs=16, group_size=8)),
+    "dm_nfnet": (
+        "dm_nfnet_f0",
+        dict(depths=(1, 2, 1, 2), channels=(32, 48, 64, 96), stem_chs=16, group_size=16, num_features=192),
+    ),
+    "nfnet_l0": (
+        "nfnet_l0",
+        dict(depths=(1, 2, 1, 2), channels=(32, 48, 80, 96), stem_chs=16, group_size=8, num_features=144),
+    ),
+    "eca_nfnet": (
+        "eca_nfnet_l0",
+        dict(depths=(1, 2, 1, 2), channels=(32, 48, 80, 128), stem_chs=16, group_size=8, num_features=192),
+    ),
     "nf_regnet": (
         "nf_regnet_b1",
         dict(depths=(2, 3, 1, 2), channels=(24, 40, 56, 88), num_features=1280 * 88 // 440),
@@ -73,10 +81,10 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
     """Move every parameter off its init so the import of each one is checked."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        noise = lambda std: torch.randn(p.shape, generator=g) * std  # noqa: E731
+        noise = lambda std: torch.randn(p.shape, generator=g) * std
         if name.endswith("skipinit_gain") or (name.endswith(".gain") and not bool(p.any())):
             p.copy_(1.0 + noise(0.2))  # skip gains and zero-init WS gains (timm's conv3 without skipinit)
-        elif name.endswith(".gain") or name.endswith(".bias"):
+        elif name.endswith(".gain") or name.endswith(".bias") or name == "head.fc.weight":  # features dominate logits
             p.add_(noise(0.2))
         else:
             p.add_(noise(0.02))
