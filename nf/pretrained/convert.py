@@ -123,9 +123,6 @@ class ParamFiller:
             )
         for path, got in self.values.items():
             variable = self.params[path]
-            if None in got:
-                value = got[None][1]
-            else:
-                value = np.stack([got[i][1] for i in range(len(got))])
+            value = got[None][1] if None in got else np.stack([got[i][1] for i in range(len(got))])
             variable.value = jnp.asarray(value, variable.value.dtype)
         return self.model

@@ -7,6 +7,7 @@ an optional `__metadata__` entry holds strings), then the buffer, little-endian,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -78,7 +79,7 @@ def read_safetensors(path: str | os.PathLike, *, float32: bool = True) -> dict[s
         convert = float32 and entry["dtype"] in FLOATS
         tensors[name] = np.array(array, dtype=np.float32 if convert else dtype)  # a copy, off the mapped file
     spans.sort()
-    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (begin, _, b) in itertools.pairwise(spans):
         if begin < end:
             raise _fail(path, f"tensors {a!r} and {b!r} overlap")
     return tensors
