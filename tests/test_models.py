@@ -182,7 +182,18 @@ REGNET_DEPTHS = {
 }
 
 
+TIMM_DEPTHS = {  # timm/models/nfnet.py model_cfgs
+    "timm_nfnet_l0": (1, 2, 6, 3),
+    "timm_eca_nfnet_l0": (1, 2, 6, 3),
+    "timm_eca_nfnet_l1": (2, 4, 12, 6),
+    "timm_eca_nfnet_l2": (3, 6, 18, 9),
+    "timm_nf_regnet_b1": (2, 4, 7, 7),
+}
+
+
 def expected_depths(name: str) -> tuple[int, ...]:
+    if name in TIMM_DEPTHS:
+        return TIMM_DEPTHS[name]
     if m := re.fullmatch(r"\w+_resnet(\d+)", name):
         return DEPTHS[int(m[1])]
     if m := re.fullmatch(r"nf_regnet_(b\d)", name):
