@@ -67,7 +67,9 @@ def test_fixture_logits_match_timm(family):
         got = np.asarray(forward(model, data[f"x_{px}"]))
         assert got.shape == want.shape
         err = float(np.abs(got - want).max())
-        assert err <= 1e-3 * float(np.abs(want).max()), (family, px, err)
+        # the contract is 1e-3 of the largest logit; exact modelling gives <= 2e-6, and a single
+        # unmodelled difference (e.g. tanh vs erf GELU in dm_nfnet) already costs ~3e-4
+        assert err <= 2e-5 * float(np.abs(want).max()), (family, px, err)
     count = sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == meta["num_params"]
 

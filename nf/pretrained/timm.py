@@ -67,7 +67,7 @@ HEAD = ("head",)
 # timm's dm_ ports of DeepMind's weights standardize with timm's formula (eps 1e-5 added to the
 # variance, not DeepMind's floor on fan_in * var) and use PyTorch's erf GELU (DeepMind: tanh).
 # Either difference alone moves the tiny fixture's logits by 2-3e-4 (GELU) and 1.6e-3 (WS eps)
-# of their maximum; with both modelled they agree to 5e-7.
+# of their maximum (a random full-size F0: 3e-2 for the eps); with both modelled, 5e-7.
 FILE_OPTIONS: dict[str, dict[str, Any]] = {
     f"dm_nfnet_f{i}": dict(ws_formula="timm", activation="gelu_exact") for i in range(7)
 }
