@@ -122,3 +122,53 @@ def test_plain_npz_archive(tmp_path):
     again = load_haiku_params(path)
     assert again.keys() == params.keys()
     assert all(np.array_equal(again[m][n], params[m][n]) for m in params for n in params[m])
+
+
+def test_import_to_workdir_round_trip(tmp_path):
+    """`nf-import`'s workdir: the card records the source and its preprocessing, and the Orbax
+    checkpoint loads back to the reference's logits."""
+    import hashlib
+
+    from nf.inference import load_model
+    from nf.pretrained.cli import import_to_workdir
+
+    weights = _fixture("tiny_haiku.npz")
+    card = import_to_workdir("deepmind", "F0", weights, str(tmp_path / "run"), **TINY_ARCH)
+    with open(weights, "rb") as f:
+        assert card.source["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert card.preprocessing.kind == "deepmind" and card.preprocessing.image_size == 256
+    assert card.source["published_top1"] == 83.6
+    model, loaded = load_model(str(tmp_path / "run"))
+    assert loaded.name == "nfnet_f0" and list(loaded.model["widths"]) == [256] * 4  # the card rebuilds the file's model
+    x = np.load(_fixture("inputs.npy"))
+    got = np.asarray(nnx.jit(lambda m, x: m(x, train=False))(model, x))
+    want = np.load(_fixture("logits.npy"))
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_nf_import_command_refuses_a_malicious_file(tmp_path):
+    """The console entry point fails with the global's name and writes nothing."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "F0_haiku.npz"
+    path.write_bytes(pickle.dumps({"NFNet/~/linear": {"w": _Payload(str(marker))}}))
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nf.pretrained.cli",
+            "--source=deepmind",
+            "--name=F0",
+            f"--weights={path}",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "system" in result.stderr and "refusing" in result.stderr
+    assert not marker.exists() and not (workdir / "checkpoints").exists()

@@ -132,8 +132,11 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         mixup_alpha: float,
         cutmix: bool,
         randaugment: RandAugment | None = None,
+        mean: Sequence[float] = tuple(T.MEAN_RGB),
+        std: Sequence[float] = tuple(T.STDDEV_RGB),
     ):
         self.num_classes, self.seed, self.shard_index = num_classes, seed, shard_index
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.mixup_alpha, self.cutmix = mixup_alpha, cutmix
         self.randaugment = randaugment
 
@@ -148,21 +151,21 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         mixing = self.mixup_alpha > 0 or self.cutmix
         if mixing or self.randaugment is not None:
             image = np.asarray(image, np.float32)  # 0..255
-            image[~mask] = T.MEAN_RGB  # blank slots are zero after normalization, as below
+            image[~mask] = self.mean  # blank slots are zero after normalization, as below
             if mixing:
                 rng = np.random.default_rng([self.seed, self.shard_index, index])
                 image, targets = T.mix_batch(image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
             if self.randaugment is not None:
                 image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
                 image = self.randaugment.augment_batch(image, (self.seed, self.shard_index, index), mask)
-        image = T.normalize(image)
+        image = T.normalize(image, self.mean, self.std)
         image[~mask] = 0.0
         return {
             "image": image,
             "label": labels.astype(np.int32),
             "label_onehot": targets,
             "mask": mask,
-            "_corrupt": batch["_corrupt"],
+            **{k: v for k, v in batch.items() if k.startswith("_")},  # bookkeeping (_corrupt, _converted)
         }
 
 
@@ -242,6 +245,10 @@ def make_dataset(
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
+    crop_pct: float | None = None,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = tuple(T.MEAN_RGB),
+    std: Sequence[float] = tuple(T.STDDEV_RGB),
     crop_area_range: tuple[float, float] = (0.08, 1.0),
     crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: bool = True,
@@ -259,7 +266,7 @@ def make_dataset(
     if not (train and randaugment.num_layers):
         randaugment = None
     finalize = _FinalizeBatch(
-        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment
+        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment, mean, std
     )
     if train:
         transform = T.TrainTransform(
@@ -272,7 +279,13 @@ def make_dataset(
         )
     else:
         transform = T.EvalTransform(
-            image_size, eval_crop=eval_crop, crop_padding=crop_padding, on_corrupt=on_corrupt, fast_jpeg=fast_jpeg
+            image_size,
+            eval_crop=eval_crop,
+            crop_padding=crop_padding,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            on_corrupt=on_corrupt,
+            fast_jpeg=fast_jpeg,
         )
     return build_batches(
         source,
@@ -320,12 +333,21 @@ class DataIterator(grain.DatasetIterator):
         self._fingerprint = dict(fingerprint or {})
         self._next_batch = 0
         self._num_skipped = 0
+        self._num_converted: dict[str, int] = {}  # conversion kind (transforms.CONVERSIONS) -> images
         self._inner: grain.DatasetIterator | None = None
         self.num_batches = None if len(batches) >= sys.maxsize else len(batches)
 
     @property
     def num_skipped(self) -> int:
         return self._num_skipped
+
+    def input_summary(self) -> str:
+        """One line for the run summary: files skipped and images converted to 8-bit RGB so far."""
+        total = sum(self._num_converted.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self._num_converted.items()))
+        return f"  input: {self._num_skipped} unreadable file(s) skipped, {total} image(s) converted to 8-bit RGB" + (
+            f" ({kinds})" if kinds else ""
+        )
 
     @property
     def next_batch(self) -> int:
@@ -362,6 +384,10 @@ class DataIterator(grain.DatasetIterator):
             self._close_inner()
             raise
         self._next_batch += 1
+        converted = np.asarray(batch.pop("_converted", 0)).ravel()
+        for code in converted[converted > 0]:
+            kind = T.CONVERSIONS[int(code) - 1]
+            self._num_converted[kind] = self._num_converted.get(kind, 0) + 1
         skipped = int(np.sum(batch.pop("_corrupt")))
         if skipped:
             self._num_skipped += skipped
@@ -378,6 +404,7 @@ class DataIterator(grain.DatasetIterator):
         return {
             "next_batch": self._next_batch,
             "num_skipped": self._num_skipped,
+            "num_converted": dict(self._num_converted),
             "fingerprint": dict(self._fingerprint),
         }
 
@@ -393,6 +420,7 @@ class DataIterator(grain.DatasetIterator):
         self._close_inner()
         self._next_batch = int(state["next_batch"])
         self._num_skipped = int(state.get("num_skipped", 0))
+        self._num_converted = dict(state.get("num_converted", {}))
 
     def set_state_from_other_sharding(self, states: Sequence[dict[str, Any]]) -> int:
         """Position this iterator where the processes that saved `states` (one per process, another
@@ -463,6 +491,10 @@ def make_pipeline(
     drop_remainder: bool = True,
     eval_crop: str = "center_crop",
     crop_padding: int = T.CROP_PADDING,
+    crop_pct: float | None = None,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = tuple(T.MEAN_RGB),
+    std: Sequence[float] = tuple(T.STDDEV_RGB),
     crop_area_range: Sequence[float] = (0.08, 1.0),
     crop_aspect_range: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = True,
@@ -494,8 +526,12 @@ def make_pipeline(
         with this many random ops per image (0: off) at this magnitude (10-scale), applied after
         MixUp/CutMix on the uint8-rounded images, before normalization (the NFNet recipe).
       drop_remainder: train with finite num_epochs: drop the last partial batch.
-      eval_crop: "center_crop" (NF-RegNet) or "resize_crop" (NFNet), see `transforms`.
+      eval_crop: "center_crop" (NF-RegNet), "resize_crop" (NFNet) or "resize_short_crop" (timm),
+        see `transforms.EvalTransform`.
       crop_padding: eval crops px of px + crop_padding (default 32; 0: the whole image).
+      crop_pct, interpolation: eval only; the crop fraction (overrides crop_padding) and the
+        resampling filter (`transforms.INTERPOLATIONS`).
+      mean, std: per-channel normalization on the 0..255 scale (default ImageNet's).
       crop_area_range, crop_aspect_range, hflip: train augmentation (Inception crop + flip).
       on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming
         the file, counts it (`it.num_skipped`) and replaces it (train) or masks it out (eval).
@@ -518,6 +554,10 @@ def make_pipeline(
         drop_remainder=drop_remainder,
         eval_crop=eval_crop,
         crop_padding=crop_padding,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
         crop_area_range=tuple(crop_area_range),
         crop_aspect_range=tuple(crop_aspect_range),
         hflip=hflip,

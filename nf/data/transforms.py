@@ -2,25 +2,34 @@
 
 REFERENCE §6. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
 the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
-"center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize) or
-"resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px).
+"center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
+"resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
+(timm: resize the short side to floor(px/crop_pct) keeping the aspect, then centre crop px).
 
 A per-example transform maps a source record {"image": bytes, "label", "path"} to
 
     {"image": uint8 (px, px, 3) RGB,  # the pipeline normalizes whole batches (`normalize`)
      "label": int32 (),
      "mask": bool ()       # False for padding / a skipped corrupt image
-     "_corrupt": int32 ()} # 1 when this record's file could not be decoded (on_corrupt="skip")
+     "_corrupt": int32 (),  # 1 when this record's file could not be decoded (on_corrupt="skip")
+     "_converted": int32 ()} # 0, or 1 + the index in CONVERSIONS of how the file became 8-bit RGB
 
 Corrupt or unreadable files never pass silently: `on_corrupt="error"` raises `CorruptImageError`
 naming the file; `on_corrupt="skip"` logs a warning naming the file and returns a zero image with
 mask False and `_corrupt` 1, which the pipeline counts and replaces (train) or masks out (eval).
+
+Every image becomes 8-bit RGB (`to_rgb`), and nothing is lost silently: grayscale, palette and CMYK
+are converted; 16-bit (and 32-bit integer) grayscale is scaled to 8 bits (x * 255 / 65535, rounded),
+not clipped at 255; an image with transparency is composited on `ALPHA_BACKGROUND` (white: the
+image as it shows on a white page). The first 16-bit and the first transparent image of each
+process are named in a warning; the data iterator counts every conversion for the run summary.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,8 +41,22 @@ from PIL import Image, UnidentifiedImageError
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 CROP_PADDING = 32
-EVAL_CROPS = ("center_crop", "resize_crop")
+EVAL_CROPS = ("center_crop", "resize_crop", "resize_short_crop")
+INTERPOLATIONS = {  # PIL's resampling filters by the names timm's configs use
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 ON_CORRUPT = ("error", "skip")
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+CONVERSIONS = ("grayscale", "palette", "cmyk", "16-bit", "alpha", "other")  # `_converted` = 1 + index
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_last_conversion = threading.local()  # what `to_rgb` did to the image of the example being built
+_warned: set[str] = set()
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), PIL convention
 
@@ -65,13 +88,45 @@ def open_image(data: bytes, path: str = "<bytes>", read_error: str | None = None
         raise _corrupt(path, e) from e
 
 
+def _warn_once(kind: str, message: str, path: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        logging.warning("%s: %s (warned once; every such image is counted in the run summary)", path, message)
+
+
+def _converted(img: Image.Image, path: str) -> tuple[Image.Image, str | None]:
+    mode = img.mode
+    if mode == "RGB":
+        return img, None
+    if mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.float64)
+        _warn_once("16-bit", f"{mode} image scaled from 16 to 8 bits (x * 255 / 65535)", path)
+        eight = np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight, "L").convert("RGB"), "16-bit"
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] == 255:  # fully opaque: nothing to composite
+            return rgba.convert("RGB"), ("grayscale" if mode in ("LA", "La") else None)
+        _warn_once("alpha", f"{mode} image with transparency composited on RGB {ALPHA_BACKGROUND}", path)
+        out = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        out.paste(rgba.convert("RGB"), mask=alpha)
+        return out, "alpha"
+    kind = {"L": "grayscale", "1": "grayscale", "P": "palette", "CMYK": "cmyk"}.get(mode, "other")
+    return img.convert("RGB"), kind
+
+
 def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """8-bit RGB (see the module docstring); records the conversion for the example's `_converted`."""
     try:
         img.load()
-        # Grayscale (digits), palette, CMYK, RGBA: all become 3-channel RGB.
-        return img if img.mode == "RGB" else img.convert("RGB")
+        img, kind = _converted(img, path)
     except Exception as e:
         raise _corrupt(path, e) from e
+    _last_conversion.code = 0 if kind is None else 1 + CONVERSIONS.index(kind)
+    return img
 
 
 def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = None) -> np.ndarray:
@@ -79,9 +134,10 @@ def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = No
     return np.asarray(_to_rgb(open_image(data, path, read_error), path))
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8/float RGB -> float32 `(x - mean) / std` with the ImageNet statistics (x in 0..255)."""
-    return ((np.asarray(image, np.float32) - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+def normalize(image: np.ndarray, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB) -> np.ndarray:
+    """uint8/float RGB -> float32 `(x - mean) / std`, by default the ImageNet statistics (x in 0..255)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((np.asarray(image, np.float32) - mean) / std).astype(np.float32)
 
 
 def denormalize(image: np.ndarray) -> np.ndarray:
@@ -148,10 +204,14 @@ def _draft_for_box(img: Image.Image, box: Box, out_size: int) -> tuple[Image.Ima
     return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def _crop_resize(img: Image.Image, box, size: int, path: str) -> np.ndarray:
+def _crop_resize(
+    img: Image.Image, box, size: int | tuple[int, int], path: str, resample: int = Image.Resampling.BICUBIC
+) -> np.ndarray:
+    """`box` of `img` resized to `size` (a side, or (width, height)) as uint8 RGB."""
+    size = (size, size) if isinstance(size, int) else size
     try:
         img = img if img.mode == "RGB" else _to_rgb(img, path)
-        out = img.resize((size, size), resample=Image.Resampling.BICUBIC, box=box)
+        out = img.resize(size, resample=resample, box=box)
     except CorruptImageError:
         raise
     except Exception as e:
@@ -185,14 +245,16 @@ def guarded_example(
     Shared by every task's transforms, so padding and corrupt files behave the same everywhere.
     """
     if record.get("padding"):
-        return blank(False)
+        return {**blank(False), "_converted": np.int32(0)}
+    _last_conversion.code = 0
     try:
-        return make()
+        example = make()
     except CorruptImageError as e:
         if on_corrupt == "error":
             raise CorruptImageError(f"{e} (set on_corrupt='skip' to skip such files with a warning)") from e
         logging.warning("skipping corrupt image (on_corrupt='skip'): %s", e)
-        return blank(True)
+        return {**blank(True), "_converted": np.int32(0)}
+    return {**example, "_converted": np.int32(_last_conversion.code)}
 
 
 class _ImageTransform:
@@ -272,13 +334,18 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
 
 
 class EvalTransform(_ImageTransform, grain.transforms.Map):
-    """Decode -> deterministic centre crop -> bicubic resize (uint8 RGB out).
+    """Decode -> deterministic centre crop -> resize (bicubic by default; uint8 RGB out).
 
     Args:
       image_size: output side px.
-      eval_crop: "center_crop" (square crop of px/(px+32) of the short side, then resize to px;
-        NF-RegNet) or "resize_crop" (resize to (px+32)^2, then centre crop px; NFNet).
-      crop_padding: the 32 above; 0 keeps the whole (square) image, e.g. for tiny digit images.
+      eval_crop: "center_crop" (square crop of crop_pct of the short side, then resize to px;
+        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to round(px/crop_pct)^2, then
+        centre crop px; NFNet) or "resize_short_crop" (resize the short side to
+        floor(px/crop_pct) keeping the aspect, then centre crop px; timm's eval).
+      crop_padding: crop_pct = px/(px+crop_padding) (32; 0 keeps the whole square image, e.g. for
+        tiny digit images) unless `crop_pct` is given.
+      crop_pct: the crop fraction (overrides crop_padding), e.g. a timm model's `crop_pct`.
+      interpolation: a name of `INTERPOLATIONS`.
       on_corrupt, fast_jpeg: as in `TrainTransform`.
     Records with {"padding": True} (added by the eval pipeline) become blank, mask-False slots.
     """
@@ -289,31 +356,49 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
         *,
         eval_crop: str = "center_crop",
         crop_padding: int = CROP_PADDING,
+        crop_pct: float | None = None,
+        interpolation: str = "bicubic",
         on_corrupt: str = "error",
         fast_jpeg: bool = True,
     ):
         super().__init__(image_size, on_corrupt, fast_jpeg)
         check_choice("eval_crop", eval_crop, EVAL_CROPS)
+        check_choice("interpolation", interpolation, tuple(INTERPOLATIONS))
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-        self.eval_crop, self.crop_padding = eval_crop, int(crop_padding)
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        px = self.image_size
+        self.eval_crop, self.interpolation = eval_crop, interpolation
+        self.crop_pct = px / (px + int(crop_padding)) if crop_pct is None else float(crop_pct)
 
     def _image(self, record: dict[str, Any]) -> np.ndarray:
         path = record.get("path", "<bytes>")
         img = open_image(record["image"], path, record.get("read_error"))
-        px = self.image_size
+        px, resample = self.image_size, INTERPOLATIONS[self.interpolation]
         if self.eval_crop == "center_crop":
-            box = center_crop_box(*img.size, px / (px + self.crop_padding))
+            box = center_crop_box(*img.size, self.crop_pct)
             if self.fast_jpeg:
                 img, box = _draft_for_box(img, box, px)
-            return _crop_resize(img, box, px, path)
-        # resize_crop: resize (aspect not kept) to (px+32)^2, then take the central px x px.
-        big = px + self.crop_padding
+            return _crop_resize(img, box, px, path, resample)
+        if self.eval_crop == "resize_crop":  # resize (aspect not kept) to (px/crop_pct)^2, crop the central px
+            big = round(px / self.crop_pct)
+            if self.fast_jpeg:
+                img, _ = _draft_for_box(img, (0, 0, *img.size), big)
+            resized = _crop_resize(img, None, big, path, resample)
+            off = (big - px) // 2
+            return resized[off : off + px, off : off + px]
+        # resize_short_crop, as torchvision's Resize(int) + CenterCrop that timm's eval uses
+        short = math.floor(px / self.crop_pct)
         if self.fast_jpeg:
-            img, _ = _draft_for_box(img, (0, 0, *img.size), big)
-        resized = _crop_resize(img, None, big, path)
-        off = (big - px) // 2
-        return resized[off : off + px, off : off + px]
+            img, _ = _draft_for_box(img, (0, 0, *img.size), short)
+        width, height = img.size
+        size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        resized = _crop_resize(img, None, size, path, resample)
+        top, left = round((size[1] - px) / 2.0), round((size[0] - px) / 2.0)
+        if top < 0 or left < 0:
+            raise ValueError(f"crop_pct={self.crop_pct} > 1 leaves the {size} image smaller than {px}px")
+        return resized[top : top + px, left : left + px]
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
         return self._guard(self._image, record)

@@ -12,6 +12,8 @@ from typing import Any
 
 from flax import nnx
 
+from nf.inference.card import Preprocessing
+
 SOURCES = ("deepmind", "timm")
 
 
@@ -31,7 +33,7 @@ def import_weights(
     return _loader(source).load(path, name, num_classes, **overrides)
 
 
-def preprocessing(source: str, name: str) -> dict[str, Any]:
+def preprocessing(source: str, name: str) -> Preprocessing:
     """The eval preprocessing the source used for `name`'s published accuracy."""
     return _loader(source).preprocessing(name)
 
@@ -39,3 +41,8 @@ def preprocessing(source: str, name: str) -> dict[str, Any]:
 def model_name(source: str, name: str) -> str:
     """nf's registry name of a source's model."""
     return _loader(source).model_name(name)
+
+
+def catalog_entry(source: str, name: str) -> dict[str, Any] | None:
+    """What the source publishes about `name` (e.g. its ImageNet top-1), or None."""
+    return _loader(source).catalog_entry(name)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.data.transforms import CROP_PADDING, MEAN_RGB, STDDEV_RGB
+from nf.inference.card import Preprocessing
 from nf.models import MODELS
 from nf.pretrained.convert import ParamFiller, build, stage_of
 from nf.pretrained.unpickle import load_haiku_params
@@ -63,18 +63,16 @@ def model_name(variant: str) -> str:
     return name
 
 
-def preprocessing(variant: str) -> dict[str, Any]:
-    """The reference's eval preprocessing for a variant at its test resolution: centre crop of
-    size/(size+32) of the short side, bicubic resize to size, ImageNet mean/std (0-255 scale)."""
-    size = MODELS[model_name(variant)].test_size
-    return dict(
-        kind="deepmind",
-        image_size=size,
-        crop_pct=size / (size + CROP_PADDING),
-        interpolation="bicubic",
-        mean=[float(m) for m in MEAN_RGB],
-        std=[float(s) for s in STDDEV_RGB],
-    )
+def preprocessing(variant: str) -> Preprocessing:
+    """The reference's eval preprocessing at the variant's test resolution: centre crop of
+    size/(size+32) of the short side, bicubic resize to size, ImageNet mean/std."""
+    return Preprocessing.deepmind(MODELS[model_name(variant)].test_size)
+
+
+def catalog_entry(variant: str) -> dict[str, Any]:
+    """The released file's published figures."""
+    model_name(variant)  # validates the name
+    return dict(RELEASED[variant.upper().removeprefix("NFNET_")])
 
 
 def _nf_path(module: str, depths: tuple[int, ...]) -> tuple[tuple[int, int] | None, tuple]:

@@ -24,7 +24,13 @@ MODEL_KEYS_NOT_OVERRIDES = ("name",)
 
 def model_overrides(config: ml_collections.ConfigDict, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """`config.model` minus its name (and `exclude`) as registry overrides; `dtype: ""` = float32."""
-    overrides = {k: v for k, v in config.model.items() if k not in MODEL_KEYS_NOT_OVERRIDES + exclude}
+    return model_kwargs(config.model, exclude)
+
+
+def model_kwargs(model: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A model description (`config.model`, a model card's "model") minus its name (and `exclude`)
+    as registry overrides; `dtype: ""` = float32."""
+    overrides = {k: v for k, v in model.items() if k not in MODEL_KEYS_NOT_OVERRIDES + exclude}
     if overrides.get("dtype"):
         overrides["dtype"] = jnp.dtype(overrides["dtype"])
     else:

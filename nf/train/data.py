@@ -22,6 +22,7 @@ class TrainData:
     num_train: int
     train_iter: Callable[[], nf_data.DataIterator]
     eval_batches: Callable[[], Iterator[dict]]
+    class_names: list[str] | None = None  # the classes' names when the source knows them (folder names)
 
 
 def _resolve(path: str, workdir: str) -> str:
@@ -79,7 +80,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
             **common,
         )
 
-    return TrainData(train_source.num_classes, len(train_source), train_iter, eval_batches)
+    classes = getattr(train_source, "classes", None)
+    return TrainData(
+        train_source.num_classes, len(train_source), train_iter, eval_batches, list(classes) if classes else None
+    )
 
 
 def _prepare(cfg: ml_collections.ConfigDict, workdir: str) -> None:

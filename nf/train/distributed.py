@@ -9,11 +9,15 @@ touched. `initialize` is called first thing by `nf.train`:
   `--distributed=on`, `jax.distributed.initialize()` with JAX's own cluster detection;
 * otherwise a single process.
 
-`StopSignal` turns SIGTERM (a preemption notice) into one agreed stop step: alone, a Python signal
-handler sets a flag read at step boundaries; with several processes, JAX's preemption sync manager
-(its SIGTERM notifier tells the coordination service, which tells every process) picks the step
-(the largest step any process had reached, plus one) at which all of them save and exit. Its
-per-step check is a local flag read, so a run without preemption pays nothing for it.
+`StopSignal` turns SIGTERM (a preemption notice) or SIGINT (Ctrl-C) into one agreed stop step:
+alone, a Python signal handler sets a flag read at step boundaries (a second Ctrl-C exits at once,
+without saving); `catch_stop_signals_early` (first thing in `main`) remembers a signal that arrives
+while the run is still starting, so it stops at its first step boundary instead of dying unsaved.
+With several processes, JAX's preemption sync manager (its SIGTERM notifier tells the coordination
+service, which tells every process) picks the step (the largest step any process had reached, plus
+one) at which all of them save and exit; SIGINT keeps Python's default there (KeyboardInterrupt on
+that process), since no agreed stop exists for it. The per-step check is a local flag read, so a
+run without preemption pays nothing for it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 
 import jax
@@ -152,23 +157,63 @@ def check_coordinator(address: str, process_id: int, num_processes: int, timeout
             time.sleep(0.25)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_early_signals: list[str] = []  # names of stop signals caught before the training loop started
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _exit_now(reason: str) -> None:
+    sys.stderr.write(f"{reason}: exiting now without saving; the last completed checkpoint is intact.\n")
+    sys.stderr.flush()
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
+def _early_handler(signum, frame):
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT and "SIGINT" in _early_signals:
+        _exit_now("Second SIGINT")
+    _early_signals.append(name)
+    logging.warning("%s received while starting: the run stops (and saves) at its first step boundary.", name)
+
+
+def catch_stop_signals_early() -> None:
+    """Install the start-up handlers (first thing in `main`): a SIGTERM or SIGINT that arrives
+    before `StopSignal` exists is remembered, not fatal; a second SIGINT exits at once."""
+    _early_signals.clear()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _early_handler)
+
+
 class StopSignal:
-    """SIGTERM -> stop at one step agreed by every process (see the module docstring).
+    """SIGTERM or SIGINT -> stop at one step agreed by every process (see the module docstring).
 
     Call `should_stop(step)` exactly once per step, with the step just dispatched; once it returns
-    True the caller saves that step and exits. `flag` says whether a stop was decided.
+    True the caller saves that step and exits. `flag` says whether a stop was decided, `reason`
+    which signal decided it.
     """
 
     def __init__(self):
-        self.flag = False
+        self.reason = _early_signals[0] if _early_signals else None
+        self.flag = self.reason is not None
         # With several processes, JAX's preemption notifier owns SIGTERM (a Python handler installed
         # now would replace it, and the other processes would never hear of the notice).
         self._shared = jax.process_count() > 1
-        self._previous = None if self._shared else signal.signal(signal.SIGTERM, self._handle)
+        if self._shared:
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+        else:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exiting.")
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.flag:
+            _exit_now("Second SIGINT")
+        logging.warning(
+            "%s received: saving a checkpoint at the next step boundary, then exiting%s.",
+            name,
+            " (Ctrl-C again to exit at once, without saving)" if signum == signal.SIGINT else "",
+        )
         self.flag = True
+        self.reason = self.reason or name
 
     def should_stop(self, step: int) -> bool:
         if self._shared and not self.flag and multihost_utils.reached_preemption_sync_point(step):
@@ -178,11 +223,14 @@ class StopSignal:
                 step,
             )
             self.flag = True
+            self.reason = "SIGTERM"
         return self.flag
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        """Hand the signals back (the start-up handlers give way to Python's defaults)."""
+        defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+        for sig, previous in self._previous.items():
+            signal.signal(sig, defaults[sig] if previous is _early_handler else previous)
 
 
 def host_copy(tree):

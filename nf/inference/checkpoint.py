@@ -1,0 +1,171 @@
+"""Model workdirs: an Orbax checkpoint in the trainer's layout plus the model card.
+
+    DIR/nf_model.json                    the card (nf.inference.card)
+    DIR/checkpoints/<step>/state         {"step", "params", "ema", "model_state"[, "opt_state"]}
+
+`save_model` writes step 0 with `ema` equal to `params` (an imported or exported model); `nf-train`
+writes the same layout with the optimizer state. `load_model` reads either: a partial restore of
+the chosen weights and the model state only, so the optimizer state is never read. Such a workdir
+is also a valid `init_from` for fine-tuning (nf.train.transfer).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from nf.inference.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
+from nf.train.checkpoint import _path_str
+
+WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item
+
+
+def _abs(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def model_trees(model: nnx.Module) -> tuple[dict, dict]:
+    """(params, model state) of `model` as pure dicts: the trainer's checkpoint trees."""
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -> str:
+    """Writes `model` as step 0 of `workdir/checkpoints` (params = EMA) and `workdir/nf_model.json`;
+    returns the checkpoint's `state` directory. Refuses a workdir that already holds checkpoints."""
+    workdir = _abs(workdir)
+    directory = epath.Path(workdir) / "checkpoints"
+    if directory.exists() and any(p.name.isdigit() for p in directory.iterdir()):
+        raise FileExistsError(f"{directory} already holds checkpoints; choose an empty --workdir (nothing written)")
+    built = nnx.eval_shape(card.build_model)  # shapes only: no random init of a big model
+    want, got = _shape_map(model_trees(built)[0]), _shape_map(model_trees(model)[0])
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:6]
+        raise ValueError(
+            f"the model does not match its card (model {card.name!r}, {card.num_classes} classes): "
+            f"differing parameters {diff}"
+        )
+    params, model_state = model_trees(model)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "model_state": model_state,
+    }
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(
+        os.fspath(directory), options=options, item_handlers={"state": ocp.StandardCheckpointHandler()}
+    ) as manager:
+        manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        manager.wait_until_finished()
+    card.save(workdir)
+    return os.fspath(directory / "0" / "state")
+
+
+def _shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {_path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:
+    """`workdir/checkpoints/<step>/state` (the latest step by default), failing with what is there."""
+    from nf.train.transfer import find_checkpoint
+
+    workdir = _abs(workdir)
+    if step is None:
+        return find_checkpoint(workdir)
+    path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+    if not path.is_dir():
+        steps = (
+            sorted(int(p.name) for p in (epath.Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
+            if (epath.Path(workdir) / "checkpoints").is_dir()
+            else []
+        )
+        raise FileNotFoundError(f"{path} does not exist; saved steps in {workdir}: {steps or 'none'}")
+    return os.fspath(path)
+
+
+def check_tree(where: str, saved: Any, wanted: Any, hint: str) -> None:
+    """Fail naming the paths when the saved tree's paths or shapes differ from the wanted ones."""
+    saved_flat, wanted_flat = _shape_map(saved), _shape_map(wanted)
+    missing = sorted(set(wanted_flat) - set(saved_flat))
+    extra = sorted(set(saved_flat) - set(wanted_flat))
+    differ = sorted(k for k in set(wanted_flat) & set(saved_flat) if saved_flat[k] != wanted_flat[k])
+    if missing or extra or differ:
+        lines = [f"{where} holds another model than the one built:"]
+        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
+            if keys:
+                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
+                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
+        if differ:
+            shown = [f"{k} {saved_flat[k]} vs {wanted_flat[k]}" for k in differ[:10]]
+            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
+        lines.append(hint)
+        raise ValueError("\n".join(lines))
+
+
+def restore_trees(path: str, target: dict[str, Any]) -> dict[str, Any]:
+    """Partial restore of the items of `target` (abstract arrays with shardings) from a `state`
+    directory; other saved items (opt_state, step) are not read."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        for item, wanted in target.items():
+            if item not in meta:
+                raise ValueError(f"{path} is not a trainer checkpoint: it has no {item!r} entry")
+            check_tree(f"{path} ({item})", meta[item], wanted, "Use the model card (or --config) that wrote it.")
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
+        return ckptr.restore(
+            path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        )
+
+
+def read_card(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None) -> ModelCard:
+    """The workdir's card, or (with `config`, e.g. `--config` for a workdir without a card) the card
+    of the classifier `config` trains: classes from its training data."""
+    if config is None:
+        return ModelCard.load(_abs(workdir))
+    if config.get("task", "classification") != "classification":
+        raise ModelCardError(f"config.task={config.task!r}: only classifiers have model cards")
+    from nf import data as nf_data
+
+    train = config.data.train.format(workdir=_abs(workdir))
+    source = nf_data.open_source(train)
+    return card_from_config(config, source.num_classes, getattr(source, "classes", None), {"kind": "nf-train"})
+
+
+def load_model(
+    workdir: str | os.PathLike,
+    weights: str = "ema",
+    step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+) -> tuple[nnx.Module, ModelCard]:
+    """The model of `workdir` (built from its card, or from `config`) with its `weights` ("ema" or
+    "raw") of `step` (default the latest), and the card."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} is unknown; valid: {sorted(WEIGHTS)}")
+    card = read_card(workdir, config)
+    model = card.build_model()
+    path = state_dir(workdir, step)
+    params, model_state = model_trees(model)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+    target = {WEIGHTS[weights]: abstract(params)}
+    if jax.tree.leaves(model_state):  # BatchNorm statistics
+        target["model_state"] = abstract(model_state)
+    restored = restore_trees(path, target)
+    graphdef, params_state, rest_state = nnx.split(model, nnx.Param, ...)
+    nnx.replace_by_pure_dict(params_state, restored[WEIGHTS[weights]])
+    if "model_state" in restored:
+        nnx.replace_by_pure_dict(rest_state, restored["model_state"])
+    return nnx.merge(graphdef, params_state, rest_state), card
+
+
+__all__ = ["CARD_FILE", "WEIGHTS", "load_model", "model_trees", "read_card", "save_model", "state_dir"]
