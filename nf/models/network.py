@@ -32,19 +32,28 @@ def check_positive(**values) -> None:
 
 
 def ws_conv_and_activation(
-    activation: str | Activation, *, padding: str = "SAME", ws_formula: str = "deepmind", gamma_in_conv: bool = False
+    activation: str | Activation,
+    *,
+    act_gain: float | None = None,
+    padding: str = "SAME",
+    ws_formula: str = "deepmind",
+    gamma_in_conv: bool = False,
 ) -> tuple[Callable[..., ScaledWSConv], Activation]:
     """The family's Scaled WS conv factory and its activation.
 
     The gain gamma goes in the activation (DeepMind, paper §4.3), or with `gamma_in_conv` into
     every WS conv's kernel with plain activations (timm's non-`dm_` models). The two agree wherever
     an activation feeds a WS conv; they differ where it does not (the stem's first conv sees the
-    image, the final activation feeds the pooled classifier)."""
+    image, the final activation feeds the pooled classifier). `act_gain` replaces gamma in the
+    activation (ablations)."""
     if gamma_in_conv:
+        if act_gain is not None:
+            raise ValueError("gamma_in_conv puts gamma into the WS convs; it takes no act_gain")
         _, gamma = get_activation(activation)
         conv = functools.partial(ScaledWSConv, padding=padding, ws_formula=ws_formula, gamma=gamma)
         return conv, scaled_activation(activation, 1.0)
-    return functools.partial(ScaledWSConv, padding=padding, ws_formula=ws_formula), scaled_activation(activation)
+    conv = functools.partial(ScaledWSConv, padding=padding, ws_formula=ws_formula)
+    return conv, scaled_activation(activation, act_gain)
 
 
 def grouped_width(channels: int, group_width: int | None, where: str, divisor: int | None = None) -> tuple[int, int]:

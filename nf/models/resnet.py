@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import Conv, make_divisible, max_pool, scaled_activation
+from nf.layers import Conv, make_divisible, max_pool
 from nf.layers.activations import Activation
 from nf.models.blocks import Bottleneck, FixupBottleneck, PreActivation
 from nf.models.network import ResidualNetwork, check_positive, ws_conv_and_activation
@@ -85,12 +85,11 @@ class ResNetV2(ResidualNetwork):
             raise ValueError(f"Unknown block {block!r}; valid: {BLOCKS}")
         if block == "fixup" and (se_ratio or norm != "none" or ws):
             raise ValueError("block='fixup' takes no se_ratio, norm or ws options (set ws=False, norm='none')")
-        if gamma_in_conv and (not ws or act_gain is not None):
-            raise ValueError("gamma_in_conv needs ws=True and no act_gain (gamma goes into the WS convs)")
-        ws_conv, ws_act = ws_conv_and_activation(
-            activation, padding=padding, ws_formula=ws_formula, gamma_in_conv=gamma_in_conv
+        if gamma_in_conv and not ws:
+            raise ValueError("gamma_in_conv needs ws=True (gamma goes into the WS convs)")
+        ws_conv, act = ws_conv_and_activation(
+            activation, act_gain=act_gain, padding=padding, ws_formula=ws_formula, gamma_in_conv=gamma_in_conv
         )
-        act = ws_act if gamma_in_conv else scaled_activation(activation, act_gain)
         # WS convs always carry a bias; plain convs only when no BN follows them.
         conv = ws_conv if ws else functools.partial(Conv, use_bias=norm == "none", padding=padding)
         self.in_channels, self.dropout_rate = in_channels, dropout
