@@ -78,7 +78,12 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _resolve_padding(padding: Padding, hw, khw, strides, dilation) -> Pads:
-    """Explicit ((top, bottom), (left, right)) pads, as lax computes them for a string."""
+    """Explicit ((top, bottom), (left, right)) pads, as lax computes them for a string.
+
+    'SYMMETRIC' is PyTorch's (timm's `get_padding`) `((s - 1) + d * (k - 1)) // 2` on both sides,
+    independent of the input size; 'SAME' pads TensorFlow-style (the extra cell at the end)."""
+    if padding == "SYMMETRIC":
+        return tuple((p, p) for p in (((s - 1) + d * (k - 1)) // 2 for k, s, d in zip(khw, strides, dilation)))
     if isinstance(padding, str):
         window = tuple((k - 1) * d + 1 for k, d in zip(khw, dilation))
         return tuple(map(tuple, lax.padtype_to_pads(hw, window, strides, padding)))
@@ -123,7 +128,7 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> jax.Array:
-    """NHWC x HWIO convolution; `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right))."""
+    """NHWC x HWIO convolution; `padding` is 'SAME', 'VALID', 'SYMMETRIC' or ((top, bottom), (left, right))."""
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
@@ -453,11 +458,13 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: str = "SAM
     gradient to the first maximal element of its window (as reduce_window's does) with
     elementwise selects, instead of XLA:CPU's ~20x slower select-and-scatter.
     """
-    if padding not in ("SAME", "VALID"):
-        raise ValueError(f"max_pool padding must be 'SAME' or 'VALID', got {padding!r}")
-    if not cpu_kernels():
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
+    if padding not in ("SAME", "VALID", "SYMMETRIC"):
+        raise ValueError(f"max_pool padding must be 'SAME', 'VALID' or 'SYMMETRIC', got {padding!r}")
     pads = _resolve_padding(padding, x.shape[1:3], (window, window), (stride, stride), (1, 1))
+    if not cpu_kernels():
+        return lax.reduce_window(
+            x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), ((0, 0), *pads, (0, 0))
+        )
     return _max_pool(x, window, stride, pads, tuple(x.shape))
 
 
