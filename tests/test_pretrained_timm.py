@@ -84,7 +84,15 @@ def test_param_counts_match_timm(name):
 def test_names_and_preprocessing():
     assert model_name("dm_nfnet_f2") == "nfnet_f2"
     assert model_name("eca_nfnet_l0.ra2_in1k") == "timm_eca_nfnet_l0"
-    assert preprocessing("nf_resnet50")["crop_pct"] == 0.94
+    p = preprocessing("nf_resnet50")
+    assert (p.kind, p.image_size, p.crop_pct, p.crop, p.interpolation) == (
+        "timm",
+        288,
+        0.94,
+        "resize_short_crop",
+        "bicubic",
+    )
+    assert preprocessing("dm_nfnet_f0").crop == "resize_crop"  # timm's 'squash' for its dm_ ports
     with pytest.raises(ValueError, match="eca_nfnet_l9"):
         model_name("eca_nfnet_l9")
 
@@ -183,3 +191,23 @@ def test_symmetric_max_pool_is_pytorch_padding():
     with lax_convs():  # lax's own reduce_window, as on accelerators
         np.testing.assert_array_equal(np.asarray(max_pool(x, 3, 2, "SYMMETRIC")), np.asarray(want))
     assert want.shape == (1, 4, 4, 2)  # PyTorch MaxPool2d(3, 2, padding=1): floor((n + 2 - 3) / 2) + 1
+
+
+def test_nf_import_workdir_rebuilds_the_timm_forward_pass(tmp_path):
+    """nf-import of a timm dm_nfnet file records the options (timm's WS formula, erf GELU) in the
+    card, so the workdir's model reproduces timm's logits."""
+    from nf.cli.import_weights import import_to_workdir
+    from nf.inference import load_model
+
+    name, overrides = TINY["dm_nfnet"]
+    card = import_to_workdir(
+        "timm", name, str(FIXTURES / "dm_nfnet" / "model.safetensors"), str(tmp_path / "run"), **overrides
+    )
+    assert card.model["ws_formula"] == "timm" and card.model["activation"] == "gelu_exact"
+    assert card.preprocessing.kind == "timm" and card.source["published_top1"] == 83.6
+    model, _ = load_model(str(tmp_path / "run"))
+    data = read_safetensors(FIXTURES / "dm_nfnet" / "data.safetensors")
+    px = json.loads((FIXTURES / "dm_nfnet" / "config.json").read_text())["sizes"][0]
+    got = np.asarray(nnx.jit(lambda m, x: m(x, train=False))(model, data[f"x_{px}"]))
+    want = data[f"logits_{px}"]
+    assert float(np.abs(got - want).max()) <= 2e-5 * float(np.abs(want).max())

@@ -20,7 +20,7 @@ from typing import Any
 
 from nf.cli.common import console, prepare_runtime
 from nf.inference import ModelCard, save_model
-from nf.pretrained import SOURCES, catalog_entry, import_weights, model_name, preprocessing
+from nf.pretrained import SOURCES, catalog_entry, import_weights, model_name, model_options, preprocessing
 
 
 def sha256(path: str) -> str:
@@ -54,7 +54,7 @@ def import_to_workdir(
     model = import_weights(weights, source=source, name=name, num_classes=num_classes, **overrides)
     classes = int(model.head.kernel.shape[-1])
     card = ModelCard(
-        model={"name": model_name(source, name), **overrides},
+        model={"name": model_name(source, name), **model_options(source, name), **overrides},
         num_classes=classes,
         preprocessing=preprocessing(source, name),
         class_names=read_class_names(class_names, classes) if class_names else None,

@@ -339,7 +339,7 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
     Args:
       image_size: output side px.
       eval_crop: "center_crop" (square crop of crop_pct of the short side, then resize to px;
-        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to round(px/crop_pct)^2, then
+        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to floor(px/crop_pct)^2, then
         centre crop px; NFNet) or "resize_short_crop" (resize the short side to
         floor(px/crop_pct) keeping the aspect, then centre crop px; timm's eval).
       crop_padding: crop_pct = px/(px+crop_padding) (32; 0 keeps the whole square image, e.g. for
@@ -382,11 +382,11 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
                 img, box = _draft_for_box(img, box, px)
             return _crop_resize(img, box, px, path, resample)
         if self.eval_crop == "resize_crop":  # resize (aspect not kept) to (px/crop_pct)^2, crop the central px
-            big = round(px / self.crop_pct)
+            big = math.floor(px / self.crop_pct + 1e-6)  # timm's 'squash' floors; (px+32)^2 stays exact
             if self.fast_jpeg:
                 img, _ = _draft_for_box(img, (0, 0, *img.size), big)
             resized = _crop_resize(img, None, big, path, resample)
-            off = (big - px) // 2
+            off = round((big - px) / 2.0)  # torchvision's CenterCrop offset
             return resized[off : off + px, off : off + px]
         # resize_short_crop, as torchvision's Resize(int) + CenterCrop that timm's eval uses
         short = math.floor(px / self.crop_pct)

@@ -43,6 +43,11 @@ def model_name(source: str, name: str) -> str:
     return _loader(source).model_name(name)
 
 
+def model_options(source: str, name: str) -> dict[str, Any]:
+    """The nf model options (beyond the registry's) that reproduce the source's forward pass."""
+    return _loader(source).model_options(name)
+
+
 def catalog_entry(source: str, name: str) -> dict[str, Any] | None:
     """What the source publishes about `name` (e.g. its ImageNet top-1), or None."""
     return _loader(source).catalog_entry(name)

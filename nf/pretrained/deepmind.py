@@ -69,6 +69,12 @@ def preprocessing(variant: str) -> Preprocessing:
     return Preprocessing.deepmind(MODELS[model_name(variant)].test_size)
 
 
+def model_options(variant: str) -> dict[str, Any]:
+    """nf's `nfnet_fN` is DeepMind's architecture as is: no options beyond the registry's."""
+    model_name(variant)
+    return {}
+
+
 def catalog_entry(variant: str) -> dict[str, Any]:
     """The released file's published figures."""
     model_name(variant)  # validates the name

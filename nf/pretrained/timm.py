@@ -9,6 +9,7 @@ and head) to nf module paths, plus one table of how each kind of tensor changes 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from nf.inference.card import Preprocessing
 from nf.models import NFNet, NFRegNet, ResNetV2
 from nf.pretrained.catalog import TIMM_CHECKPOINTS
 from nf.pretrained.convert import ParamFiller, block_slot, build
@@ -89,14 +91,23 @@ def model_options(name: str) -> dict[str, Any]:
     return dict(FILE_OPTIONS.get(name.split(".")[0], {}))
 
 
-def preprocessing(name: str) -> dict[str, Any]:
+# timm's crop modes as nf's eval crops (nf.data.transforms.EvalTransform).
+CROP_MODES = {"center": "resize_short_crop", "squash": "resize_crop"}
+
+
+def preprocessing(name: str) -> Preprocessing:
     """timm's eval preprocessing of `name`'s published top-1: bicubic resize to
-    test_size / crop_pct ('center': short side; 'squash': both sides), centre crop test_size,
-    then (x / 255 - mean) / std."""
+    floor(test_size / crop_pct) ('center': the short side; 'squash': both sides), centre crop
+    test_size, then (x / 255 - mean) / std."""
+    entry = catalog_entry(name)
+    p = Preprocessing.timm(entry["test_size"], entry["crop_pct"], entry["interpolation"], entry["mean"], entry["std"])
+    return dataclasses.replace(p, crop=CROP_MODES[entry["crop_mode"]])
+
+
+def catalog_entry(name: str) -> dict[str, Any]:
+    """The catalog's entry of timm model `name`: parameters, sizes, preprocessing, published top-1."""
     model_name(name)
-    entry = TIMM_CHECKPOINTS[name.split(".")[0]]
-    keys = ("test_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "top1")
-    return dict(kind="timm", image_size=entry["test_size"], **{k: entry[k] for k in keys if k != "test_size"})
+    return dict(TIMM_CHECKPOINTS[name.split(".")[0]])
 
 
 def _to_nf(value: np.ndarray, layout: str) -> np.ndarray:
