@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from nf.inference.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
-from nf.train.checkpoint import _path_str
+from nf.train.checkpoint import path_str
 
 WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item
 
@@ -72,7 +72,7 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
 
 
 def _shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {_path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:

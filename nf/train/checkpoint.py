@@ -18,7 +18,7 @@ from nf.train import checkpoint_health
 from nf.train.checkpoint_health import DATA_FILE
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
     """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
     while the live state has int keys for list entries (nnx.List stages)."""
     keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
@@ -27,7 +27,7 @@ def _path_str(path) -> str:
 
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+    return {path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
 def _first_line(e: Exception) -> str:

@@ -22,6 +22,7 @@ run without preemption pays nothing for it.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -48,16 +49,27 @@ class CoordinatorError(ConnectionError):
     """The JAX coordination service could not be reached or did not accept this process."""
 
 
+# TPU chips on the PCI bus: Google's vendor id and the TPU device ids (v3, v4, v5p, v5e, v6e, 7x
+# and one unnamed), as Cloud TPU VMs expose them under /sys/bus/pci/devices/*/{vendor,device}.
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
+
+
+def tpu_chips_on_pci(sysfs: str = "/sys/bus/pci/devices") -> int:
+    """The number of TPU chips on this host's PCI bus (reads /sys only: no network, no JAX)."""
+    count = 0
+    for vendor in glob.glob(os.path.join(sysfs, "*", "vendor")):
+        try:
+            with open(vendor) as f, open(os.path.join(os.path.dirname(vendor), "device")) as g:
+                count += f.read().strip() == GOOGLE_PCI_VENDOR and g.read().strip() in TPU_PCI_DEVICES
+        except OSError:
+            continue
+    return count
+
+
 def on_cloud_tpu() -> bool:
     """A Cloud TPU worker: one of TPU_POD_ENV is set, or TPU chips are on this host's PCI bus."""
-    if any(os.environ.get(k) for k in TPU_POD_ENV):
-        return True
-    try:  # reads /sys only (no network); private JAX helper, so any failure means "no"
-        from jax._src import hardware_utils
-
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except Exception:
-        return False
+    return any(os.environ.get(k) for k in TPU_POD_ENV) or tpu_chips_on_pci() > 0
 
 
 def initialize(

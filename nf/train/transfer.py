@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from nf.models.dense import BACKBONE_KEY
-from nf.train.checkpoint import _path_str
+from nf.train.checkpoint import path_str
 
 PARAM_SOURCES = ("ema", "raw")  # which saved weights initialize the backbone
 
@@ -56,7 +56,7 @@ def check_init_from(init_from: str, workdir: str) -> None:
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _check(state_dir: str, item: str, saved: Any, wanted: Any) -> None:
