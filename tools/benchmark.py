@@ -338,8 +338,6 @@ class Peer:
     reply per line on its stdout (its stderr passes through)."""
 
     def __init__(self, python: str, setup: dict[str, Any]):
-        if not os.path.exists(python):
-            raise app.UsageError(f"--peer_python={python} does not exist; build it with the command in this docstring.")
         self.proc = subprocess.Popen(
             [python, PEER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
@@ -369,6 +367,8 @@ def peer_python() -> str:
     python = _PEER_PYTHON.value or os.environ.get("NF_PEER_PYTHON")
     if not python:
         raise app.UsageError("--peer=timm needs --peer_python=PATH (or $NF_PEER_PYTHON): a Python with torch and timm.")
+    if not os.path.exists(python):
+        raise app.UsageError(f"--peer_python={python} does not exist; build it with the command in this docstring.")
     return python
 
 
@@ -450,7 +450,10 @@ def run_benchmark() -> dict[str, Any]:
             log(f"no ws=False variant: {e}")
         if bn_name:
             log(f"compiling the {bn_name} train step ...")
-            train["bn"] = TrainRunner(variant(config, name=bn_name), batch)
+            try:
+                train["bn"] = TrainRunner(variant(config, name=bn_name), batch)
+            except (TypeError, ValueError) as e:  # config.model options the BN network lacks
+                log(f"no {bn_name} variant: {e}")
     peer, batch_dir = None, None
     if _PEER.value:
         python = peer_python()
