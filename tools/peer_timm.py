@@ -89,6 +89,19 @@ class Peer:
         return {"seconds": time.perf_counter() - start}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. Linux keeps getrusage's ru_maxrss across execve, so a peer started
+    by a 5 GB benchmark would report the benchmark's peak; VmHWM belongs to this program's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main() -> None:
     peer = None
     for line in sys.stdin:
@@ -111,7 +124,7 @@ def main() -> None:
             elif cmd == "infer":
                 reply = peer.infer()
             elif cmd == "rss":
-                reply = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                reply = {"peak_rss_bytes": peak_rss_bytes()}
             elif cmd == "quit":
                 print(json.dumps({"ok": True}), flush=True)
                 return
