@@ -1,49 +1,71 @@
-"""Training / inference throughput of a model on this machine, against its matmul peak.
+"""Training / inference throughput of the trainer's own step on this machine, against its matmul
+peak, and side by side with timm.
 
     python tools/benchmark.py --model=nf_resnet50 --image_size=128 --batch_size=16 --json
+    python tools/benchmark.py --config=configs/nfnet_f0_imagenet.py --batch_size=16 --image_size=192
     python tools/benchmark.py --task=segmentation --model=nf_resnet50 --image_size=128 --batch_size=16
+    python tools/benchmark.py --model=nf_resnet50 --peer=timm --peer_python=/work/peer/bin/python
     python tools/benchmark.py --compile_only_models=nf_resnet50,nf_resnet288
+
+The step is `nf-train`'s: `nf.train.trainer.setup_training` builds the model (through the task),
+the optimizer recipe of the config (AGC when `optimizer.agc_clip` > 0, masked weight decay, SGD
+with Nesterov momentum on the warmup + cosine schedule), the parameter EMA, the FSDP/data
+shardings of `config.mesh` and the jitted step that donates the state. The config is
+`--config=configs/x.py` (its values; --model/--image_size/--batch_size/--task override when
+given) or, by default, the quickstart recipe (`configs/quickstart.py`: SGD-Nesterov 0.9, weight
+decay 5e-5, label smoothing 0.1, EMA 0.99, no AGC) on --model with the registry's defaults. The
+batch is the task's `synthetic_batch` (`nf.tasks.Task`).
 
 One process measures:
   (a) the matmul peak: median FLOP/s of a jitted 2048^3 float32 matmul, timed in the same
       interleaved rounds as the train steps (so under the same machine load);
-  (b) a full train step of --model (forward, softmax cross-entropy, grads w.r.t. nnx.Param,
-      optax SGD-momentum update, donated buffers): compile time, median step time, images/s,
-      model FLOPs per step (XLA cost analysis with scans unrolled, see nf.models.stats),
-      achieved FLOP/s and the fraction of the matmul peak, peak RSS and XLA's memory analysis;
-  (c) Scaled WS overhead: the same step with `ws=False` (plain He-init convs);
+  (b) the train step: compile time, median step time, images/s, model FLOPs per step (XLA cost
+      analysis with scans unrolled, see nf.models.stats), achieved FLOP/s and the fraction of
+      the matmul peak, peak RSS and XLA's memory analysis;
+  (c) Scaled WS overhead: the same step with `model.ws=False` (plain He-init convs);
   (d) inference: folded-WS forward vs the unfolded one vs the plain-conv network;
-  (e) NF vs BN: the same step with the model's `bn_` counterpart.
+  (e) NF vs BN: the same step with the model's `bn_` counterpart;
+  (f) with --peer=timm: timm's matching model (`PEER_MODELS`) in another Python (--peer_python or
+      $NF_PEER_PYTHON; a virtualenv with torch and timm, never a dependency of nf) driven by
+      tools/peer_timm.py over a pipe: its train step (same batch, SGD-Nesterov with the same lr,
+      momentum, weight decay on the same kinds of tensors, label smoothing, EMA; AGC on both
+      sides exactly when the config enables it) and its eval-mode forward under
+      torch.inference_mode, in the same rounds as nf's, on as many threads as XLA uses. Both
+      medians, the nf/timm throughput ratios, each process's peak RSS, and the conv + matmul
+      FLOPs of one forward of each model (timm's nf_resnet50 / nf_regnet_b0 are not the
+      papers' architectures) are reported. Build the peer environment with
+          python3 -m venv peer && peer/bin/pip install torch==2.13.0 timm \
+              --extra-index-url https://download.pytorch.org/whl/cpu
 Compared variants are timed in interleaved rounds (A B C, C B A, ...), so load on the machine
 affects them alike; every reported time is a median. `--compile_only_models` only lowers and
-compiles the train step of each listed model (abstract parameters: no memory) and reports the
+compiles the train step of each listed model (abstract state: no memory) and reports the
 compile seconds relative to the first.
 
 `--fsdp_bytes=4` reports, without running the model, the per-device bytes of parameters,
 optimizer state and EMA of --model on 4 (fake CPU) devices, replicated versus FSDP over 4 (the
-trainer's own sharding rule, `nf.train.sharding.train_state_shardings`, and the optimizer of the
-ImageNet recipe); `shard_shape` of each leaf's sharding gives its per-device size.
+trainer's own state and shardings, `setup_training(..., abstract=True)` on meshes data=4 and
+fsdp=4); `shard_shape` of each leaf's sharding gives its per-device size.
 
     python tools/benchmark.py --model=nf_resnet50 --fsdp_bytes=4
-
-`--task=segmentation|depth` times the dense model of that task instead (nf.models.dense: FCN at
-output stride 16 with 21 classes, or FCRN at output stride 32) with its loss (pixel
-cross-entropy with ignored pixels, berHu over valid pixels) on a synthetic dense batch; the
-comparisons use the same task on the ws=False / bn_ backbones.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 from absl import app, flags
+from ml_collections import config_flags
 
 try:
     import nf  # noqa: F401
@@ -52,29 +74,31 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from nf.layers import SkipGain, fold_ws
-from nf.models import create_model, list_models
-from nf.models.dense import depth_model, segmentation_model
-from nf.models.stats import abstract_model, xla_flops
-from nf.tasks import depth as depth_task
-from nf.tasks import segmentation as seg_task
+from nf.models import list_models
+from nf.models.stats import forward_macs, xla_flops
+from nf.tasks import TASKS, Task, get_task
+from nf.train.sharding import batch_sharding, make_mesh
+from nf.train.trainer import TrainSetup, setup_training
 
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+QUICKSTART = os.path.join(os.path.dirname(TOOLS), "configs", "quickstart.py")
+PEER_SCRIPT = os.path.join(TOOLS, "peer_timm.py")
+PEER_MODELS = {"nf_resnet50": "nf_resnet50", "nf_regnet_b0": "nf_regnet_b0", "nfnet_f0": "dm_nfnet_f0"}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (default: quickstart recipe).")
 _MODEL = flags.DEFINE_string("model", "nf_resnet50", "Registered model to benchmark.")
-_TASK = flags.DEFINE_enum(
-    "task", "classification", ["classification", "segmentation", "depth"], "Which model and loss to time."
-)
-SEGMENTATION_CLASSES = 21  # Pascal VOC
+_TASK = flags.DEFINE_enum("task", "classification", sorted(TASKS), "The task whose model, loss and batch to time.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input resolution.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Batch size of the train step and of inference.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (rounds) per variant.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before timing.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the parameters and the synthetic batch.")
-_LR = flags.DEFINE_float("learning_rate", 1e-3, "SGD learning rate (small: keeps values finite on random data).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch (the parameters use config.seed).")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul for the peak.")
 _MATMUL_REPEATS = flags.DEFINE_integer("matmul_repeats", 10, "Timed matmuls for the start-up peak.")
 _MATMUL_ROUND_REPEATS = flags.DEFINE_integer(
@@ -97,6 +121,11 @@ _FSDP_BYTES = flags.DEFINE_integer(
     "fsdp_bytes", 0, "N > 0: only report per-device state bytes, replicated vs FSDP over N fake CPU devices."
 )
 _COMPILE_REPEATS = flags.DEFINE_integer("compile_repeats", 1, "Interleaved compiles per model (median).")
+_PEER = flags.DEFINE_enum("peer", None, ["timm"], "Also time the matching timm model side by side.")
+_PEER_PYTHON = flags.DEFINE_string(
+    "peer_python", None, "Python of the peer environment (torch + timm); default $NF_PEER_PYTHON."
+)
+_PEER_MODEL = flags.DEFINE_string("peer_model", None, "timm model name (default: PEER_MODELS[--model]).")
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -108,7 +137,8 @@ def peak_rss_bytes() -> int:
 
 def interleaved_medians(fns: dict[str, Callable[[int], Any]], steps: int, warmup: int) -> dict[str, dict]:
     """Median wall time of each `fn(step)` (which must block until done), timed in rounds that
-    alternate the order A B C / C B A so drifting machine load affects all variants alike."""
+    alternate the order A B C / C B A so drifting machine load affects all variants alike. A `fn`
+    that returns a number reports its own seconds (a peer process timing itself, without the pipe)."""
     names = list(fns)
     for name in names:
         for i in range(warmup):
@@ -117,8 +147,8 @@ def interleaved_medians(fns: dict[str, Callable[[int], Any]], steps: int, warmup
     for r in range(steps):
         for name in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            fns[name](warmup + r)
-            times[name].append(time.perf_counter() - start)
+            own = fns[name](warmup + r)
+            times[name].append(float(own) if isinstance(own, (int, float)) else time.perf_counter() - start)
     return {
         name: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t} for name, t in times.items()
     }
@@ -171,130 +201,107 @@ def bn_counterpart(name: str) -> str | None:
     return candidate if candidate in list_models() else None
 
 
-# ----------------------------------------------------------------------------- train step
+# ----------------------------------------------------------------------------- config and train step
 
 
-def make_optimizer() -> optax.GradientTransformation:
-    return optax.sgd(_LR.value, momentum=0.9, nesterov=True)
+def default_config(model: str) -> ml_collections.ConfigDict:
+    """The quickstart recipe on `model` with the registry's defaults (no model overrides)."""
+    spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model = ml_collections.ConfigDict({"name": model, "dtype": ""})
+    config.total_steps = 10_000  # the schedule's horizon; the benchmark runs a handful of steps
+    return config
 
 
-def build_model(name: str, **overrides) -> nnx.Module:
-    """The --task's model on the registered backbone `name`."""
-    if _TASK.value == "segmentation":
-        return segmentation_model(name, SEGMENTATION_CLASSES, **overrides)
-    if _TASK.value == "depth":
-        return depth_model(name, **overrides)
-    return create_model(name, **overrides)
+def benchmark_config() -> ml_collections.ConfigDict:
+    """--config (or the default) with --model/--image_size/--batch_size/--task applied when given."""
+    given = _CONFIG.value is not None
+    config = copy.deepcopy(_CONFIG.value) if given else default_config(_MODEL.value)
+    with config.unlocked():
+        if flags.FLAGS["model"].present:
+            config.model.name = _MODEL.value
+        if flags.FLAGS["task"].present or not given:
+            config.task = _TASK.value
+        if flags.FLAGS["image_size"].present or not given:
+            config.data.image_size = _IMAGE_SIZE.value
+        if flags.FLAGS["batch_size"].present or not given:
+            config.batch_size = _BATCH_SIZE.value
+    return config
 
 
-def task_loss(outputs: jax.Array, y: jax.Array) -> jax.Array:
-    """The --task's training loss of the model outputs against the synthetic targets."""
-    if _TASK.value == "segmentation":
-        return seg_task.loss(outputs, {"label": y})
-    if _TASK.value == "depth":
-        return depth_task.berhu(depth_task.prediction(outputs), y, y > 0)
-    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), y).mean()
+def variant(config: ml_collections.ConfigDict, **model: Any) -> ml_collections.ConfigDict:
+    """A copy of `config` with `config.model` entries replaced or added."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        out.model.update(model)
+    return out
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation):
-    """`(params, other, opt_state, x, y, key) -> (params, other, opt_state, loss)`.
-
-    `params` are the nnx.Param leaves (differentiated, updated by `tx`), `other` the remaining
-    Variables (BatchNorm statistics: updated by the forward pass), `rest` non-Variable constants.
-    """
-
-    def loss_fn(params, other, x, y, key):
-        model = nnx.merge(graphdef, params, other, rest, copy=True)  # fresh Variables in this trace
-        loss = task_loss(model(x, train=True, key=key), y)
-        _, _, new_other, _ = nnx.split(model, nnx.Param, nnx.Variable, ...)
-        return loss, new_other
-
-    def train_step(params, other, opt_state, x, y, key):
-        (loss, other), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, other, x, y, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), other, opt_state, loss
-
-    return train_step
+def make_task(config: ml_collections.ConfigDict) -> Task:
+    """The config's task with the class count of its reference dataset."""
+    task_cls = TASKS[config.get("task", "classification")]
+    return get_task(config, task_cls.benchmark_num_classes)
 
 
-def synthetic_batch(batch_size: int, image_size: int, in_channels: int, num_classes: int, seed: int):
-    """Random images and the --task's targets: class ids (B,), per-pixel labels (B, H, W) with
-    10% ignored (255), or depths (B, H, W) in 0.5-10 m with 10% invalid (0)."""
-    kx, ky, kv = jax.random.split(jax.random.key(seed + 1), 3)
-    x = jax.random.normal(kx, (batch_size, image_size, image_size, in_channels), jnp.float32)
-    dense = (batch_size, image_size, image_size)
-    holes = jax.random.uniform(kv, dense) < 0.1
-    if _TASK.value == "segmentation":
-        y = jnp.where(holes, seg_task.IGNORE_LABEL, jax.random.randint(ky, dense, 0, num_classes))
-    elif _TASK.value == "depth":
-        y = jnp.where(holes, 0.0, jax.random.uniform(ky, dense, jnp.float32, 0.5, 10.0))
-    else:
-        y = jax.random.randint(ky, (batch_size,), 0, num_classes)
-    return x, y
+def in_channels(task: Task) -> int:
+    return getattr(nnx.eval_shape(task.build_model), "in_channels", 3)
 
 
 class TrainRunner:
-    """A compiled train step with its own (donated, updated in place) state."""
+    """`nf-train`'s compiled step (`setup_training`) with its own donated, updated-in-place state."""
 
-    def __init__(self, model: nnx.Module, batch, seed: int):
-        graphdef, params, other, rest = nnx.split(model, nnx.Param, nnx.Variable, ...)
-        tx = make_optimizer()
-        self.step_fn = make_train_step(graphdef, rest, tx)
-        self.state = (params, other, tx.init(params))
-        self.batch, self.key = batch, jax.random.key(seed + 2)
-        args = (*self.state, *batch, self.key)
+    def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]):
+        mesh = make_mesh(config.mesh)
+        self.setup: TrainSetup = setup_training(config, make_task(config), mesh)
+        shard = batch_sharding(mesh)
+        self.batch = {k: jax.make_array_from_process_local_data(shard, v) for k, v in batch.items()}
+        self.state, self.counters = self.setup.state, self.setup.counters
         start = time.perf_counter()
-        lowered = jax.jit(self.step_fn, donate_argnums=(0, 1, 2)).lower(*args)
+        lowered = self.setup.train_step.lower(self.state, self.batch, self.counters)
         self.lower_seconds = time.perf_counter() - start
         self.compiled = lowered.compile()
         self.compile_seconds = time.perf_counter() - start  # lower + compile
         self.memory = memory_stats(self.compiled)
-        self.loss = None
+        self.metrics = None
 
     def __call__(self, step: int) -> None:
-        params, other, opt_state, loss = self.compiled(*self.state, *self.batch, jax.random.fold_in(self.key, step))
-        jax.block_until_ready((params, other, opt_state, loss))
-        self.state, self.loss = (params, other, opt_state), loss
-
-    def executed_cost_flops(self) -> float:
-        """Cost analysis of the module that actually runs (scan bodies counted once)."""
-        cost = self.compiled.cost_analysis()
-        return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+        out = jax.block_until_ready(self.compiled(self.state, self.batch, self.counters))
+        self.state, self.metrics, self.counters = out
 
     def model_flops(self, method: str) -> dict[str, float]:
         """FLOPs per step with every block counted (see --flops_cost)."""
-        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (*self.state, *self.batch, self.key))
+        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (self.state, self.batch))
+        step_fn = self.setup.step_fn
+        cost = self.compiled.cost_analysis()
         out = {
-            "executed_compiled": self.executed_cost_flops(),
-            "lowered_unrolled": xla_flops(self.step_fn, *specs, compiled=False, unroll=True),
+            "executed_compiled": float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]),
+            "lowered_unrolled": xla_flops(step_fn, *specs, compiled=False, unroll=True),
         }
         if method == "corrected":
-            out["lowered_scanned"] = xla_flops(self.step_fn, *specs, compiled=False, unroll=False)
+            out["lowered_scanned"] = xla_flops(step_fn, *specs, compiled=False, unroll=False)
             out["model"] = out["executed_compiled"] + out["lowered_unrolled"] - out["lowered_scanned"]
         elif method == "compiled":
-            out["model"] = out["compiled_unrolled"] = xla_flops(self.step_fn, *specs, compiled=True, unroll=True)
+            out["model"] = out["compiled_unrolled"] = xla_flops(step_fn, *specs, compiled=True, unroll=True)
         else:
             out["model"] = out["lowered_unrolled"]
         return out
 
 
-def compile_train_step_abstract(name: str, batch_size: int, image_size: int) -> dict[str, float]:
-    """Lower + compile the train step of `name` on abstract parameters (nothing allocated)."""
-    graphdef, variables, rest = abstract_model(lambda: create_model(name))
-    tx = make_optimizer()
-    params, other = nnx.filter_state(variables, nnx.Param, ...)
-    opt_state = jax.eval_shape(tx.init, params)
-    step = make_train_step(graphdef, rest, tx)
-    model = nnx.merge(graphdef, variables, rest)
-    x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, model.in_channels), jnp.float32)
-    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    key = jax.eval_shape(lambda: jax.random.key(0))
+def compile_train_step_abstract(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Lower + compile the trainer's step of `config` on its abstract state (nothing allocated)."""
+    mesh = make_mesh(config.mesh)
+    task = make_task(config)
+    setup = setup_training(config, task, mesh, abstract=True)
+    batch = jax.eval_shape(lambda: task.synthetic_batch(config.batch_size, config.data.image_size, in_channels(task)))
+    shard = batch_sharding(mesh)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shard), batch)
     start = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, other, opt_state, x, y, key)
+    lowered = setup.train_step.lower(setup.state, batch, setup.counters)
     lower_s = time.perf_counter() - start
     lowered.compile()
-    total = time.perf_counter() - start
-    return {"lower_seconds": lower_s, "compile_seconds": total}
+    return {"lower_seconds": lower_s, "compile_seconds": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -324,6 +331,72 @@ class ForwardRunner:
         self.out = jax.block_until_ready(self.compiled(self.variables, self.x))
 
 
+# ----------------------------------------------------------------------------- the timm peer
+
+
+class Peer:
+    """tools/peer_timm.py in another Python: one JSON request per line on its stdin, one JSON
+    reply per line on its stdout (its stderr passes through)."""
+
+    def __init__(self, python: str, setup: dict[str, Any]):
+        self.proc = subprocess.Popen(
+            [python, PEER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.info = self.ask({"cmd": "setup", **setup})
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{PEER_SCRIPT} exited (code {self.proc.wait()}) on {request['cmd']!r}; see its stderr.")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"{PEER_SCRIPT} failed on {request['cmd']!r}: {reply['error']}")
+        return reply
+
+    def runner(self, cmd: str) -> Callable[[int], float]:
+        return lambda step: self.ask({"cmd": cmd})["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask({"cmd": "quit"})
+            self.proc.wait(timeout=60)
+
+
+def peer_python() -> str:
+    python = _PEER_PYTHON.value or os.environ.get("NF_PEER_PYTHON")
+    if not python:
+        raise app.UsageError("--peer=timm needs --peer_python=PATH (or $NF_PEER_PYTHON): a Python with torch and timm.")
+    if not os.path.exists(python):
+        raise app.UsageError(f"--peer_python={python} does not exist; build it with the command in this docstring.")
+    return python
+
+
+def peer_setup(config: ml_collections.ConfigDict, batch_dir: str, num_classes: int) -> dict[str, Any]:
+    """What tools/peer_timm.py needs to build the matching timm model and optimizer."""
+    name = _PEER_MODEL.value or PEER_MODELS.get(config.model.name)
+    if name is None:
+        raise app.UsageError(
+            f"No timm counterpart of {config.model.name!r} in PEER_MODELS {sorted(PEER_MODELS)}; pass --peer_model."
+        )
+    opt = config.optimizer
+    return {
+        "model": name,
+        "num_classes": num_classes,
+        "batch_dir": batch_dir,
+        "threads": len(os.sched_getaffinity(0)),  # XLA:CPU's thread pool spans the process's cores
+        "lr": float(opt.lr),
+        "momentum": float(opt.momentum),
+        "nesterov": bool(opt.nesterov),
+        "weight_decay": float(opt.weight_decay),
+        "label_smoothing": float(opt.get("label_smoothing", 0.0)),
+        "agc_clip": float(opt.get("agc_clip") or 0.0),
+        "ema_decay": float(opt.ema_decay),
+        "seed": int(config.seed),
+    }
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -332,14 +405,17 @@ def log(msg: str) -> None:
 
 
 def run_benchmark() -> dict[str, Any]:
-    name, size, bs, seed = _MODEL.value, _IMAGE_SIZE.value, _BATCH_SIZE.value, _SEED.value
+    config = benchmark_config()
+    name, size, bs = config.model.name, config.data.image_size, config.batch_size
+    task = make_task(config)
     result: dict[str, Any] = {
         "model": name,
-        "task": _TASK.value,
+        "task": task.name,
         "image_size": size,
         "batch_size": bs,
         "steps": _STEPS.value,
         "warmup": _WARMUP.value,
+        "optimizer": config.optimizer.to_dict(),
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0].device_kind),
         "cpu_count": os.cpu_count(),
@@ -348,12 +424,10 @@ def run_benchmark() -> dict[str, Any]:
     log("matmul peak ...")
     result["matmul_peak_flops_start"] = matmul_peak_flops(_MATMUL_SIZE.value, _MATMUL_REPEATS.value)
 
-    model = build_model(name, seed=seed)
-    num_classes = SEGMENTATION_CLASSES if _TASK.value == "segmentation" else getattr(model.head, "out_features", 1)
-    batch = synthetic_batch(bs, size, model.in_channels, num_classes, seed)
+    channels = in_channels(task)
+    batch = task.synthetic_batch(bs, size, channels, _SEED.value)
     log(f"compiling the {name} train step ...")
-    main = TrainRunner(model, batch, seed)
-    del model
+    main = TrainRunner(config, batch)
     result["compile_seconds"] = main.compile_seconds
     result["lower_seconds"] = main.lower_seconds
     for i in range(_WARMUP.value):
@@ -367,17 +441,45 @@ def run_benchmark() -> dict[str, Any]:
     result["model_flops_method"] = _FLOPS_COST.value
     result["flops_analyses"] = flops  # executed_compiled counts each scan body once
 
-    train = {"nf": main}
+    train: dict[str, Callable[[int], Any]] = {"nf": main}
     bn_name = bn_counterpart(name) if _COMPARE.value else None
     if _COMPARE.value:
         log("compiling the ws=False train step ...")
         try:
-            train["plain"] = TrainRunner(build_model(name, seed=seed, ws=False), batch, seed)
-        except ValueError as e:  # a model without the ws option
+            train["plain"] = TrainRunner(variant(config, ws=False), batch)
+        except (TypeError, ValueError) as e:  # a model without the ws option
             log(f"no ws=False variant: {e}")
         if bn_name:
             log(f"compiling the {bn_name} train step ...")
-            train["bn"] = TrainRunner(build_model(bn_name, seed=seed), batch, seed)
+            try:
+                train["bn"] = TrainRunner(variant(config, name=bn_name), batch)
+            except (TypeError, ValueError) as e:  # config.model options the BN network lacks
+                log(f"no {bn_name} variant: {e}")
+    peer, batch_dir = None, None
+    if _PEER.value:
+        python = peer_python()
+        batch_dir = tempfile.TemporaryDirectory(prefix="nf_peer_batch_")
+        for k, v in batch.items():  # the same batch, read by the peer with np.load (no pickle)
+            np.save(os.path.join(batch_dir.name, f"{k}.npy"), v)
+        log(f"starting the timm peer ({python}) ...")
+        peer = Peer(python, peer_setup(config, batch_dir.name, task.num_classes))
+        result["peer"] = {k: v for k, v in peer.info.items() if k != "ok"}
+        result["forward_flops_conv_matmul"] = 2.0 * forward_macs(task.build_model, size, in_channels=channels)
+        train["timm"] = peer.runner("train")
+    try:
+        _time_train(result, train, main, bs, peer)
+        del train, main
+        _time_inference(result, config, batch["image"], bs, peer)
+    finally:
+        if peer is not None:
+            peer.close()
+            batch_dir.cleanup()
+    result["peak_rss_bytes_total"] = peak_rss_bytes()
+    result["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def _time_train(result: dict, train: dict, main: TrainRunner, bs: int, peer: Peer | None) -> None:
     # The matmul probe runs in the same rounds, so the peak is measured under the same load.
     probe = MatmulProbe(_MATMUL_SIZE.value, _MATMUL_ROUND_REPEATS.value)
     log(f"timing train steps {list(train)} (+ matmul probe) ...")
@@ -392,7 +494,7 @@ def run_benchmark() -> dict[str, Any]:
         step_seconds_min=t["nf"]["min"],
         train_images_per_sec=bs / step_s,
         achieved_flops=flops / step_s,
-        final_loss=float(main.loss),
+        final_loss=float(main.metrics["loss"]),
     )
     result["peak_flops_fraction"] = result["achieved_flops"] / result["matmul_peak_flops"]
     # Per round: the step's FLOP/s over the matmul's FLOP/s measured right next to it.
@@ -403,55 +505,74 @@ def run_benchmark() -> dict[str, Any]:
     result["ws_overhead"] = t["nf"]["median"] / t["plain"]["median"] - 1 if "plain" in t else None
     result["ws_overhead_paired"] = paired_ratio(t, "nf", "plain") - 1 if "plain" in t else None
     result["plain_step_seconds"] = t["plain"]["median"] if "plain" in t else None
-    result["bn_model"] = bn_name
+    result["bn_model"] = bn_counterpart(result["model"]) if "bn" in t else None
     result["bn_step_seconds"] = t["bn"]["median"] if "bn" in t else None
-    result["bn_compile_seconds"] = train["bn"].compile_seconds if "bn" in train else None
+    result["bn_compile_seconds"] = train["bn"].compile_seconds if "bn" in t else None
     result["nf_vs_bn_step_ratio"] = t["nf"]["median"] / t["bn"]["median"] if "bn" in t else None
     result["nf_vs_bn_step_ratio_paired"] = paired_ratio(t, "nf", "bn") if "bn" in t else None
+    if peer is not None:
+        result["timm_train_step_seconds"] = t["timm"]["median"]
+        result["timm_train_images_per_sec"] = bs / t["timm"]["median"]
+        # throughput ratio nf / timm = timm's step time / nf's
+        result["nf_over_timm_train"] = t["timm"]["median"] / t["nf"]["median"]
+        result["nf_over_timm_train_paired"] = 1.0 / paired_ratio(t, "nf", "timm")
+        result["timm_peak_rss_bytes_train"] = peer.ask({"cmd": "rss"})["peak_rss_bytes"]
     result["train_step_times"] = {k: v["times"] for k, v in t.items()}
-    del train, main
 
+
+def _time_inference(result: dict, config, x: np.ndarray, bs: int, peer: Peer | None) -> None:
     result.update(folded_inference_ratio=None, folded_max_abs_diff=None)
+    if not (_COMPARE.value or peer is not None):
+        return
+    log("inference: unfolded / folded / plain-conv forward ...")
+    x = jnp.asarray(x)
+    ws_model = set_skip_gains(make_task(config).build_model(), 1.0)
+    fwd: dict[str, Callable[[int], Any]] = {"folded": ForwardRunner(fold_ws(ws_model), x)}
     if _COMPARE.value:
-        log("inference: unfolded / folded / plain-conv forward ...")
-        x = batch[0]
-        ws_model = set_skip_gains(build_model(name, seed=seed), 1.0)
-        fwd = {"unfolded": ForwardRunner(ws_model, x), "folded": ForwardRunner(fold_ws(ws_model), x)}
+        fwd["unfolded"] = ForwardRunner(ws_model, x)
         try:
-            fwd["plain_conv"] = ForwardRunner(build_model(name, seed=seed, ws=False), x)
-        except ValueError as e:
+            fwd["plain_conv"] = ForwardRunner(make_task(variant(config, ws=False)).build_model(), x)
+        except (TypeError, ValueError) as e:
             log(f"no ws=False variant: {e}")
-        f = interleaved_medians(fwd, _STEPS.value, _WARMUP.value)
+    if peer is not None:
+        fwd["timm"] = peer.runner("infer")
+    f = interleaved_medians(fwd, _STEPS.value, _WARMUP.value)
+    result.update(
+        inference_seconds={k: v["median"] for k, v in f.items()},
+        inference_images_per_sec={k: bs / v["median"] for k, v in f.items()},
+    )
+    if "plain_conv" in f:
+        result["folded_inference_ratio"] = f["folded"]["median"] / f["plain_conv"]["median"]
+        result["folded_inference_ratio_paired"] = paired_ratio(f, "folded", "plain_conv")
+    if "unfolded" in f:
         out_unfolded, out_folded = np.asarray(fwd["unfolded"].out), np.asarray(fwd["folded"].out)
         result.update(
-            inference_seconds={k: v["median"] for k, v in f.items()},
-            inference_images_per_sec={k: bs / v["median"] for k, v in f.items()},
-            folded_inference_ratio=(f["folded"]["median"] / f["plain_conv"]["median"]) if "plain_conv" in f else None,
-            folded_inference_ratio_paired=paired_ratio(f, "folded", "plain_conv") if "plain_conv" in f else None,
             folded_vs_unfolded_ratio=f["folded"]["median"] / f["unfolded"]["median"],
             folded_max_abs_diff=float(np.max(np.abs(out_folded - out_unfolded))),
             logits_max_abs=float(np.max(np.abs(out_unfolded))),
         )
-    result["peak_rss_bytes_total"] = peak_rss_bytes()
-    result["loadavg_end"] = os.getloadavg()[0]
-    return result
+    if peer is not None:
+        result["nf_over_timm_inference"] = f["timm"]["median"] / f["folded"]["median"]
+        result["nf_over_timm_inference_paired"] = 1.0 / paired_ratio(f, "folded", "timm")
+        result["timm_peak_rss_bytes_total"] = peer.ask({"cmd": "rss"})["peak_rss_bytes"]
 
 
 def run_compile_comparison(names: list[str]) -> dict[str, Any]:
     unknown = [n for n in names if n not in list_models()]
     if unknown:
         raise app.UsageError(f"Unknown model(s) {unknown}")
+    config = benchmark_config()
     jax.jit(lambda a: a + 1).lower(jnp.zeros(3)).compile()  # one-time backend start-up, not per model
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(_COMPILE_REPEATS.value):
         for n in names if r % 2 == 0 else names[::-1]:
             log(f"compiling the {n} train step ...")
-            runs[n].append(compile_train_step_abstract(n, _BATCH_SIZE.value, _IMAGE_SIZE.value))
+            runs[n].append(compile_train_step_abstract(variant(config, name=n)))
     med = {n: {k: statistics.median(run[k] for run in runs[n]) for k in runs[n][0]} for n in names}
     base = med[names[0]]["compile_seconds"]
     return {
-        "image_size": _IMAGE_SIZE.value,
-        "batch_size": _BATCH_SIZE.value,
+        "image_size": config.data.image_size,
+        "batch_size": config.batch_size,
         "repeats": _COMPILE_REPEATS.value,
         "loadavg": os.getloadavg()[0],
         "compile_seconds": {n: med[n]["compile_seconds"] for n in names},
@@ -476,35 +597,30 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{k.ljust(width)}  {_fmt(v)}")
 
 
-def state_bytes_per_device(name: str, devices: int) -> dict[str, Any]:
-    """Per-device bytes of params / optimizer state / EMA, replicated (data=N) vs FSDP (fsdp=N)."""
-    from nf.train.optim import LeafInfo, leaf_info, make_optimizer
-    from nf.train.sharding import make_mesh, train_state_shardings
-
+def state_bytes_per_device(devices: int) -> dict[str, Any]:
+    """Per-device bytes of params / optimizer state / EMA, replicated (data=N) vs FSDP (fsdp=N):
+    the trainer's abstract state and shardings of the benchmark config on each mesh."""
     if jax.device_count() != devices:
         raise RuntimeError(f"--fsdp_bytes={devices} needs {devices} devices, found {jax.device_count()}")
-    _, variables, _ = abstract_model(lambda: create_model(name))
-    params_state = nnx.filter_state(variables, nnx.Param)
-    info = leaf_info(params_state)
-    params = nnx.to_pure_dict(params_state)
-    model_state = nnx.to_pure_dict(nnx.filter_state(variables, nnx.Not(nnx.Param)))
-    stack_axes = jax.tree.map(lambda i: i.stack_axes, info, is_leaf=lambda x: isinstance(x, LeafInfo))
-    tx = make_optimizer(info, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5)  # NF-ResNet recipe
-    trees = {"params": params, "opt_state": jax.eval_shape(tx.init, params), "ema": params}
+    config = benchmark_config()
+    parts = ("params", "opt_state", "ema")
 
     def per_device(fsdp: int) -> dict[str, int]:
-        shardings = train_state_shardings(make_mesh({"data": -1, "fsdp": fsdp}), tx, params, stack_axes, model_state)
+        cfg = copy.deepcopy(config)
+        with cfg.unlocked():
+            cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": fsdp})
+        setup = setup_training(cfg, make_task(cfg), make_mesh(cfg.mesh), abstract=True)
         return {
             part: sum(
-                int(np.prod(s.shard_shape(x.shape), dtype=np.int64)) * np.dtype(x.dtype).itemsize
-                for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings[part]), strict=True)
+                int(np.prod(x.sharding.shard_shape(x.shape), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+                for x in jax.tree.leaves(setup.state[part])
             )
-            for part, tree in trees.items()
+            for part in parts
         }
 
     rep, fsdp = per_device(1), per_device(devices)
-    out: dict[str, Any] = {"model": name, "devices": devices}
-    for part in trees:
+    out: dict[str, Any] = {"model": config.model.name, "devices": devices}
+    for part in parts:
         out[f"{part}_bytes_replicated"] = rep[part]
         out[f"{part}_bytes_fsdp"] = fsdp[part]
     both = ("params", "opt_state")
@@ -521,10 +637,12 @@ def main(argv):
         flag = f"--xla_force_host_platform_device_count={_FSDP_BYTES.value}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
         jax.config.update("jax_platforms", "cpu")
-        result = state_bytes_per_device(_MODEL.value, _FSDP_BYTES.value)
+        result = state_bytes_per_device(_FSDP_BYTES.value)
     elif _COMPILE_ONLY.value:
         result = run_compile_comparison(_COMPILE_ONLY.value)
     else:
+        if _PEER.value:
+            peer_python()  # fail before compiling anything
         result = run_benchmark()
     if _JSON.value:
         print(json.dumps(result))

@@ -38,6 +38,11 @@ def model_kwargs(model: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dic
     return overrides
 
 
+def random_images(rng: np.random.Generator, batch_size: int, image_size: int, channels: int) -> np.ndarray:
+    """Standard-normal float32 images (B, H, W, C) for synthetic batches."""
+    return rng.standard_normal((batch_size, image_size, image_size, channels), dtype=np.float32)
+
+
 def example_mask(batch: Batch, batch_size: int) -> jax.Array:
     """The batch's valid-example mask (eval batches pad with masked examples), float32 (B,)."""
     if "mask" in batch:
@@ -72,3 +77,12 @@ class Task(abc.ABC):
     def summary_line(self, results: Mapping[str, float]) -> str | None:
         """One human line of the final eval (raw and EMA), or None."""
         return None
+
+    # The class count a benchmark of this task builds its model with (its reference dataset), or
+    # None when the model has no class outputs.
+    benchmark_num_classes: int | None = None
+
+    def synthetic_batch(self, batch_size: int, image_size: int, channels: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """A random training batch of this task's layout (`tools/benchmark.py` times steps on it):
+        standard-normal `image` (B, image_size, image_size, channels) float32 plus the targets."""
+        raise NotImplementedError(f"Task {self.name!r} defines no synthetic_batch; benchmarks need one.")

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from nf.tasks.base import Task, model_overrides
+from nf.tasks.base import Task, model_overrides, random_images
 
 
 def targets(batch: dict[str, jax.Array], num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
@@ -49,6 +49,13 @@ class Classification(Task):
     """Softmax cross-entropy (label smoothing from `config.optimizer`); eval top-1 / top-5 / loss."""
 
     name = "classification"
+    benchmark_num_classes = 1000  # ImageNet
+
+    def synthetic_batch(self, batch_size, image_size, channels, seed=0):
+        """Random images and class ids (B,) int32."""
+        rng = np.random.default_rng(seed)
+        images = random_images(rng, batch_size, image_size, channels)
+        return {"image": images, "label": rng.integers(0, self.num_classes, batch_size, dtype=np.int32)}
 
     def build_model(self) -> nnx.Module:
         from nf.models import create_model

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nf.tasks.base import Batch, Task, example_mask, model_overrides
+from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
 
 BERHU_C = 0.2  # c = 0.2 * max |e| over the batch's valid pixels
 MIN_DEPTH = 1e-3  # predictions are clamped to >= 1 mm for the metrics (depth is positive)
@@ -75,6 +75,14 @@ class Depth(Task):
     """FCRN on an undilated backbone (`config.model.output_stride`, default the natural one)."""
 
     name = "depth"
+
+    def synthetic_batch(self, batch_size, image_size, channels, seed=0):
+        """Random images and depths (B, H, W) float32 in 0.5-10 m, 10% of them invalid (0)."""
+        rng = np.random.default_rng(seed)
+        images = random_images(rng, batch_size, image_size, channels)
+        dense = (batch_size, image_size, image_size)
+        depth = rng.uniform(0.5, 10.0, dense).astype(np.float32)
+        return {"image": images, "depth": np.where(rng.random(dense) < 0.1, np.float32(0), depth)}
 
     def build_model(self) -> nnx.Module:
         from nf.models.dense import depth_model

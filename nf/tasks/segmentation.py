@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from nf.tasks.base import Batch, Task, example_mask, model_overrides
+from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
 
 IGNORE_LABEL = 255
 
@@ -73,6 +73,15 @@ class Segmentation(Task):
     """FCN on a dilated backbone (`config.model.output_stride`, default 16)."""
 
     name = "segmentation"
+    benchmark_num_classes = 21  # Pascal VOC
+
+    def synthetic_batch(self, batch_size, image_size, channels, seed=0):
+        """Random images and per-pixel labels (B, H, W) int32, 10% of them ignored (255)."""
+        rng = np.random.default_rng(seed)
+        images = random_images(rng, batch_size, image_size, channels)
+        dense = (batch_size, image_size, image_size)
+        labels = rng.integers(0, self.num_classes, dense, dtype=np.int32)
+        return {"image": images, "label": np.where(rng.random(dense) < 0.1, IGNORE_LABEL, labels).astype(np.int32)}
 
     def build_model(self) -> nnx.Module:
         from nf.models.dense import segmentation_model

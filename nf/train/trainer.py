@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +120,88 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
     return train_step
 
 
+class TrainSetup(NamedTuple):
+    """What `setup_training` builds: the trainer's model functions, optimizer and sharded state,
+    and its train step, plain (`step_fn`, for cost analysis) and jitted (`train_step`)."""
+
+    fns: ModelFns
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    state: dict[str, Any]  # device arrays placed by `state_shard`, or ShapeDtypeStructs (abstract)
+    state_shard: dict[str, Any]
+    step_fn: Callable
+    train_step: Callable  # (state, batch, guard counters) -> (state, metrics, counters)
+    counters: Any  # the guard's initial counters, replicated
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict, info: Any) -> tuple[optax.Schedule, Any]:
+    """`(schedule, tx)` of `config.optimizer`: the recipe of `nf.train.optim` (AGC, masked weight
+    decay, SGD with Nesterov momentum on a warmup + cosine/piecewise schedule)."""
+    opt = config.optimizer
+    base_lr = opt.lr * (config.batch_size / 256 if opt.get("scale_lr_by_batch", False) else 1.0)
+    schedule = learning_rate_schedule(
+        base_lr,
+        config.total_steps,
+        opt.warmup_steps,
+        opt.get("end_lr", 0.0),
+        kind=opt.get("schedule", "cosine"),
+        boundaries=tuple(opt.get("boundaries", (0.7, 0.9))),
+        decay_factor=opt.get("decay_factor", 0.1),
+    )
+    tx = make_optimizer(
+        info,
+        learning_rate=schedule,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay,
+        agc_clip=opt.get("agc_clip") or None,
+    )
+    return schedule, tx
+
+
+def setup_training(
+    config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh, *, abstract: bool = False
+) -> TrainSetup:
+    """config -> model, optimizer, sharded train state and the jitted train step (the state is
+    donated). `abstract=True` builds nothing in memory: the state is ShapeDtypeStructs with their
+    shardings, enough to lower and compile the step (`tools/benchmark.py --compile_only_models`)."""
+    model = nnx.eval_shape(task.build_model) if abstract else task.build_model()
+    fns = ModelFns(model)
+    params, model_state = fns.init_values(model)
+    del model
+    schedule, tx = optimizer_from_config(config, fns.info)
+
+    def init_state(params, model_state):
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": tx.init(params),
+            "ema": jax.tree.map(jnp.copy, params),  # its own buffers: the step donates the state
+            "model_state": model_state,
+        }
+
+    # Shardings: parameter-shaped trees follow the FSDP rule; everything else is replicated.
+    stack_axes = jax.tree.map(lambda i: i.stack_axes, fns.info, is_leaf=lambda x: isinstance(x, LeafInfo))
+    state_shard = train_state_shardings(
+        mesh, tx, params, stack_axes, model_state, min_size=config.get("fsdp_min_size", FSDP_MIN_SIZE)
+    )
+    if abstract:
+        shapes = jax.eval_shape(init_state, params, model_state)
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shard)
+    else:
+        state = jax.device_put(init_state(params, model_state), state_shard)
+    step_fn = make_train_step(fns, tx, schedule, config, task)
+    train_step = jax.jit(  # skips non-finite steps on the device; `guard.check` reads the counters
+        guard.guarded(step_fn, config.get("max_bad_steps", 1)),
+        donate_argnums=(0, 2),
+        out_shardings=(state_shard, replicated(mesh), replicated(mesh)),
+    )
+    counters = guard.init_counters()
+    if not abstract:
+        counters = jax.device_put(counters, replicated(mesh))
+    return TrainSetup(fns, schedule, tx, state, state_shard, step_fn, train_step, counters)
+
+
 def make_eval_step(fns: ModelFns, task: Task):
     def eval_step(params, model_state, batch):
         outputs, _ = fns.apply(params, model_state, batch["image"], train=False)
@@ -174,44 +257,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         transfer.check_init_from(config.init_from, workdir)
     if task.name == "classification" and jax.process_index() == 0:
         write_model_card(config, data, workdir)
-    model = task.build_model()
-    fns = ModelFns(model)
-    params, model_state = fns.init_values(model)
-    del model
-
-    opt = config.optimizer
-    base_lr = opt.lr * (config.batch_size / 256 if opt.get("scale_lr_by_batch", False) else 1.0)
-    schedule = learning_rate_schedule(
-        base_lr,
-        config.total_steps,
-        opt.warmup_steps,
-        opt.get("end_lr", 0.0),
-        kind=opt.get("schedule", "cosine"),
-        boundaries=tuple(opt.get("boundaries", (0.7, 0.9))),
-        decay_factor=opt.get("decay_factor", 0.1),
-    )
-    tx = make_optimizer(
-        fns.info,
-        learning_rate=schedule,
-        momentum=opt.momentum,
-        nesterov=opt.nesterov,
-        weight_decay=opt.weight_decay,
-        agc_clip=opt.get("agc_clip") or None,
-    )
-
-    # Shardings: parameter-shaped trees follow the FSDP rule; everything else is replicated.
-    stack_axes = jax.tree.map(lambda i: i.stack_axes, fns.info, is_leaf=lambda x: isinstance(x, LeafInfo))
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        "ema": jax.tree.map(jnp.copy, params),  # its own buffers: the step donates the state
-        "model_state": model_state,
-    }
-    state_shard = train_state_shardings(
-        mesh, tx, params, stack_axes, model_state, min_size=config.get("fsdp_min_size", FSDP_MIN_SIZE)
-    )
-    state = jax.device_put(state, state_shard)
+    setup = setup_training(config, task, mesh)
+    fns, state, state_shard = setup.fns, setup.state, setup.state_shard
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shard)
 
     ckpt = Checkpoints(
@@ -235,12 +282,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
     )
     max_bad_steps = config.get("max_bad_steps", 1)
-    train_step = jax.jit(  # skips non-finite steps on the device; `guard.check` reads the counters
-        guard.guarded(make_train_step(fns, tx, schedule, config, task), max_bad_steps),
-        donate_argnums=(0, 2),
-        out_shardings=(state_shard, replicated(mesh), replicated(mesh)),
-    )
-    counters = jax.device_put(guard.init_counters(), replicated(mesh))
+    train_step, counters = setup.train_step, setup.counters
     eval_step = jax.jit(make_eval_step(fns, task))
 
     logger = MetricLogger(workdir)
