@@ -192,6 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         nesterov=opt.nesterov,
         weight_decay=opt.weight_decay,
         agc_clip=opt.get("agc_clip") or None,
+        update_scales=transfer.backbone_scales(
+            params,
+            fns.info,
+            freeze=config.get("freeze_backbone", False),
+            lr_mult=config.get("backbone_lr_mult", 1.0),
+        ),
     )
 
     # Shardings: parameter-shaped trees follow the FSDP rule; everything else is replicated.
@@ -223,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     elif config.get("init_from"):
         source = config.get("init_from_params", "ema")
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
-        state = transfer.restore_backbone(config.init_from, source, state, abstract_state)
+        state = transfer.restore_backbone(config.init_from, source, state, abstract_state, fns.info)
     start = int(state["step"])
 
     b_shard = batch_sharding(mesh)
