@@ -167,8 +167,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     task = get_task(config, data.num_classes)
     if config.get("init_from"):
         transfer.check_init_from(config.init_from, workdir)
-    if task.name == "classification" and jax.process_index() == 0:
-        write_model_card(config, data, workdir)
     model = task.build_model()
     fns = ModelFns(model)
     params, model_state = fns.init_values(model)
@@ -231,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
         state = transfer.restore_backbone(config.init_from, source, state, abstract_state, fns.info)
     start = int(state["step"])
+    if task.name == "classification" and jax.process_index() == 0:  # after the checkpoint checks
+        write_model_card(config, data, workdir)
 
     b_shard = batch_sharding(mesh)
     to_global = lambda batch: jax.tree.map(
@@ -342,7 +342,10 @@ def write_model_card(config: ml_collections.ConfigDict, data: train_data.TrainDa
     """`workdir/nf_model.json` (nf.inference.card) unless there: the model, classes and the eval
     preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
     if not (epath.Path(workdir) / CARD_FILE).exists():
-        card_from_config(config, data.num_classes, data.class_names).save(workdir)
+        source = {"kind": "nf-train"}
+        if config.get("init_from"):
+            source.update(init_from=config.init_from, init_from_params=config.get("init_from_params", "ema"))
+        card_from_config(config, data.num_classes, data.class_names, source).save(workdir)
 
 
 def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str) -> str:
