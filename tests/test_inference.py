@@ -399,3 +399,17 @@ def test_export_of_a_grouped_conv_model(platforms):
     for batch in (2, 3):
         x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
         np.testing.assert_allclose(np.asarray(exported.call(x)), logits_of(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_nf_eval_reads_arrayrecord_like_the_folder(imported_like, image_folder, tmp_path):
+    from nf.cli import evaluate as nf_eval
+    from nf.data import ImageFolderSource, write_arrayrecord
+
+    shards = write_arrayrecord(ImageFolderSource(image_folder), tmp_path / "ar", num_shards=2)
+    reports = {}
+    for name, data in (("folder", image_folder), ("arrayrecord", shards)):
+        out = tmp_path / f"{name}.json"
+        assert nf_eval.main([f"--workdir={imported_like[0]}", f"--data={data}", "--batch_size=4", f"--out={out}"]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["arrayrecord"]["num_images"] == 12
+    assert reports["arrayrecord"]["results"] == reports["folder"]["results"]
