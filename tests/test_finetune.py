@@ -92,7 +92,7 @@ def test_init_from_restores_every_backbone_tensor_and_the_head_when_it_fits(
 def test_init_from_of_another_classifier_architecture_names_the_paths(classifier_run, digits_root):
     config = quickstart_config(digits_root, {**CLASSIFIER_RUN, "model.widths": (8, 24)})
     state, abstract, info = classifier_state(config, 2)
-    with pytest.raises(ValueError, match="holds another model than the config builds") as err:
+    with pytest.raises(ValueError, match="holds another model than the one built") as err:
         restore_backbone(str(classifier_run), "ema", state, abstract, info)
     assert "['stages']['1']['first']['conv_out']['kernel'] (1, 1, 4, 16) vs (1, 1, 6, 24)" in str(err.value)
 

@@ -191,20 +191,14 @@ def _flat_info(info: Any) -> dict[str, LeafInfo]:
 
 def _check_all(state_dir: str, item: str, saved_flat: dict, wanted_flat: dict) -> None:
     """Every wanted path with its shape in the checkpoint, and nothing else there."""
-    missing = sorted(set(wanted_flat) - set(saved_flat))
-    extra = sorted(set(saved_flat) - set(wanted_flat))
-    differ = sorted(k for k in set(wanted_flat) & set(saved_flat) if saved_flat[k].shape != wanted_flat[k].shape)
-    if missing or extra or differ:
-        lines = [f"The checkpoint {state_dir} ({item}) holds another model than the config builds:"]
-        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
-            if keys:
-                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
-        if differ:
-            shown = [f"{k} {tuple(saved_flat[k].shape)} vs {tuple(wanted_flat[k].shape)}" for k in differ[:10]]
-            lines.append("  shape differs (checkpoint vs config): " + "; ".join(shown))
-        lines.append("Set config.model to the architecture that wrote the checkpoint (its nf_model.json says which).")
-        raise ValueError("\n".join(lines))
+    from nf.inference.checkpoint import check_shapes
+
+    check_shapes(
+        f"The checkpoint {state_dir} ({item})",
+        {k: v.shape for k, v in saved_flat.items()},
+        {k: v.shape for k, v in wanted_flat.items()},
+        "Set config.model to the architecture that wrote the checkpoint (its nf_model.json says which).",
+    )
 
 
 def backbone_scales(params: Any, info: Any, *, freeze: bool = False, lr_mult: float = 1.0) -> Any | None:
