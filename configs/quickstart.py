@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 200
     config.checkpoint_every_steps = 200
     config.keep_checkpoints = 2
+    config.max_bad_steps = 1  # consecutive non-finite (skipped) steps before the run stops
     config.profile_steps = 0
     config.spp_after_training = True
 

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 300
     config.checkpoint_every_steps = 300
     config.keep_checkpoints = 1
+    config.max_bad_steps = 1  # consecutive non-finite (skipped) steps before the run stops
     config.profile_steps = 0
     config.spp_after_training = False
 

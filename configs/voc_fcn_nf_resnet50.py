@@ -29,6 +29,7 @@ def get_config(backbone: str = "nf_resnet50") -> ml_collections.ConfigDict:
     config.eval_every_steps = 5_000
     config.checkpoint_every_steps = 1_000
     config.keep_checkpoints = 3
+    config.max_bad_steps = 1  # consecutive non-finite (skipped) steps before the run stops
     config.profile_steps = 0
     config.spp_after_training = False
 

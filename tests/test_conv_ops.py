@@ -231,3 +231,53 @@ def test_max_pool_matches_reduce_window(case):
 def test_max_pool_rejects_unknown_padding():
     with pytest.raises(ValueError):
         max_pool(jnp.zeros((1, 4, 4, 1)), 3, 2, "FULL")
+
+
+def _primitive_names(jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            names |= _primitive_names(sub)
+    return names
+
+
+@pytest.mark.parametrize("name", ["nf_resnet26", "nf_regnet_b0"])
+def test_accelerator_route_is_lax_and_supports_jvp(name, monkeypatch):
+    """On a non-CPU backend the model's convs and pools are lax's own ops (no custom VJP, no
+    im2col) and forward-mode autodiff runs through the whole model."""
+    from flax import nnx
+
+    from nf.models import create_model
+
+    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: "gpu")
+    assert not conv_ops.cpu_kernels()
+    model = create_model(name, widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), num_classes=3)
+    graphdef, params = nnx.split(model)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    f = lambda x: nnx.merge(graphdef, params)(x, train=False)
+    names = _primitive_names(jax.make_jaxpr(jax.grad(lambda x: f(x).sum()))(x).jaxpr)
+    assert "custom_vjp_call" not in names and "custom_vjp_call_jaxpr" not in names
+    assert "conv_general_dilated" in names
+    v = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    tangent = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,))[1])(x, v)
+    reverse = jax.jit(lambda x, v: jnp.tensordot(jax.jacrev(f)(x), v, axes=v.ndim))(x, v)  # J v, reverse mode
+    np.testing.assert_allclose(np.asarray(tangent), np.asarray(reverse), rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: "cpu")
+    assert conv_ops.cpu_kernels()
+    with conv_ops.lax_convs():
+        assert not conv_ops.cpu_kernels()
+
+
+@pytest.mark.parametrize("method", conv_ops.GROUPED_FORMULATIONS)
+def test_named_grouped_formulations_match_lax(method):
+    """The public per-formulation entry (what tools/conv_microbench.py times) computes lax's conv."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 16))
+    want = lax.conv_general_dilated(
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4
+    )
+    got = conv_ops.grouped_conv(x, w, strides=2, groups=4, method=method)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="valid"):
+        conv_ops.grouped_conv(x, w, groups=4, method="im2col")

@@ -182,7 +182,18 @@ REGNET_DEPTHS = {
 }
 
 
+TIMM_DEPTHS = {  # timm/models/nfnet.py model_cfgs
+    "timm_nfnet_l0": (1, 2, 6, 3),
+    "timm_eca_nfnet_l0": (1, 2, 6, 3),
+    "timm_eca_nfnet_l1": (2, 4, 12, 6),
+    "timm_eca_nfnet_l2": (3, 6, 18, 9),
+    "timm_nf_regnet_b1": (2, 4, 7, 7),
+}
+
+
 def expected_depths(name: str) -> tuple[int, ...]:
+    if name in TIMM_DEPTHS:
+        return TIMM_DEPTHS[name]
     if m := re.fullmatch(r"\w+_resnet(\d+)", name):
         return DEPTHS[int(m[1])]
     if m := re.fullmatch(r"nf_regnet_(b\d)", name):
@@ -194,7 +205,9 @@ def expected_depths(name: str) -> tuple[int, ...]:
 
 def test_registry_names_cover_every_family_and_depth():
     names = set(list_models())
-    assert {n for n in names if "_resnet" in n} == {f"{f}_resnet{d}" for f in FAMILIES for d in DEPTHS}
+    assert {n for n in names if "_resnet" in n and not n.startswith("timm_")} == {
+        f"{f}_resnet{d}" for f in FAMILIES for d in DEPTHS
+    }
     assert {f"nf_regnet_{v}" for v in REGNET_DEPTHS} <= names
     assert {f"nfnet_f{i}{plus}" for i in range(8) for plus in ("", "_plus")} <= names
 

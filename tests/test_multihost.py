@@ -419,3 +419,23 @@ def test_sigterm_to_all_processes_saves_once_and_resumes(cluster_run, mh_config_
         assert "data iterator was saved by" not in text  # same process count: grain restores it
     assert [m["step"] for m in _train(read_metrics(workdir))] == list(range(1, STEPS + 1))
     assert_same_training(losses(workdir), losses(cluster_run), range(1, STEPS + 1), rel=1e-5)
+
+
+def test_tpu_chips_found_on_a_pci_bus(tmp_path):
+    """Cloud TPU detection reads the PCI bus like a TPU VM exposes it: Google's vendor id with a
+    TPU device id counts; Google's NIC (same vendor, another device) and other vendors do not."""
+    from nf.train.distributed import tpu_chips_on_pci
+
+    for name, vendor, device in [
+        ("0000:00:04.0", "0x1ae0", "0x005e"),  # TPU v4
+        ("0000:00:05.0", "0x1ae0", "0x005e"),
+        ("0000:00:06.0", "0x1ae0", "0x0042"),  # gVNIC
+        ("0000:00:07.0", "0x10de", "0x2330"),  # an NVIDIA GPU
+    ]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vendor").write_text(vendor + "\n")
+        (tmp_path / name / "device").write_text(device + "\n")
+    (tmp_path / "0000:00:08.0").mkdir()
+    (tmp_path / "0000:00:08.0" / "vendor").write_text("0x1ae0\n")  # no device file: skipped
+    assert tpu_chips_on_pci(str(tmp_path)) == 2
+    assert tpu_chips_on_pci(str(tmp_path / "missing")) == 0

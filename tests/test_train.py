@@ -118,10 +118,15 @@ def restore_state(workdir: Path, step: int) -> dict[tuple[str, ...], np.ndarray]
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of every file and folder under `directory`."""
+    """{relative path: (size, mtime_ns)} of every file and folder under `directory`, but the
+    workdir lock (every run takes it, then empties it)."""
+    from nf.train.workdir_lock import LOCK_NAME
+
     out = {}
     for root, dirs, files in os.walk(directory):
         for name in dirs + files:
+            if name == LOCK_NAME and Path(root) == Path(directory):
+                continue
             p = Path(root) / name
             st = p.stat()
             out[str(p.relative_to(directory))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
@@ -338,6 +343,123 @@ def test_resume_after_sigterm_is_bit_exact(reference_run, tiny_config_file, jax_
     assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
 
 
+def _start(cmd, env, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _wait_until(condition, proc: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert proc.poll() is None, f"trainer exited before {what}:\n" + _tail(log.read_text())
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _last_train_step(workdir: Path) -> int:
+    return max([m["step"] for m in _train(read_metrics(workdir))], default=0)
+
+
+def test_sigint_saves_and_a_second_one_exits_at_once(tiny_config_file, jax_cache_dir, tmp_path):
+    """Ctrl-C: save at the next step boundary, exit 0; Ctrl-C twice: exit at once (130), nothing
+    saved past the last completed checkpoint."""
+    workdir = tmp_path / "run"
+    env, cmd = _env(jax_cache_dir), _cmd(tiny_config_file, workdir)
+    log = tmp_path / "first.log"
+    proc = _start(cmd, env, log)
+    try:
+        _wait_until(lambda: _last_train_step(workdir) >= 2, proc, log, "step 2")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=TIMEOUT)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    out = log.read_text()
+    assert rc == 0, _tail(out)
+    stopped = _last_train_step(workdir)
+    assert "SIGINT received: saving a checkpoint" in out and f"Saved step {stopped} after SIGINT" in out, _tail(out)
+    assert 2 <= stopped < STEPS and max(checkpoint_steps(workdir)) == stopped
+
+    log = tmp_path / "second.log"
+    proc = _start(cmd, env, log)
+    try:
+        _wait_until(lambda: _last_train_step(workdir) >= stopped + 1, proc, log, "the resumed run's first step")
+        proc.send_signal(signal.SIGINT)  # the second only after the first was handled (signals coalesce)
+        _wait_until(lambda: "SIGINT received" in log.read_text(), proc, log, "the first SIGINT")
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=TIMEOUT)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill() if proc.poll() is None else None
+    out = log.read_text()
+    assert rc == 130 and "Second SIGINT: exiting now without saving" in out, _tail(out)
+    assert took < 10, took
+    assert max(checkpoint_steps(workdir)) < STEPS
+
+
+def test_sigterm_while_starting_saves_at_the_first_step(tiny_config_file, jax_cache_dir, tmp_path):
+    """A SIGTERM that arrives before the training loop (here: right after the JAX devices are up,
+    while data, model and the step are built) no longer kills the run unsaved."""
+    workdir = tmp_path / "run"
+    log = tmp_path / "log"
+    proc = _start(_cmd(tiny_config_file, workdir), _env(jax_cache_dir), log)
+    try:
+        _wait_until(lambda: "JAX devices" in log.read_text(), proc, log, "start-up")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=TIMEOUT)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    out = log.read_text()
+    assert rc == 0, _tail(out)
+    assert "SIGTERM received while starting" in out and "Saved step 1 after SIGTERM" in out, _tail(out)
+    assert checkpoint_steps(workdir) == [1] and int(restore_state(workdir, 1)[("step",)]) == 1
+
+
+def test_a_second_trainer_on_the_same_workdir_fails_fast(tiny_config_file, jax_cache_dir, tmp_path):
+    """While one run trains, a second `nf-train` on its workdir exits with an error naming the
+    first (its process id); the first finishes untouched, each step logged once."""
+    workdir = tmp_path / "run"
+    env, cmd = _env(jax_cache_dir), _cmd(tiny_config_file, workdir)
+    log = tmp_path / "first.log"
+    first = _start(cmd, env, log)
+    try:
+        _wait_until(lambda: _last_train_step(workdir) >= 1, first, log, "step 1")
+        first.send_signal(signal.SIGSTOP)  # the tiny run would finish before the second one starts
+        t0 = time.monotonic()
+        rc, out = _run(cmd, env, tmp_path / "second.log")
+        detect = time.monotonic() - t0
+        first.send_signal(signal.SIGCONT)
+        assert rc != 0 and f"is in use by another nf-train run: process {first.pid} on host" in out, _tail(out)
+        print(f"second trainer refused after {detect:.1f} s (process start to exit)")
+        assert detect < 60
+        assert first.wait(timeout=TIMEOUT) == 0, _tail(log.read_text())
+    finally:
+        first.kill() if first.poll() is None else None
+    assert [m["step"] for m in _train(read_metrics(workdir))] == list(range(1, STEPS + 1))
+
+
+def test_metrics_file_is_cut_back_to_the_restored_step(tmp_path):
+    """After a kill -9 the file holds lines past the last checkpoint (and maybe half a line); the
+    resumed run writes those steps again, so they go first."""
+    from nf.train.metrics import MetricLogger
+
+    lines = [
+        json.dumps({"step": s, "split": split, "loss": s / 10}) + "\n" for s in range(1, 9) for split in ("train",)
+    ]
+    lines.insert(6, json.dumps({"step": 6, "split": "eval", "top1": 0.5}) + "\n")
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(lines) + '{"step": 9, "spl')
+    logger = MetricLogger(str(tmp_path))
+    assert logger.truncate_after(6) == 3  # steps 7 and 8, and the cut line
+    logger.write(7, "train", {"loss": 0.7})
+    logger.close()
+    got = read_metrics(tmp_path)
+    assert [(m["step"], m["split"]) for m in got] == [(s, "train") for s in range(1, 7)] + [(6, "eval"), (7, "train")]
+    path.write_text("".join(lines))
+    logger = MetricLogger(str(tmp_path))
+    assert logger.truncate_after(0) == len(lines) and path.read_text() == ""  # no checkpoint: start over
+    logger.close()
+
+
 @pytest.mark.slow  # ~1-2 min: its own compilation for 8 devices
 def test_eight_devices_match_one_device(reference_run, tiny_config_file, jax_cache_dir, tmp_path):
     """Same global batch on 8 fake CPU devices: the same losses as one device. The run also
@@ -419,6 +541,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config_file, 
         state = restore_state(workdir, step)
         assert int(state[("step",)]) == step
         for k, v in state.items():
+            assert np.all(np.isfinite(v)), (step, k)
+
+
+def test_non_finite_step_is_caught_between_log_steps(tiny_config_file, jax_cache_dir, tmp_path):
+    """Logging every 10 steps, no periodic checkpoint: step 3's overflow is skipped on the device,
+    the run stops at its first read (step 10) naming step 3, and nothing non-finite is saved."""
+    workdir = tmp_path / "run"
+    flags = ("--config.optimizer.lr=1e6", "--config.log_every_steps=10", "--config.checkpoint_every_steps=100")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log")
+    assert rc != 0
+    assert "NonFiniteLossError: Gradient norm became inf at step 3;" in out, _tail(out)
+    assert "No checkpoint had been written yet." in out, _tail(out)
+    assert checkpoint_steps(workdir) == [] and _train(read_metrics(workdir)) == []
+
+    # Tolerating them: the run finishes, skipping every bad step; every checkpoint is finite.
+    workdir = tmp_path / "tolerant"
+    flags = ("--config.optimizer.lr=1e6", "--config.log_every_steps=100", "--config.max_bad_steps=100")
+    rc, out = _run(_cmd(tiny_config_file, workdir, *flags), _env(jax_cache_dir), tmp_path / "log2")
+    assert rc == 0, _tail(out)
+    train = _train(read_metrics(workdir))
+    assert [m["step"] for m in train] == [4, 8, 12]  # read at the save steps only
+    assert train[0]["skipped_steps"] >= 1 and train[-1]["skipped_steps"] >= train[0]["skipped_steps"]
+    for step in checkpoint_steps(workdir):
+        for k, v in restore_state(workdir, step).items():
             assert np.all(np.isfinite(v)), (step, k)
 
 

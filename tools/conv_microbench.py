@@ -60,18 +60,17 @@ def ops_conv(x, w, s):
     return conv_ops.conv2d(x, w, strides=s, padding="SAME", groups=_groups(x, w))
 
 
-def _grouped(impl):
-    """A conv_ops grouped formulation (x, w, strides, pads, dilation, groups) as (x, w, s)."""
+def _grouped(method):
+    """A conv_ops grouped formulation as (x, w, s)."""
 
     def f(x, w, s):
-        pads = conv_ops._resolve_padding("SAME", x.shape[1:3], w.shape[:2], (s, s), (1, 1))
-        return impl(x, w, (s, s), pads, (1, 1), _groups(x, w))
+        return conv_ops.grouped_conv(x, w, strides=s, padding="SAME", groups=_groups(x, w), method=method)
 
     return f
 
 
-per_group = _grouped(conv_ops._per_group_conv)
-narrow_groups = _grouped(conv_ops._grouped_conv)
+per_group = _grouped("per_group")
+narrow_groups = _grouped("narrow")
 
 
 def _same(size, k, s):

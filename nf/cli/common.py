@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import sys
 from collections.abc import Callable
 
@@ -40,7 +41,7 @@ def console(main: Callable[[list[str] | None], int]) -> Callable[[], None]:
     def run() -> None:
         try:
             sys.exit(main(sys.argv[1:]))
-        except (FileNotFoundError, FileExistsError, ValueError) as e:
+        except (FileNotFoundError, FileExistsError, ValueError, pickle.UnpicklingError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

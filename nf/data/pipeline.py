@@ -165,7 +165,7 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
             "label": labels.astype(np.int32),
             "label_onehot": targets,
             "mask": mask,
-            "_corrupt": batch["_corrupt"],
+            **{k: v for k, v in batch.items() if k.startswith("_")},  # bookkeeping (_corrupt, _converted)
         }
 
 
@@ -333,12 +333,21 @@ class DataIterator(grain.DatasetIterator):
         self._fingerprint = dict(fingerprint or {})
         self._next_batch = 0
         self._num_skipped = 0
+        self._num_converted: dict[str, int] = {}  # conversion kind (transforms.CONVERSIONS) -> images
         self._inner: grain.DatasetIterator | None = None
         self.num_batches = None if len(batches) >= sys.maxsize else len(batches)
 
     @property
     def num_skipped(self) -> int:
         return self._num_skipped
+
+    def input_summary(self) -> str:
+        """One line for the run summary: files skipped and images converted to 8-bit RGB so far."""
+        total = sum(self._num_converted.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self._num_converted.items()))
+        return f"  input: {self._num_skipped} unreadable file(s) skipped, {total} image(s) converted to 8-bit RGB" + (
+            f" ({kinds})" if kinds else ""
+        )
 
     @property
     def next_batch(self) -> int:
@@ -375,6 +384,10 @@ class DataIterator(grain.DatasetIterator):
             self._close_inner()
             raise
         self._next_batch += 1
+        converted = np.asarray(batch.pop("_converted", 0)).ravel()
+        for code in converted[converted > 0]:
+            kind = T.CONVERSIONS[int(code) - 1]
+            self._num_converted[kind] = self._num_converted.get(kind, 0) + 1
         skipped = int(np.sum(batch.pop("_corrupt")))
         if skipped:
             self._num_skipped += skipped
@@ -391,6 +404,7 @@ class DataIterator(grain.DatasetIterator):
         return {
             "next_batch": self._next_batch,
             "num_skipped": self._num_skipped,
+            "num_converted": dict(self._num_converted),
             "fingerprint": dict(self._fingerprint),
         }
 
@@ -406,6 +420,7 @@ class DataIterator(grain.DatasetIterator):
         self._close_inner()
         self._next_batch = int(state["next_batch"])
         self._num_skipped = int(state.get("num_skipped", 0))
+        self._num_converted = dict(state.get("num_converted", {}))
 
     def set_state_from_other_sharding(self, states: Sequence[dict[str, Any]]) -> int:
         """Position this iterator where the processes that saved `states` (one per process, another

@@ -11,17 +11,25 @@ A per-example transform maps a source record {"image": bytes, "label", "path"} t
     {"image": uint8 (px, px, 3) RGB,  # the pipeline normalizes whole batches (`normalize`)
      "label": int32 (),
      "mask": bool ()       # False for padding / a skipped corrupt image
-     "_corrupt": int32 ()} # 1 when this record's file could not be decoded (on_corrupt="skip")
+     "_corrupt": int32 (),  # 1 when this record's file could not be decoded (on_corrupt="skip")
+     "_converted": int32 ()} # 0, or 1 + the index in CONVERSIONS of how the file became 8-bit RGB
 
 Corrupt or unreadable files never pass silently: `on_corrupt="error"` raises `CorruptImageError`
 naming the file; `on_corrupt="skip"` logs a warning naming the file and returns a zero image with
 mask False and `_corrupt` 1, which the pipeline counts and replaces (train) or masks out (eval).
+
+Every image becomes 8-bit RGB (`to_rgb`), and nothing is lost silently: grayscale, palette and CMYK
+are converted; 16-bit (and 32-bit integer) grayscale is scaled to 8 bits (x * 255 / 65535, rounded),
+not clipped at 255; an image with transparency is composited on `ALPHA_BACKGROUND` (white: the
+image as it shows on a white page). The first 16-bit and the first transparent image of each
+process are named in a warning; the data iterator counts every conversion for the run summary.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +51,12 @@ INTERPOLATIONS = {  # PIL's resampling filters by the names timm's configs use
     "hamming": Image.Resampling.HAMMING,
 }
 ON_CORRUPT = ("error", "skip")
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+CONVERSIONS = ("grayscale", "palette", "cmyk", "16-bit", "alpha", "other")  # `_converted` = 1 + index
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_last_conversion = threading.local()  # what `to_rgb` did to the image of the example being built
+_warned: set[str] = set()
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), PIL convention
 
@@ -74,13 +88,45 @@ def open_image(data: bytes, path: str = "<bytes>", read_error: str | None = None
         raise _corrupt(path, e) from e
 
 
+def _warn_once(kind: str, message: str, path: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        logging.warning("%s: %s (warned once; every such image is counted in the run summary)", path, message)
+
+
+def _converted(img: Image.Image, path: str) -> tuple[Image.Image, str | None]:
+    mode = img.mode
+    if mode == "RGB":
+        return img, None
+    if mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.float64)
+        _warn_once("16-bit", f"{mode} image scaled from 16 to 8 bits (x * 255 / 65535)", path)
+        eight = np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight, "L").convert("RGB"), "16-bit"
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] == 255:  # fully opaque: nothing to composite
+            return rgba.convert("RGB"), ("grayscale" if mode in ("LA", "La") else None)
+        _warn_once("alpha", f"{mode} image with transparency composited on RGB {ALPHA_BACKGROUND}", path)
+        out = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        out.paste(rgba.convert("RGB"), mask=alpha)
+        return out, "alpha"
+    kind = {"L": "grayscale", "1": "grayscale", "P": "palette", "CMYK": "cmyk"}.get(mode, "other")
+    return img.convert("RGB"), kind
+
+
 def _to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """8-bit RGB (see the module docstring); records the conversion for the example's `_converted`."""
     try:
         img.load()
-        # Grayscale (digits), palette, CMYK, RGBA: all become 3-channel RGB.
-        return img if img.mode == "RGB" else img.convert("RGB")
+        img, kind = _converted(img, path)
     except Exception as e:
         raise _corrupt(path, e) from e
+    _last_conversion.code = 0 if kind is None else 1 + CONVERSIONS.index(kind)
+    return img
 
 
 def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = None) -> np.ndarray:
@@ -199,14 +245,16 @@ def guarded_example(
     Shared by every task's transforms, so padding and corrupt files behave the same everywhere.
     """
     if record.get("padding"):
-        return blank(False)
+        return {**blank(False), "_converted": np.int32(0)}
+    _last_conversion.code = 0
     try:
-        return make()
+        example = make()
     except CorruptImageError as e:
         if on_corrupt == "error":
             raise CorruptImageError(f"{e} (set on_corrupt='skip' to skip such files with a warning)") from e
         logging.warning("skipping corrupt image (on_corrupt='skip'): %s", e)
-        return blank(True)
+        return {**blank(True), "_converted": np.int32(0)}
+    return {**example, "_converted": np.int32(_last_conversion.code)}
 
 
 class _ImageTransform:
@@ -291,7 +339,7 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
     Args:
       image_size: output side px.
       eval_crop: "center_crop" (square crop of crop_pct of the short side, then resize to px;
-        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to round(px/crop_pct)^2, then
+        NF-RegNet and DeepMind's NFNet eval), "resize_crop" (resize to floor(px/crop_pct)^2, then
         centre crop px; NFNet) or "resize_short_crop" (resize the short side to
         floor(px/crop_pct) keeping the aspect, then centre crop px; timm's eval).
       crop_padding: crop_pct = px/(px+crop_padding) (32; 0 keeps the whole square image, e.g. for
@@ -334,11 +382,11 @@ class EvalTransform(_ImageTransform, grain.transforms.Map):
                 img, box = _draft_for_box(img, box, px)
             return _crop_resize(img, box, px, path, resample)
         if self.eval_crop == "resize_crop":  # resize (aspect not kept) to (px/crop_pct)^2, crop the central px
-            big = round(px / self.crop_pct)
+            big = math.floor(px / self.crop_pct + 1e-6)  # timm's 'squash' floors; (px+32)^2 stays exact
             if self.fast_jpeg:
                 img, _ = _draft_for_box(img, (0, 0, *img.size), big)
             resized = _crop_resize(img, None, big, path, resample)
-            off = (big - px) // 2
+            off = round((big - px) / 2.0)  # torchvision's CenterCrop offset
             return resized[off : off + px, off : off + px]
         # resize_short_crop, as torchvision's Resize(int) + CenterCrop that timm's eval uses
         short = math.floor(px / self.crop_pct)

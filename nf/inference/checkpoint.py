@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from nf.inference.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
-from nf.train.checkpoint import _path_str
+from nf.train.checkpoint import path_str
 
 WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item
 
@@ -46,7 +46,7 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
     directory = epath.Path(workdir) / "checkpoints"
     if directory.exists() and any(p.name.isdigit() for p in directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; choose an empty --workdir (nothing written)")
-    built = card.build_model()
+    built = nnx.eval_shape(card.build_model)  # shapes only: no random init of a big model
     want, got = _shape_map(model_trees(built)[0]), _shape_map(model_trees(model)[0])
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[:6]
@@ -72,7 +72,7 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
 
 
 def _shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {_path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:

@@ -19,6 +19,8 @@ Activation = Callable[[jax.Array], jax.Array]
 ACTIVATIONS: dict[str, tuple[Activation, float]] = {
     "relu": (jax.nn.relu, 1.7139588594436646),
     "gelu": (jax.nn.gelu, 1.7015043497085571),  # tanh approximation (jax default)
+    # erf GELU (PyTorch's default, so timm's dm_nfnet ports) with the tanh version's gamma, as timm has it
+    "gelu_exact": (functools.partial(jax.nn.gelu, approximate=False), 1.7015043497085571),
     "silu": (jax.nn.silu, 1.7881293296813965),
     "swish": (jax.nn.silu, 1.7881293296813965),
     "tanh": (jnp.tanh, 1.5939117670059204),

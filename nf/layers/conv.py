@@ -13,6 +13,8 @@ from nf.layers.conv_ops import Padding, conv2d
 Initializer = Callable[..., jax.Array]
 
 WS_EPS = 1e-4  # floors fan_in * var, as DeepMind's reference does (timm differs)
+TIMM_WS_EPS = 1e-5  # added to var, as timm's ScaledStdConv2d does (its NfCfg.std_conv_eps)
+WS_FORMULAS = ("deepmind", "timm")
 
 
 def he_normal() -> Initializer:
@@ -40,6 +42,32 @@ def standardize_weight(kernel: jax.Array, gain: jax.Array, eps: float = WS_EPS) 
     var = jnp.maximum(jnp.mean(w * w, axis=-2, keepdims=True) - mean * mean, 0.0)
     scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * jnp.expand_dims(gain, -2)
     return (w * scale - mean * scale).reshape(shape)
+
+
+def standardize_weight_timm(
+    kernel: jax.Array, gain: jax.Array, gamma: float = 1.0, eps: float = TIMM_WS_EPS
+) -> jax.Array:
+    """timm's Scaled WS: `(W - mean) / sqrt(var + eps) * gain * gamma / sqrt(fan_in)`.
+
+    A batch norm over each output channel's fan-in (timm's `ScaledStdConv2d`); `gamma` is the
+    activation's gain when timm folds it into the conv instead of the activation. Against
+    DeepMind's formula it adds `fan_in * eps` to `fan_in * var` instead of flooring it.
+    """
+    shape = kernel.shape
+    fan_in = shape[-4] * shape[-3] * shape[-2]
+    w = kernel.reshape(*shape[:-4], fan_in, shape[-1])
+    mean = jnp.mean(w, axis=-2, keepdims=True)
+    var = jnp.mean(jnp.square(w - mean), axis=-2, keepdims=True)
+    scale = jax.lax.rsqrt(var + eps) * jnp.expand_dims(gain, -2) * (gamma * fan_in**-0.5)
+    return ((w - mean) * scale).reshape(shape)
+
+
+def ws_kernel(kernel: jax.Array, gain: jax.Array, formula: str = "deepmind", gamma: float = 1.0) -> jax.Array:
+    """The standardized kernel under DeepMind's or timm's formula (`gamma` scales the result)."""
+    if formula == "timm":
+        return standardize_weight_timm(kernel, gain, gamma)
+    w_hat = standardize_weight(kernel, gain)
+    return w_hat if gamma == 1.0 else w_hat * gamma
 
 
 class Conv(nnx.Module):
@@ -92,10 +120,24 @@ class ScaledWSConv(Conv):
     """Conv whose kernel is standardized in every forward pass, with a learnable gain and bias.
 
     Outputs have zero mean and the input's variance at init for zero-mean unit-variance inputs;
-    `fold_ws` bakes the standardized kernel in for inference.
+    `fold_ws` bakes the standardized kernel in for inference. `ws_formula` picks DeepMind's or
+    timm's standardization; `gamma` multiplies the kernel (timm's activation gain folded into the
+    conv, for its non-`dm_` models).
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], **kwargs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        ws_formula: str = "deepmind",
+        gamma: float = 1.0,
+        **kwargs,
+    ):
+        if ws_formula not in WS_FORMULAS:
+            raise ValueError(f"Unknown ws_formula {ws_formula!r}; valid: {WS_FORMULAS}")
+        self.ws_formula, self.gamma = ws_formula, float(gamma)
         kwargs.setdefault("kernel_init", nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
         if not kwargs.pop("use_bias", True):
             raise ValueError("ScaledWSConv always carries a bias (REFERENCE §1); use Conv for a bias-free conv")
@@ -107,10 +149,10 @@ class ScaledWSConv(Conv):
     def effective_kernel(self) -> jax.Array:
         if self.folded:
             return self.kernel[...]
-        return standardize_weight(self.kernel[...], self.gain[...])
+        return ws_kernel(self.kernel[...], self.gain[...], self.ws_formula, self.gamma)
 
 
-_standardize_jit = jax.jit(standardize_weight)  # one compile per kernel shape
+_standardize_jit = jax.jit(ws_kernel, static_argnums=(2, 3))  # one compile per kernel shape and formula
 
 
 def fold_ws(model: nnx.Module) -> nnx.Module:
@@ -118,7 +160,7 @@ def fold_ws(model: nnx.Module) -> nnx.Module:
     model = nnx.clone(model)
     for _, node in nnx.iter_graph(model):
         if isinstance(node, ScaledWSConv) and not node.folded:
-            node.kernel[...] = _standardize_jit(node.kernel[...], node.gain[...])
+            node.kernel[...] = _standardize_jit(node.kernel[...], node.gain[...], node.ws_formula, node.gamma)
             node.gain[...] = jnp.ones_like(node.gain[...])  # W_hat already includes the gain
             node.folded = True
     return model

@@ -1,4 +1,9 @@
-"""Convolution primitives tuned for XLA:CPU (and fine on accelerators).
+"""Convolution primitives tuned for XLA:CPU; every other backend gets XLA's own ops.
+
+`cpu_kernels()` is the one dispatch decision: on XLA:CPU (and not inside `lax_convs`) `conv2d`
+and `max_pool` take the tuned paths below; on TPUs and GPUs, whose convolutions are XLA's fast
+path (and the only one that supports forward-mode `jax.jvp`), they are
+`lax.conv_general_dilated` and `lax.reduce_window` themselves.
 
 XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
 equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
@@ -10,11 +15,11 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
   and >= 64 patch channels        cache-sized im2col matmuls (custom VJP)
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   or narrow patches (RGB stems)
-  groups, >= 32 channels/group    one of the above per group, outputs concatenated (CPU only)
+  groups, >= 32 channels/group    one of the above per group, outputs concatenated
   groups, narrower                forward and input gradient (strided: one stride-1 conv per
                                   phase) as kh*kw*c broadcast multiply-adds, a scan over kernel
                                   rows; kernel gradient as group-major im2col patches and one
-                                  batched matmul per cache-sized batch chunk, a scan (CPU only)
+                                  batched matmul per cache-sized batch chunk, a scan
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
@@ -73,7 +78,12 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _resolve_padding(padding: Padding, hw, khw, strides, dilation) -> Pads:
-    """Explicit ((top, bottom), (left, right)) pads, as lax computes them for a string."""
+    """Explicit ((top, bottom), (left, right)) pads, as lax computes them for a string.
+
+    'SYMMETRIC' is PyTorch's (timm's `get_padding`) `((s - 1) + d * (k - 1)) // 2` on both sides,
+    independent of the input size; 'SAME' pads TensorFlow-style (the extra cell at the end)."""
+    if padding == "SYMMETRIC":
+        return tuple((p, p) for p in (((s - 1) + d * (k - 1)) // 2 for k, s, d in zip(khw, strides, dilation)))
     if isinstance(padding, str):
         window = tuple((k - 1) * d + 1 for k, d in zip(khw, dilation))
         return tuple(map(tuple, lax.padtype_to_pads(hw, window, strides, padding)))
@@ -90,11 +100,17 @@ def _lax_conv(x, w, strides, pads, dilation=(1, 1), groups=1):
 _lax_only = False  # set by `lax_convs`
 
 
+def cpu_kernels() -> bool:
+    """Whether `conv2d` and `max_pool` take the XLA:CPU-tuned paths (custom VJPs, im2col, grouped
+    multiply-adds): on the CPU backend outside `lax_convs`. Elsewhere they are lax's own ops."""
+    return not _lax_only and jax.default_backend() == "cpu"
+
+
 @contextlib.contextmanager
 def lax_convs() -> Iterator[None]:
-    """Within the block, `conv2d` traces to `lax.conv_general_dilated` whatever the case: the
-    formulation-independent jaxpr that `nf.models.stats.forward_macs` counts (the narrow-group
-    path has no conv or matmul in its forward)."""
+    """Within the block, `conv2d` and `max_pool` trace to lax's ops on every backend, as on an
+    accelerator: the formulation-independent jaxpr that `nf.models.stats.forward_macs` counts
+    (the narrow-group path has no conv or matmul in its forward), and forward-mode autodiff."""
     global _lax_only
     previous, _lax_only = _lax_only, True
     try:
@@ -112,14 +128,14 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> jax.Array:
-    """NHWC x HWIO convolution; `padding` is 'SAME', 'VALID' or ((top, bottom), (left, right))."""
+    """NHWC x HWIO convolution; `padding` is 'SAME', 'VALID', 'SYMMETRIC' or ((top, bottom), (left, right))."""
     strides, dilation = _pair(strides), _pair(dilation)
     khw = tuple(w.shape[:2])
     pads = _resolve_padding(padding, x.shape[1:3], khw, strides, dilation)
-    if _lax_only:
+    if not cpu_kernels():
         return _lax_conv(x, w, strides, pads, dilation, groups)
     matmul_ok = x.dtype == w.dtype and min(min(p) for p in pads) >= 0
-    if groups > 1 and matmul_ok and jax.default_backend() == "cpu":
+    if groups > 1 and matmul_ok:
         if w.shape[2] >= _SPLIT_MIN_GROUP_WIDTH:
             return _per_group_conv(x, w, strides, pads, dilation, groups)
         return _grouped_conv(x, w, strides, pads, dilation, groups)
@@ -132,6 +148,22 @@ def conv2d(
     if oh * ow >= _LAX_FORWARD_MIN_PIXELS and khw[0] * khw[1] * x.shape[3] >= _LAX_FORWARD_MIN_PATCH:
         return _conv_matmul_kernel_grad(x, w, strides, pads, dilation)
     return _im2col_conv(x, w, strides, pads, dilation)
+
+
+GROUPED_FORMULATIONS = ("per_group", "narrow")
+
+
+def grouped_conv(
+    x: jax.Array, w: jax.Array, *, strides: int = 1, padding: Padding = "SAME", groups: int, method: str
+) -> jax.Array:
+    """A grouped conv by one named XLA:CPU formulation, whatever `conv2d` would pick (for
+    benchmarks): 'per_group' (one conv per group, concatenated) or 'narrow' (multiply-adds)."""
+    if method not in GROUPED_FORMULATIONS:
+        raise ValueError(f"Unknown grouped formulation {method!r}; valid: {GROUPED_FORMULATIONS}")
+    strides = _pair(strides)
+    pads = _resolve_padding(padding, x.shape[1:3], tuple(w.shape[:2]), strides, (1, 1))
+    impl = _per_group_conv if method == "per_group" else _grouped_conv
+    return impl(x, w, strides, pads, (1, 1), groups)
 
 
 def _pad(x: jax.Array, pads: Pads, value=0.0) -> jax.Array:
@@ -426,9 +458,13 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: str = "SAM
     gradient to the first maximal element of its window (as reduce_window's does) with
     elementwise selects, instead of XLA:CPU's ~20x slower select-and-scatter.
     """
-    if padding not in ("SAME", "VALID"):
-        raise ValueError(f"max_pool padding must be 'SAME' or 'VALID', got {padding!r}")
+    if padding not in ("SAME", "VALID", "SYMMETRIC"):
+        raise ValueError(f"max_pool padding must be 'SAME', 'VALID' or 'SYMMETRIC', got {padding!r}")
     pads = _resolve_padding(padding, x.shape[1:3], (window, window), (stride, stride), (1, 1))
+    if not cpu_kernels():
+        return lax.reduce_window(
+            x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), ((0, 0), *pads, (0, 0))
+        )
     return _max_pool(x, window, stride, pads, tuple(x.shape))
 
 

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import Conv, SkipGain, SqueezeExcite
+from nf.layers import Conv, EfficientChannelAttention, SkipGain, SqueezeExcite
 from nf.layers import stochastic_depth as drop_branch
 from nf.layers.activations import Activation
 
 NORMS = ("none", "bn_act", "act_bn")  # unit before each conv: act, BN->act, act->BN
 SE_POSITIONS = ("out", "mid")
+ATTENTIONS = ("se", "eca")  # Squeeze-Excite (se_ratio > 0 enables it) or ECA (timm's ECA-NFNets)
 
 
 def batch_norm(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -78,6 +79,8 @@ class Bottleneck(nnx.Module):
         se_ratio: float = 0.0,
         se_gain: float = 2.0,
         se_position: str = "out",
+        se_divisor: int | None = None,
+        attention: str = "se",
         pool_shortcut: bool = False,
         skipinit: bool = True,
         dtype: jnp.dtype | None = None,
@@ -85,6 +88,8 @@ class Bottleneck(nnx.Module):
     ):
         if se_position not in SE_POSITIONS:
             raise ValueError(f"Unknown se_position {se_position!r}; valid: {SE_POSITIONS}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"Unknown attention {attention!r}; valid: {ATTENTIONS}")
         conv = functools.partial(conv, dtype=dtype, rngs=rngs)
         self.pre = PreActivation(in_ch, norm, activation, rngs=rngs)
         run_stride = 1 if dilation > 1 else stride
@@ -101,7 +106,12 @@ class Bottleneck(nnx.Module):
         self.conv_out = conv(mid, out_ch, 1)
         self.acts = nnx.List([PreActivation(mid, norm, activation, rngs=rngs) for _ in range(spatial_convs + 1)])
         se_ch = out_ch if se_position == "out" else mid
-        self.se = SqueezeExcite(se_ch, se_ch, se_ratio, gain=se_gain, rngs=rngs) if se_ratio > 0 else None
+        if attention == "eca":
+            self.se = EfficientChannelAttention(se_ch, gain=se_gain, rngs=rngs)
+        elif se_ratio > 0:
+            self.se = SqueezeExcite(se_ch, se_ch, se_ratio, gain=se_gain, divisor=se_divisor, rngs=rngs)
+        else:
+            self.se = None
         self.se_position = se_position
         self.skip_gain = SkipGain(jnp.zeros(())) if skipinit else None
         self.alpha = alpha

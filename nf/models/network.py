@@ -8,6 +8,7 @@ stride-2 stages into dilated stride-1 stages (DeepLab): same parameters, denser 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nf.layers import dropout
+from nf.layers import ScaledWSConv, dropout, get_activation, make_divisible, scaled_activation
+from nf.layers.activations import Activation
 from nf.models.stages import BlockConstants, Stage
 
 
@@ -27,6 +29,50 @@ def check_positive(**values) -> None:
         items = value if isinstance(value, (list, tuple)) else [value]
         if not items or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in items):
             raise ValueError(f"{name} must be positive integers, got {value!r}")
+
+
+def ws_conv_and_activation(
+    activation: str | Activation,
+    *,
+    act_gain: float | None = None,
+    padding: str = "SAME",
+    ws_formula: str = "deepmind",
+    gamma_in_conv: bool = False,
+) -> tuple[Callable[..., ScaledWSConv], Activation]:
+    """The family's Scaled WS conv factory and its activation.
+
+    The gain gamma goes in the activation (DeepMind, paper §4.3), or with `gamma_in_conv` into
+    every WS conv's kernel with plain activations (timm's non-`dm_` models). The two agree wherever
+    an activation feeds a WS conv; they differ where it does not (the stem's first conv sees the
+    image, the final activation feeds the pooled classifier). `act_gain` replaces gamma in the
+    activation (ablations)."""
+    if gamma_in_conv:
+        if act_gain is not None:
+            raise ValueError("gamma_in_conv puts gamma into the WS convs; it takes no act_gain")
+        _, gamma = get_activation(activation)
+        conv = functools.partial(ScaledWSConv, padding=padding, ws_formula=ws_formula, gamma=gamma)
+        return conv, scaled_activation(activation, 1.0)
+    conv = functools.partial(ScaledWSConv, padding=padding, ws_formula=ws_formula)
+    return conv, scaled_activation(activation, act_gain)
+
+
+def grouped_width(channels: int, group_width: int | None, where: str, divisor: int | None = None) -> tuple[int, int]:
+    """`(width, groups)`: `channels` rounded down to a multiple of `group_width` (None: one group),
+    or with `divisor` first rounded to a multiple of it as timm does (`make_divisible`), then
+    down to whole groups when the group width is itself a multiple of the divisor."""
+    if divisor is not None:
+        channels = make_divisible(channels, divisor)
+        if group_width is None or group_width % divisor:
+            groups = 1 if group_width is None else channels // group_width
+            if groups < 1:
+                raise ValueError(f"{where}: {channels} channels cannot hold one group of width {group_width}")
+            return channels, groups
+    if group_width is None:
+        return int(channels), 1
+    groups = int(channels) // group_width
+    if groups < 1:
+        raise ValueError(f"{where}: {channels} channels cannot hold one group of width {group_width}")
+    return groups * group_width, groups
 
 
 def stage_dilations(

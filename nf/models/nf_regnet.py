@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import ScaledWSConv, scaled_activation
+from nf.layers import ScaledWSConv, make_divisible
 from nf.layers.activations import Activation
 from nf.models.blocks import Bottleneck
-from nf.models.network import ResidualNetwork, check_positive
+from nf.models.network import ResidualNetwork, check_positive, grouped_width, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
 # variant -> (stage widths before x0.75, depths, train px, test px, dropout)  (REFERENCE §4)
@@ -28,16 +28,13 @@ NF_REGNET_VARIANTS: dict[str, dict] = {
 }
 
 
-def grouped_width(channels: int, group_width: int, where: str) -> tuple[int, int]:
-    """`(width, groups)` with width rounded down to a multiple of `group_width`."""
-    groups = channels // group_width
-    if groups < 1:
-        raise ValueError(f"{where}: {channels} channels cannot hold one group of width {group_width}")
-    return groups * group_width, groups
-
-
 class NFRegNet(ResidualNetwork):
-    """3x3/2 stem -> stages (each starts with stride 2) -> 1x1 final conv -> act -> pool -> linear."""
+    """3x3/2 stem -> stages (each starts with stride 2) -> 1x1 final conv -> act -> pool -> linear.
+
+    timm's NF-RegNets (`nf_regnet_b1`) are this network with `channel_divisor=8` (stage, stem,
+    final and bottleneck widths rounded to multiples of 8 by timm's `make_divisible`: B1's stages
+    are 40, 80, 160, 328 instead of 36, 78, 156, 330), `se_divisor=8`, `skipinit=False`,
+    `padding='SYMMETRIC'`, `ws_formula='timm'` and `gamma_in_conv=True`."""
 
     def __init__(
         self,
@@ -54,6 +51,11 @@ class NFRegNet(ResidualNetwork):
         stochastic_depth: float = 0.1,
         dropout: float = 0.2,
         skipinit: bool = True,
+        channel_divisor: int | None = None,
+        se_divisor: int | None = None,
+        padding: str = "SAME",
+        ws_formula: str = "deepmind",
+        gamma_in_conv: bool = False,
         num_classes: int = 1000,
         in_channels: int = 3,
         output_stride: int | None = None,
@@ -64,16 +66,28 @@ class NFRegNet(ResidualNetwork):
         check_positive(
             widths=widths, depths=depths, group_width=group_width, num_classes=num_classes, in_channels=in_channels
         )
-        widths = [int(w * width_mult) for w in widths]
+        if channel_divisor is None:
+            final_ch = int(1280 * int(widths[-1] * width_mult) // 440)  # EfficientNet-style final expansion (B0: 960)
+            widths = [int(w * width_mult) for w in widths]
+        else:  # timm: from the unscaled last width, then scaled and rounded like every width
+            final_ch = make_divisible(width_mult * (1280 * widths[-1] // 440), channel_divisor)
+            widths = [make_divisible(w * width_mult, channel_divisor) for w in widths]
         strides = (2,) * len(widths)
-        act = scaled_activation(activation)
-        conv = functools.partial(ScaledWSConv, dtype=dtype, rngs=rngs)
+        block_conv, act = ws_conv_and_activation(
+            activation, padding=padding, ws_formula=ws_formula, gamma_in_conv=gamma_in_conv
+        )
+        conv = functools.partial(block_conv, dtype=dtype, rngs=rngs)
         self.in_channels, self.dropout_rate, self.activation = in_channels, dropout, act
         self.stem = conv(in_channels, widths[0], 3, strides=2)
 
         def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
             ratio = 1.0 if stage == 0 and first else expansion  # the network's first block does not expand
-            mid, groups = grouped_width(int(in_ch * ratio), group_width, f"stage {stage + 1} (width {out_ch})")
+            mid, groups = grouped_width(
+                in_ch * ratio if channel_divisor else int(in_ch * ratio),
+                group_width,
+                f"stage {stage + 1} (width {out_ch})",
+                channel_divisor,
+            )
             return Bottleneck(
                 in_ch,
                 out_ch,
@@ -81,12 +95,13 @@ class NFRegNet(ResidualNetwork):
                 dilation=dilation,
                 mid=mid,
                 groups=groups,
-                conv=ScaledWSConv,
+                conv=block_conv,
                 activation=act,
                 alpha=alpha,
                 se_ratio=se_ratio,
                 se_gain=se_gain,
                 se_position="mid",
+                se_divisor=se_divisor,
                 pool_shortcut=True,
                 skipinit=skipinit,
                 dtype=dtype,
@@ -106,7 +121,6 @@ class NFRegNet(ResidualNetwork):
             remat=remat,
             rngs=rngs,
         )
-        final_ch = int(1280 * out_ch // 440)  # EfficientNet-style final expansion (B0: 960)
         self.final = FinalConv(conv(out_ch, final_ch, 1), act)
         self.make_head(final_ch, num_classes, nnx.initializers.zeros, rngs=rngs)
 

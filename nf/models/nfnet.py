@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import ScaledWSConv, scaled_activation
+from nf.layers import make_divisible
 from nf.layers.activations import Activation
 from nf.models.blocks import Bottleneck
-from nf.models.network import ResidualNetwork, check_positive
-from nf.models.nf_regnet import FinalConv, grouped_width
+from nf.models.network import ResidualNetwork, check_positive, grouped_width, ws_conv_and_activation
+from nf.models.nf_regnet import FinalConv
 from nf.models.stages import block_schedule
 
 NFNET_WIDTHS = (256, 512, 1536, 1536)
@@ -37,10 +37,11 @@ NFNET_VARIANTS: dict[str, dict] = {
 
 
 class NFNetStem(nnx.Module):
-    """3x3 convs 16 (stride 2) -> act -> 32 -> act -> 64 -> act -> width (stride 2); no final act."""
+    """3x3 convs 16 (stride 2) -> act -> 32 -> act -> 64 -> act -> width (stride 2); no final act.
+    `hidden` replaces (16, 32, 64)."""
 
-    def __init__(self, in_ch: int, width: int, conv, activation: Activation):
-        chans = (in_ch, 16, 32, 64, width)
+    def __init__(self, in_ch: int, width: int, conv, activation: Activation, hidden: Sequence[int] = (16, 32, 64)):
+        chans = (in_ch, *hidden, width)
         self.convs = nnx.List([conv(chans[i], chans[i + 1], 3, strides=2 if i in (0, 3) else 1) for i in range(4)])
         self.activation = activation
 
@@ -51,7 +52,12 @@ class NFNetStem(nnx.Module):
 
 
 class NFNet(ResidualNetwork):
-    """Stem -> 4 stages of grouped bottlenecks -> 1x1 final conv (2x width) -> act -> pool -> linear."""
+    """Stem -> 4 stages of grouped bottlenecks -> 1x1 final conv (2x width) -> act -> pool -> linear.
+
+    timm's NFNet-L / ECA-NFNet-L models are this network with SiLU, `bottleneck_ratio=0.25`,
+    `group_width=64`, `final_conv_mult` 1.5 or 2, SE (ratio 0.25, `se_divisor=8`) or
+    `attention='eca'`, `skipinit=False`, `channel_divisor=8`, `padding='SYMMETRIC'`,
+    `ws_formula='timm'` and `gamma_in_conv=True`."""
 
     def __init__(
         self,
@@ -63,12 +69,19 @@ class NFNet(ResidualNetwork):
         group_width: int = 128,
         se_ratio: float = 0.5,
         se_gain: float = 2.0,
+        se_divisor: int | None = None,
+        attention: str = "se",
         activation: str | Activation = "gelu",
         alpha: float = 0.2,
         stochastic_depth: float = 0.25,
         dropout: float = 0.2,
         skipinit: bool = True,
-        final_conv_mult: int = 2,
+        final_conv_mult: float = 2,
+        stem_widths: Sequence[int] = (16, 32, 64),
+        channel_divisor: int | None = None,
+        padding: str = "SAME",
+        ws_formula: str = "deepmind",
+        gamma_in_conv: bool = False,
         num_classes: int = 1000,
         in_channels: int = 3,
         output_stride: int | None = None,
@@ -84,15 +97,20 @@ class NFNet(ResidualNetwork):
             num_classes=num_classes,
             in_channels=in_channels,
         )
-        act = scaled_activation(activation)
-        conv = functools.partial(ScaledWSConv, dtype=dtype, rngs=rngs)
+        block_conv, act = ws_conv_and_activation(
+            activation, padding=padding, ws_formula=ws_formula, gamma_in_conv=gamma_in_conv
+        )
+        conv = functools.partial(block_conv, dtype=dtype, rngs=rngs)
         self.in_channels, self.dropout_rate, self.activation = in_channels, dropout, act
         stem_width = widths[0] // 2
-        self.stem = NFNetStem(in_channels, stem_width, conv, act)
+        self.stem = NFNetStem(in_channels, stem_width, conv, act, tuple(stem_widths))
 
         def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
             mid, groups = grouped_width(
-                int(out_ch * bottleneck_ratio), group_width, f"stage {stage + 1} (width {out_ch})"
+                out_ch * bottleneck_ratio if channel_divisor else int(out_ch * bottleneck_ratio),
+                group_width,
+                f"stage {stage + 1} (width {out_ch})",
+                channel_divisor,
             )
             return Bottleneck(
                 in_ch,
@@ -102,12 +120,14 @@ class NFNet(ResidualNetwork):
                 mid=mid,
                 groups=groups,
                 spatial_convs=2,
-                conv=ScaledWSConv,
+                conv=block_conv,
                 activation=act,
                 alpha=alpha,
                 se_ratio=se_ratio,
                 se_gain=se_gain,
                 se_position="out",
+                se_divisor=se_divisor,
+                attention=attention,
                 pool_shortcut=True,
                 skipinit=skipinit,
                 dtype=dtype,
@@ -127,6 +147,8 @@ class NFNet(ResidualNetwork):
             remat=remat,
             rngs=rngs,
         )
-        final_ch = final_conv_mult * out_ch  # 2 x 1536 = 3072
+        final_ch = int(final_conv_mult * out_ch)  # 2 x 1536 = 3072
+        if channel_divisor is not None:
+            final_ch = make_divisible(final_ch, channel_divisor)
         self.final = FinalConv(conv(out_ch, final_ch, 1), act)
         self.make_head(final_ch, num_classes, nnx.initializers.normal(0.01), rngs=rngs)

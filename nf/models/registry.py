@@ -44,6 +44,33 @@ RESNET_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+# timm's own NF variants (timm/models/nfnet.py), registered as `timm_<name>`: the families above
+# with timm's options. Every timm model puts gamma in the WS convs, pads symmetrically, uses its
+# WS formula (eps 1e-5 added to the variance), rounds widths to multiples of 8 and has no
+# SkipInit gain. (timm's `dm_nfnet_f*` are nf's `nfnet_f*`.)
+_TIMM = dict(channel_divisor=8, padding="SYMMETRIC", ws_formula="timm", gamma_in_conv=True, skipinit=False)
+_TIMM_NFNET_L = dict(_TIMM, activation="silu", bottleneck_ratio=0.25, group_width=64)
+TIMM_VARIANTS: dict[str, tuple[type[nnx.Module], dict[str, Any], int, int]] = {
+    # name: (class, args, train px, test px)
+    "nfnet_l0": (
+        NFNet,
+        dict(_TIMM_NFNET_L, depths=(1, 2, 6, 3), final_conv_mult=1.5, se_ratio=0.25, se_divisor=8),
+        224,
+        288,
+    ),
+    "eca_nfnet_l0": (NFNet, dict(_TIMM_NFNET_L, depths=(1, 2, 6, 3), final_conv_mult=1.5, attention="eca"), 224, 288),
+    "eca_nfnet_l1": (NFNet, dict(_TIMM_NFNET_L, depths=(2, 4, 12, 6), final_conv_mult=2, attention="eca"), 256, 320),
+    "eca_nfnet_l2": (NFNet, dict(_TIMM_NFNET_L, depths=(3, 6, 18, 9), final_conv_mult=2, attention="eca"), 320, 384),
+    "nf_regnet_b1": (
+        NFRegNet,
+        dict(_TIMM, widths=(48, 104, 208, 440), depths=(2, 4, 7, 7), se_divisor=8),
+        256,
+        288,
+    ),
+    "nf_resnet50": (ResNetV2, dict(_TIMM, depths=(3, 4, 6, 3), pool_shortcut=True), 256, 288),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     cls: type[nnx.Module]
@@ -67,6 +94,8 @@ def _table() -> dict[str, ModelSpec]:
         table[f"nfnet_{variant}_plus"] = ModelSpec(
             NFNet, {**args, "widths": NFNET_PLUS_WIDTHS}, v["train_size"], v["test_size"]
         )
+    for variant, (cls, args, train_size, test_size) in TIMM_VARIANTS.items():
+        table[f"timm_{variant}"] = ModelSpec(cls, args, train_size, test_size)
     return table
 
 

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import Conv, ScaledWSConv, max_pool, scaled_activation
+from nf.layers import Conv, make_divisible, max_pool
 from nf.layers.activations import Activation
 from nf.models.blocks import Bottleneck, FixupBottleneck, PreActivation
-from nf.models.network import ResidualNetwork, check_positive
+from nf.models.network import ResidualNetwork, check_positive, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
 BLOCKS = ("nf", "fixup")
@@ -26,15 +26,20 @@ BLOCKS = ("nf", "fixup")
 class ResNetStem(nnx.Module):
     """7x7 stride-2 conv, then 3x3 stride-2 max-pool; no activation (blocks pre-activate)."""
 
-    def __init__(self, conv: Conv):
-        self.conv = conv
+    def __init__(self, conv: Conv, pool_padding: str = "SAME"):
+        self.conv, self.pool_padding = conv, pool_padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return max_pool(self.conv(x), 3, 2)
+        return max_pool(self.conv(x), 3, 2, self.pool_padding)
 
 
 class ResNetV2(ResidualNetwork):
-    """Stem -> 4 stages of bottlenecks -> pre-activation -> pool -> dropout -> linear."""
+    """Stem -> 4 stages of bottlenecks -> pre-activation -> pool -> dropout -> linear.
+
+    timm's `nf_resnet50` is the NF family with `pool_shortcut=True` (2x2 average pool then 1x1
+    conv on strided shortcuts, not a strided 1x1), `skipinit=False`, `channel_divisor=8`,
+    `padding='SYMMETRIC'` (convs and the stem's max-pool), `ws_formula='timm'` and
+    `gamma_in_conv=True`."""
 
     def __init__(
         self,
@@ -56,6 +61,11 @@ class ResNetV2(ResidualNetwork):
         skipinit: bool = True,
         se_ratio: float = 0.0,
         se_gain: float = 2.0,
+        pool_shortcut: bool = False,
+        channel_divisor: int | None = None,
+        padding: str = "SAME",
+        ws_formula: str = "deepmind",
+        gamma_in_conv: bool = False,
         stochastic_depth: float = 0.0,
         dropout: float = 0.0,
         output_stride: int | None = None,
@@ -75,14 +85,21 @@ class ResNetV2(ResidualNetwork):
             raise ValueError(f"Unknown block {block!r}; valid: {BLOCKS}")
         if block == "fixup" and (se_ratio or norm != "none" or ws):
             raise ValueError("block='fixup' takes no se_ratio, norm or ws options (set ws=False, norm='none')")
-        act = scaled_activation(activation, act_gain)
+        if gamma_in_conv and not ws:
+            raise ValueError("gamma_in_conv needs ws=True (gamma goes into the WS convs)")
+        ws_conv, act = ws_conv_and_activation(
+            activation, act_gain=act_gain, padding=padding, ws_formula=ws_formula, gamma_in_conv=gamma_in_conv
+        )
         # WS convs always carry a bias; plain convs only when no BN follows them.
-        conv = ScaledWSConv if ws else functools.partial(Conv, use_bias=norm == "none")
+        conv = ws_conv if ws else functools.partial(Conv, use_bias=norm == "none", padding=padding)
         self.in_channels, self.dropout_rate = in_channels, dropout
-        self.stem = ResNetStem(conv(in_channels, stem_width, 7, strides=2, dtype=dtype, rngs=rngs))
+        self.stem = ResNetStem(conv(in_channels, stem_width, 7, strides=2, dtype=dtype, rngs=rngs), padding)
 
         def make_block(stage, in_ch, out_ch, stride, dilation, first, r):
-            mid = max(1, int(out_ch * bottleneck_ratio))
+            if channel_divisor is None:
+                mid = max(1, int(out_ch * bottleneck_ratio))
+            else:
+                mid = make_divisible(out_ch * bottleneck_ratio, channel_divisor)
             if block == "fixup":
                 return FixupBottleneck(
                     in_ch, out_ch, stride, dilation=dilation, mid=mid, num_blocks=sum(depths), dtype=dtype, rngs=r
@@ -99,6 +116,7 @@ class ResNetV2(ResidualNetwork):
                 alpha=alpha,
                 se_ratio=se_ratio,
                 se_gain=se_gain,
+                pool_shortcut=pool_shortcut,
                 skipinit=skipinit,
                 dtype=dtype,
                 rngs=r,

@@ -28,6 +28,8 @@ def main(argv):
     del argv
     from nf.train import distributed
 
+    distributed.catch_stop_signals_early()  # before anything slow: a stop signal is never fatal
+
     distributed.initialize(
         _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR_TIMEOUT.value
     )

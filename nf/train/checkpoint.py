@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -15,11 +14,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-# grain's CheckpointHandler writes one file per process: data/process_<i>-of-<n>.json
-_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+from nf.train import checkpoint_health
+from nf.train.checkpoint_health import DATA_FILE
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
     """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
     while the live state has int keys for list entries (nnx.List stages)."""
     keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
@@ -28,7 +27,16 @@ def _path_str(path) -> str:
 
 def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+    return {path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+class CheckpointDamagedError(RuntimeError):
+    """No saved step of a workdir can be restored; the message lists each one and why."""
 
 
 class _IteratorSnapshot:
@@ -96,9 +104,11 @@ class Checkpoints:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def check_compatible(self, step: int, abstract_state: Any) -> None:
-        """Fail, naming the differing parameter paths, when the saved state has another architecture."""
-        saved = self.manager.item_metadata(step)["state"]
+    def check_compatible(self, step: int, abstract_state: Any, saved: Any = None) -> None:
+        """Fail, naming the differing parameter paths, when the saved state has another architecture
+        (`saved`: the step's state metadata, read here when not given)."""
+        if saved is None:
+            saved = self.manager.item_metadata(step)["state"]
         saved_shapes = _shapes(saved)
         wanted = _shapes(abstract_state)
         missing = sorted(set(wanted) - set(saved_shapes))
@@ -123,14 +133,15 @@ class Checkpoints:
         directory = epath.Path(self.directory) / str(step) / "data"
         if not directory.exists():
             return {}
-        found = {m: p for p in directory.iterdir() if (m := _DATA_FILE.fullmatch(p.name))}
+        found = {m: p for p in directory.iterdir() if (m := DATA_FILE.fullmatch(p.name))}
         return {int(m.group(1)): (int(m.group(2)), json.loads(p.read_text())) for m, p in found.items()}
 
-    def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
+    def restore(self, step: int, abstract_state: Any, data_iter: Any, *, checked: bool = False) -> Any:
         """Restore the state onto the shardings of `abstract_state` (any mesh, any process count) and
         the iterator in place. An iterator saved by another process count cannot be restored by
         grain; it is repositioned by `set_state_from_other_sharding`, with a warning."""
-        self.check_compatible(step, abstract_state)
+        if not checked:
+            self.check_compatible(step, abstract_state)
         saved = self.saved_data_states(step)
         saved_count = {n for n, _ in saved.values()}
         follows = saved_count == {jax.process_count()}
@@ -163,6 +174,67 @@ class Checkpoints:
                 num_examples,
             )
         return state
+
+    def restore_latest(self, abstract_state: Any, data_iter: Any) -> Any | None:
+        """Restore the newest intact step (None when there is none at all).
+
+        A damaged step (`checkpoint_health.damage`, or its restore fails) is named in a warning and,
+        once an older step has restored, moved aside to `<step>.damaged-<UTC time>` (never deleted).
+        When no step restores, nothing is moved and the error lists every step and why. A state of
+        another architecture is a config error, not damage: `check_compatible` raises.
+        """
+        self._join()
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        damaged: list[tuple[int, str]] = []
+        for step in steps:
+            why = checkpoint_health.damage(epath.Path(self.directory) / str(step), need_data=data_iter is not None)
+            if why is None:
+                try:
+                    saved = self.manager.item_metadata(step)["state"]
+                except Exception as e:  # a missing or truncated array file
+                    why = f"its array metadata cannot be read: {_first_line(e)}"
+            if why is None:
+                self.check_compatible(step, abstract_state, saved)
+                try:
+                    state = self.restore(step, abstract_state, data_iter, checked=True)
+                except Exception as e:  # a truncated array file, an unreadable iterator state, ...
+                    why = f"restoring it failed: {_first_line(e)}"
+                else:
+                    self._set_aside(damaged)
+                    logging.info("Resuming from %s/%d", self.directory, step)
+                    return state
+            logging.warning("Checkpoint %s/%d is damaged: %s", self.directory, step, why)
+            damaged.append((step, why))
+        earlier = checkpoint_health.damaged_folders(self.directory)
+        lines = [f"No checkpoint in {self.directory} can be restored; found:"]
+        lines += [f"  step {step}: {why}" for step, why in damaged]
+        lines += [f"  {name}: moved aside earlier" for name in earlier]
+        lines.append(
+            "Nothing was changed. Repair or remove the damaged step folders (or use a fresh --workdir) "
+            "to start again from step 0."
+        )
+        raise CheckpointDamagedError("\n".join(lines))
+
+    def _set_aside(self, damaged: list[tuple[int, str]]) -> None:
+        if not damaged:
+            return
+        if jax.process_index() == 0:
+            for step, why in damaged:
+                moved = checkpoint_health.move_aside(epath.Path(self.directory) / str(step))
+                logging.warning(
+                    "Checkpoint step %d was damaged (%s); moved it aside to %s (not deleted) and resumed "
+                    "from the newest intact step.",
+                    step,
+                    why,
+                    moved,
+                )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("nf_checkpoint_set_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self._join()

@@ -9,18 +9,24 @@ touched. `initialize` is called first thing by `nf.train`:
   `--distributed=on`, `jax.distributed.initialize()` with JAX's own cluster detection;
 * otherwise a single process.
 
-`StopSignal` turns SIGTERM (a preemption notice) into one agreed stop step: alone, a Python signal
-handler sets a flag read at step boundaries; with several processes, JAX's preemption sync manager
-(its SIGTERM notifier tells the coordination service, which tells every process) picks the step
-(the largest step any process had reached, plus one) at which all of them save and exit. Its
-per-step check is a local flag read, so a run without preemption pays nothing for it.
+`StopSignal` turns SIGTERM (a preemption notice) or SIGINT (Ctrl-C) into one agreed stop step:
+alone, a Python signal handler sets a flag read at step boundaries (a second Ctrl-C exits at once,
+without saving); `catch_stop_signals_early` (first thing in `main`) remembers a signal that arrives
+while the run is still starting, so it stops at its first step boundary instead of dying unsaved.
+With several processes, JAX's preemption sync manager (its SIGTERM notifier tells the coordination
+service, which tells every process) picks the step (the largest step any process had reached, plus
+one) at which all of them save and exit; SIGINT keeps Python's default there (KeyboardInterrupt on
+that process), since no agreed stop exists for it. The per-step check is a local flag read, so a
+run without preemption pays nothing for it.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
+import sys
 import time
 
 import jax
@@ -43,16 +49,27 @@ class CoordinatorError(ConnectionError):
     """The JAX coordination service could not be reached or did not accept this process."""
 
 
+# TPU chips on the PCI bus: Google's vendor id and the TPU device ids (v3, v4, v5p, v5e, v6e, 7x
+# and one unnamed), as Cloud TPU VMs expose them under /sys/bus/pci/devices/*/{vendor,device}.
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
+
+
+def tpu_chips_on_pci(sysfs: str = "/sys/bus/pci/devices") -> int:
+    """The number of TPU chips on this host's PCI bus (reads /sys only: no network, no JAX)."""
+    count = 0
+    for vendor in glob.glob(os.path.join(sysfs, "*", "vendor")):
+        try:
+            with open(vendor) as f, open(os.path.join(os.path.dirname(vendor), "device")) as g:
+                count += f.read().strip() == GOOGLE_PCI_VENDOR and g.read().strip() in TPU_PCI_DEVICES
+        except OSError:
+            continue
+    return count
+
+
 def on_cloud_tpu() -> bool:
     """A Cloud TPU worker: one of TPU_POD_ENV is set, or TPU chips are on this host's PCI bus."""
-    if any(os.environ.get(k) for k in TPU_POD_ENV):
-        return True
-    try:  # reads /sys only (no network); private JAX helper, so any failure means "no"
-        from jax._src import hardware_utils
-
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except Exception:
-        return False
+    return any(os.environ.get(k) for k in TPU_POD_ENV) or tpu_chips_on_pci() > 0
 
 
 def initialize(
@@ -152,23 +169,63 @@ def check_coordinator(address: str, process_id: int, num_processes: int, timeout
             time.sleep(0.25)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_early_signals: list[str] = []  # names of stop signals caught before the training loop started
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _exit_now(reason: str) -> None:
+    sys.stderr.write(f"{reason}: exiting now without saving; the last completed checkpoint is intact.\n")
+    sys.stderr.flush()
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
+def _early_handler(signum, frame):
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT and "SIGINT" in _early_signals:
+        _exit_now("Second SIGINT")
+    _early_signals.append(name)
+    logging.warning("%s received while starting: the run stops (and saves) at its first step boundary.", name)
+
+
+def catch_stop_signals_early() -> None:
+    """Install the start-up handlers (first thing in `main`): a SIGTERM or SIGINT that arrives
+    before `StopSignal` exists is remembered, not fatal; a second SIGINT exits at once."""
+    _early_signals.clear()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _early_handler)
+
+
 class StopSignal:
-    """SIGTERM -> stop at one step agreed by every process (see the module docstring).
+    """SIGTERM or SIGINT -> stop at one step agreed by every process (see the module docstring).
 
     Call `should_stop(step)` exactly once per step, with the step just dispatched; once it returns
-    True the caller saves that step and exits. `flag` says whether a stop was decided.
+    True the caller saves that step and exits. `flag` says whether a stop was decided, `reason`
+    which signal decided it.
     """
 
     def __init__(self):
-        self.flag = False
+        self.reason = _early_signals[0] if _early_signals else None
+        self.flag = self.reason is not None
         # With several processes, JAX's preemption notifier owns SIGTERM (a Python handler installed
         # now would replace it, and the other processes would never hear of the notice).
         self._shared = jax.process_count() > 1
-        self._previous = None if self._shared else signal.signal(signal.SIGTERM, self._handle)
+        if self._shared:
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+        else:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exiting.")
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.flag:
+            _exit_now("Second SIGINT")
+        logging.warning(
+            "%s received: saving a checkpoint at the next step boundary, then exiting%s.",
+            name,
+            " (Ctrl-C again to exit at once, without saving)" if signum == signal.SIGINT else "",
+        )
         self.flag = True
+        self.reason = self.reason or name
 
     def should_stop(self, step: int) -> bool:
         if self._shared and not self.flag and multihost_utils.reached_preemption_sync_point(step):
@@ -178,11 +235,14 @@ class StopSignal:
                 step,
             )
             self.flag = True
+            self.reason = "SIGTERM"
         return self.flag
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        """Hand the signals back (the start-up handlers give way to Python's defaults)."""
+        defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+        for sig, previous in self._previous.items():
+            signal.signal(sig, defaults[sig] if previous is _early_handler else previous)
 
 
 def host_copy(tree):

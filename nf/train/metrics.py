@@ -31,6 +31,31 @@ class MetricLogger:
         if self._remote and self.is_writer and epath.Path(self.jsonl_path).exists():  # a resumed run
             self._lines = epath.Path(self.jsonl_path).read_text().splitlines(keepends=True)
 
+    def truncate_after(self, step: int) -> int:
+        """Drop metrics.jsonl lines of steps after `step` (and an incomplete last line): a run resumed
+        from step `step` writes them again, so each step appears once. Returns the lines dropped."""
+        if not self.is_writer:
+            return 0
+        path = epath.Path(self.jsonl_path)
+        lines = self._lines if self._remote else (path.read_text().splitlines(keepends=True) if path.exists() else [])
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: nothing after it was written
+            if not line.endswith("\n") or record.get("step", 0) > step:
+                break  # lines are written in step order
+            kept.append(line)
+        dropped = len(lines) - len(kept)
+        if dropped:
+            if self._remote:
+                self._lines = kept
+                self._upload()
+            else:
+                path.write_text("".join(kept))
+        return dropped
+
     def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
         self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in values.items()})

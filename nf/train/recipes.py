@@ -44,6 +44,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
     config.eval_every_steps = 10 * steps_per_epoch  # 50k-image eval (raw and EMA) every ~10 epochs
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
+    config.max_bad_steps = 1  # consecutive non-finite (skipped) steps before the run stops
     config.profile_steps = 0
     config.spp_after_training = True
 

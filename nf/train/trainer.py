@@ -21,16 +21,14 @@ from flax import nnx
 from nf.inference.card import CARD_FILE, card_from_config
 from nf.tasks import Task, get_task
 from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
+from nf.train import config_schema, guard, transfer
 from nf.train import data as train_data
-from nf.train import transfer
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
+from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
+from nf.train.workdir_lock import WorkdirLock
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
@@ -150,7 +148,14 @@ def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval."""
+    """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final eval.
+    One run per workdir: process 0 holds its lock (`nf.train.workdir_lock`) throughout."""
+    config_schema.validate(config)  # before anything is written
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     from clu import periodic_actions  # imports TensorFlow: not needed by evaluation-only users
 
     from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
@@ -220,10 +225,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         background=jax.process_count() == 1,
     )
     train_iter = data.train_iter()
-    start = ckpt.latest_step()
-    if start is not None:
-        logging.info("Resuming from %s/%d", ckpt.directory, start)
-        state = ckpt.restore(start, abstract_state, train_iter)
+    restored = ckpt.restore_latest(abstract_state, train_iter)  # the newest intact step
+    if restored is not None:
+        state = restored
     elif config.get("init_from"):
         source = config.get("init_from_params", "ema")
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
@@ -236,14 +240,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     to_global = lambda batch: jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
     )
-    train_step = jax.jit(
-        make_train_step(fns, tx, schedule, config, task),
-        donate_argnums=0,
-        out_shardings=(state_shard, replicated(mesh)),
+    max_bad_steps = config.get("max_bad_steps", 1)
+    train_step = jax.jit(  # skips non-finite steps on the device; `guard.check` reads the counters
+        guard.guarded(make_train_step(fns, tx, schedule, config, task), max_bad_steps),
+        donate_argnums=(0, 2),
+        out_shardings=(state_shard, replicated(mesh), replicated(mesh)),
     )
+    counters = jax.device_put(guard.init_counters(), replicated(mesh))
     eval_step = jax.jit(make_eval_step(fns, task))
 
     logger = MetricLogger(workdir)
+    logger.truncate_after(start)  # lines of steps past the restored checkpoint (a kill -9) go
     if start == 0:
         logger.write_hparams(flatten_config(config.to_dict()))
     hooks = [
@@ -269,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t1 = time.perf_counter()
             previous_done = previous is None or previous.is_ready()
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics = train_step(state, to_global(batch))
+                state, metrics, counters = train_step(state, to_global(batch), counters)
             previous = metrics["loss"]
             for hook in hooks:
                 hook(step)
@@ -279,22 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             final = step == config.total_steps or stop
             save_due = final or ckpt.due(step)
             if step % config.log_every_steps == 0 or save_due:
-                metrics = jax.device_get(metrics)
-                # Checked before any save: bad states never land. A finite loss with a non-finite
-                # gradient has already put inf/NaN into this step's parameters.
-                loss, grad_norm = metrics["loss"], metrics["grad_norm"]
-                if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                    what = f"Loss became {loss}" if not np.isfinite(loss) else f"Gradient norm became {grad_norm}"
-                    last = ckpt.latest_step()
-                    kept = (
-                        f"The last good checkpoint (step {last}) in {ckpt.directory} is intact."
-                        if last
-                        else ("No checkpoint had been written yet.")
-                    )
-                    raise NonFiniteLossError(
-                        f"{what} at step {step}; stopping. {kept} Lower the learning rate "
-                        "or enable AGC (optimizer.agc_clip)."
-                    )
+                metrics, seen = jax.device_get((metrics, counters))
+                # Every step skipped its non-finite updates on the device; stop before any save.
+                guard.check(seen, max_bad_steps, ckpt.latest_step, ckpt.directory)
                 now = time.perf_counter()  # this step has finished: a synchronization point
                 timer.step(t0, t1, now, previous_done)
                 if (per_step := timer.synced(step, now)) is not None:
@@ -319,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 timer.restart(step, time.perf_counter())
             if stop:
                 ckpt.wait()
-                logging.warning("Saved step %d after SIGTERM; exiting.", step)
+                logging.warning("Saved step %d after %s; exiting.", step, preempted.reason)
                 break
     finally:
         preempted.restore()
@@ -334,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         spp_path = None
         if spp_state is not None:
             spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
-        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary))
+        input_line = train_iter.input_summary() if hasattr(train_iter, "input_summary") else None
+        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary), input_line)
     return summary
 
 
@@ -364,7 +359,12 @@ def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str
 
 
 def print_summary(
-    workdir: str, ckpt_dir: str, summary: dict, spp_path: str | None, eval_line: str | None = None
+    workdir: str,
+    ckpt_dir: str,
+    summary: dict,
+    spp_path: str | None,
+    eval_line: str | None = None,
+    input_line: str | None = None,
 ) -> None:
     lines = [f"Finished at step {summary['step']}."]
     if eval_line:
@@ -376,6 +376,8 @@ def print_summary(
             f"{summary['data_wait_fraction']:.1%} of the loop"
             + (f", checkpoint saves stalled it at most {stall * 1e3:.0f} ms" if stall is not None else "")
         )
+    if input_line:
+        lines.append(input_line)
     lines += [
         f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
         f"  checkpoints: {ckpt_dir}",

@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from nf.models.dense import BACKBONE_KEY
-from nf.train.checkpoint import _path_str
+from nf.train.checkpoint import path_str
 from nf.train.optim import LeafInfo
 
 PARAM_SOURCES = ("ema", "raw")  # which saved weights initialize the backbone
@@ -67,7 +67,7 @@ def check_init_from(init_from: str, workdir: str) -> None:
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _check(state_dir: str, item: str, saved: Any, wanted: Any) -> None:
@@ -186,7 +186,7 @@ def restore_classifier(init_from: str, source: str, state: dict, abstract_state:
 
 
 def _flat_info(info: Any) -> dict[str, LeafInfo]:
-    return {_path_str(p): i for p, i in jax.tree_util.tree_flatten_with_path(info, is_leaf=_is_info)[0]}
+    return {path_str(p): i for p, i in jax.tree_util.tree_flatten_with_path(info, is_leaf=_is_info)[0]}
 
 
 def _check_all(state_dir: str, item: str, saved_flat: dict, wanted_flat: dict) -> None:

@@ -1,0 +1,52 @@
+"""timm's 13 released NF checkpoints: nf model, parameter count and eval preprocessing.
+
+Plain data copied from timm 1.0.31 (`timm/models/nfnet.py` pretrained configs, printed by
+`tools/make_timm_fixtures.py --stats`); nothing is read from timm at run time. `top1` is the
+ImageNet-1k top-1 timm publishes for each checkpoint at `test_size` (timm's
+results/results-imagenet.csv; for the `dm_` ports of DeepMind's weights this is timm's own
+evaluation with its preprocessing, a little off DeepMind's figures in nf.pretrained.deepmind).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _entry(params, train_size, test_size, crop_pct, top1, crop_mode="center", nf_name=None) -> dict[str, Any]:
+    return dict(
+        nf_name=nf_name,
+        params=params,
+        train_size=train_size,
+        test_size=test_size,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        top1=top1,
+    )
+
+
+# timm name -> entry. dm_nfnet_* carry DeepMind's weights and are nf's nfnet_f*; crop_mode
+# 'squash' resizes the image to size / crop_pct on both sides (no aspect kept) before the centre
+# crop; 'center' resizes the short side. crop_pct is the eval one (timm's test_crop_pct if set).
+TIMM_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "dm_nfnet_f0": _entry(71_489_284, 192, 256, 0.9, 83.468, "squash", "nfnet_f0"),
+    "dm_nfnet_f1": _entry(132_634_256, 224, 320, 0.91, 84.7, "squash", "nfnet_f1"),
+    "dm_nfnet_f2": _entry(193_779_228, 256, 352, 0.92, 85.184, "squash", "nfnet_f2"),
+    "dm_nfnet_f3": _entry(254_924_200, 320, 416, 0.94, 85.676, "squash", "nfnet_f3"),
+    "dm_nfnet_f4": _entry(316_069_172, 384, 512, 0.951, 85.838, "squash", "nfnet_f4"),
+    "dm_nfnet_f5": _entry(377_214_144, 416, 544, 0.954, 86.102, "squash", "nfnet_f5"),
+    "dm_nfnet_f6": _entry(438_359_116, 448, 576, 0.956, 86.364, "squash", "nfnet_f6"),
+    "nfnet_l0": _entry(35_074_488, 224, 288, 1.0, 82.766),
+    "eca_nfnet_l0": _entry(24_143_924, 224, 288, 1.0, 82.59),
+    "eca_nfnet_l1": _entry(41_407_728, 256, 320, 1.0, 84.062),
+    "eca_nfnet_l2": _entry(56_722_348, 320, 384, 1.0, 84.71),
+    "nf_regnet_b1": _entry(10_223_984, 256, 288, 0.9, 79.368),
+    "nf_resnet50": _entry(25_557_032, 256, 288, 0.94, 80.658),
+}
+for _name, _entry_ in TIMM_CHECKPOINTS.items():
+    _entry_["nf_name"] = _entry_["nf_name"] or f"timm_{_name}"
