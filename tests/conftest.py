@@ -106,3 +106,48 @@ def jax_cache_dir(tmp_path_factory) -> Path:
     NF_TEST_JAX_CACHE to keep it across sessions)."""
     path = os.environ.get("NF_TEST_JAX_CACHE")
     return Path(path) if path else tmp_path_factory.mktemp("jax_cache")
+
+
+# A tiny classifier backbone: one stride-1 stage and one stride-2 stage of depth 2 (scanned).
+CLASSIFIER_BACKBONE = {"model.depths": (1, 2), "model.widths": (8, 16), "model.strides": (1, 2), "model.stem_width": 8}
+
+
+def quickstart_config(digits_root: Path, overrides: dict):
+    """configs/quickstart.py on `digits_root` (no preparation) with `overrides`."""
+    spec = importlib.util.spec_from_file_location("nf_quickstart_config", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = {
+        "data.prepare": "",
+        "data.root": str(digits_root),
+        "data.train": str(digits_root / "train"),
+        "data.eval": str(digits_root / "test"),
+    }
+    return apply_overrides(module.get_config(), {**data, **overrides})
+
+
+CLASSIFIER_RUN = {
+    **CLASSIFIER_BACKBONE,
+    "total_steps": 2,
+    "batch_size": 8,
+    "log_every_steps": 1,
+    "eval_every_steps": 100,
+    "checkpoint_every_steps": 100,
+    "spp_after_training": False,
+    "data.image_size": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def classifier_run(digits_root, tmp_path_factory) -> Path:
+    """A real classification workdir (10 digit classes, 16 px): the trainer, tiny backbone, 2 steps.
+    Shared by the transfer, inference and fine-tuning tests; read it, never write into it."""
+    from absl import flags
+
+    from nf.train.trainer import train_and_evaluate
+
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags
+        flags.FLAGS.mark_as_parsed()
+    workdir = tmp_path_factory.mktemp("classifier") / "run"
+    train_and_evaluate(quickstart_config(digits_root, CLASSIFIER_RUN), str(workdir))
+    return workdir

@@ -4,7 +4,6 @@ orbax directories (written by save_model and by the trainer), and a finished run
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,27 +12,13 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+from conftest import CLASSIFIER_RUN, quickstart_config
 from flax import nnx
 
 from nf.inference import CARD_FILE, ModelCard, ModelCardError, Preprocessing, load_model, save_model
 from nf.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "nf_resnet26", "depths": [1, 2], "widths": [8, 16], "strides": [1, 2], "stem_width": 8}
-RUN = {  # a tiny classifier on digits, 16 px, 2 steps (as tests/test_transfer.py)
-    "model.depths": (1, 2),
-    "model.widths": (8, 16),
-    "model.strides": (1, 2),
-    "model.stem_width": 8,
-    "total_steps": 2,
-    "batch_size": 8,
-    "log_every_steps": 1,
-    "eval_every_steps": 100,
-    "checkpoint_every_steps": 100,
-    "spp_after_training": False,
-    "data.prepare": "",
-    "data.image_size": 16,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -42,30 +27,9 @@ def _absl_flags_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-def quickstart_config(digits_root: Path, **overrides):
-    spec = importlib.util.spec_from_file_location("nf_quickstart_for_inference", REPO / "configs" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    root = {"data.root": str(digits_root)}
-    data = {**root, "data.train": str(digits_root / "train"), "data.eval": str(digits_root / "test")}
-    for key, value in {**RUN, **data, **overrides}.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def trained_run(digits_root, tmp_path_factory) -> Path:
-    """A real trainer workdir (checkpoint at step 2 with opt_state, the card)."""
-    from nf.train.trainer import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("inference") / "run"
-    train_and_evaluate(quickstart_config(digits_root), str(workdir))
-    return workdir
+def config_of_run(digits_root: Path):
+    """The config that wrote the shared `classifier_run` (conftest.py)."""
+    return quickstart_config(digits_root, CLASSIFIER_RUN)
 
 
 def tiny_card(num_classes: int = 3, **changes) -> ModelCard:
@@ -221,8 +185,8 @@ def test_load_model_names_the_differing_parameters(tmp_path):
 # ---------------------------------------------------------------------------------- the trainer
 
 
-def test_the_trainer_writes_the_card_of_its_classifier(trained_run, digits_root):
-    card = ModelCard.load(trained_run)
+def test_the_trainer_writes_the_card_of_its_classifier(classifier_run, digits_root):
+    card = ModelCard.load(classifier_run)
     assert card.num_classes == 10 and card.class_names == [str(d) for d in range(10)]
     assert card.model["name"] == "nf_resnet26" and card.model["widths"] == [8, 16]
     p = card.preprocessing
@@ -230,35 +194,35 @@ def test_the_trainer_writes_the_card_of_its_classifier(trained_run, digits_root)
 
 
 @pytest.mark.parametrize("weights,item", [("ema", "ema"), ("raw", "params")])
-def test_load_model_reads_a_trainer_checkpoint(trained_run, weights, item):
-    saved = plain_orbax(trained_run, 2)
+def test_load_model_reads_a_trainer_checkpoint(classifier_run, weights, item):
+    saved = plain_orbax(classifier_run, 2)
     assert "opt_state" in saved  # the trainer's state: load_model reads only the chosen weights
-    model, _ = load_model(trained_run, weights=weights)
+    model, _ = load_model(classifier_run, weights=weights)
     got = param_map(model)
     assert got.keys() == saved[item].keys()
     for k, v in got.items():
         np.testing.assert_array_equal(v, saved[item][k])
 
 
-def test_a_workdir_without_card_loads_with_its_config(trained_run, digits_root, tmp_path):
+def test_a_workdir_without_card_loads_with_its_config(classifier_run, digits_root, tmp_path):
     bare = tmp_path / "bare"
-    shutil.copytree(trained_run / "checkpoints", bare / "checkpoints")
+    shutil.copytree(classifier_run / "checkpoints", bare / "checkpoints")
     with pytest.raises(ModelCardError, match="Pass --config"):
         load_model(bare)
-    model, card = load_model(bare, config=quickstart_config(digits_root))
-    assert card == ModelCard.load(trained_run)
+    model, card = load_model(bare, config=config_of_run(digits_root))
+    assert card == ModelCard.load(classifier_run)
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
-    np.testing.assert_array_equal(logits_of(model, x), logits_of(load_model(trained_run)[0], x))
+    np.testing.assert_array_equal(logits_of(model, x), logits_of(load_model(classifier_run)[0], x))
 
 
-def test_resuming_a_finished_run_evaluates_it(trained_run, digits_root, tmp_path):
+def test_resuming_a_finished_run_evaluates_it(classifier_run, digits_root, tmp_path):
     from nf.train.trainer import train_and_evaluate
 
     workdir = tmp_path / "finished"
-    shutil.copytree(trained_run, workdir)
+    shutil.copytree(classifier_run, workdir)
     before = (workdir / "metrics.jsonl").read_text()
     last = [json.loads(line) for line in before.splitlines() if json.loads(line)["split"] == "eval"][-1]
-    summary = train_and_evaluate(quickstart_config(digits_root), str(workdir))
+    summary = train_and_evaluate(config_of_run(digits_root), str(workdir))
     assert summary["step"] == 2
     for key in ("top1", "top5", "ema_top1", "ema_top5"):
         assert summary[key] == pytest.approx(last[key], abs=1e-12)  # same weights, same eval set
@@ -435,3 +399,17 @@ def test_export_of_a_grouped_conv_model(platforms):
     for batch in (2, 3):
         x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
         np.testing.assert_allclose(np.asarray(exported.call(x)), logits_of(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_nf_eval_reads_arrayrecord_like_the_folder(imported_like, image_folder, tmp_path):
+    from nf.cli import evaluate as nf_eval
+    from nf.data import ImageFolderSource, write_arrayrecord
+
+    shards = write_arrayrecord(ImageFolderSource(image_folder), tmp_path / "ar", num_shards=2)
+    reports = {}
+    for name, data in (("folder", image_folder), ("arrayrecord", shards)):
+        out = tmp_path / f"{name}.json"
+        assert nf_eval.main([f"--workdir={imported_like[0]}", f"--data={data}", "--batch_size=4", f"--out={out}"]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["arrayrecord"]["num_images"] == 12
+    assert reports["arrayrecord"]["results"] == reports["folder"]["results"]

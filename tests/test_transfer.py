@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
+from conftest import CLASSIFIER_BACKBONE
 from flax import nnx
 
 from nf.heads import FastUpConv, HeadStyle, UpProjection
@@ -311,34 +312,7 @@ def _config(path: Path, **overrides):
     return config
 
 
-BACKBONE = {"model.depths": (1, 2), "model.widths": (8, 16), "model.strides": (1, 2), "model.stem_width": 8}
-
-
-@pytest.fixture(scope="module")
-def classifier_run(digits_root, tmp_path_factory) -> Path:
-    """A real classification checkpoint: the trainer on digits, tiny backbone, 2 steps."""
-    from nf.train.trainer import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("classifier") / "run"
-    config = _config(
-        REPO / "configs" / "quickstart.py",
-        **BACKBONE,
-        **{
-            "total_steps": 2,
-            "batch_size": 8,
-            "log_every_steps": 1,
-            "eval_every_steps": 100,
-            "checkpoint_every_steps": 100,
-            "spp_after_training": False,
-            "data.prepare": "",
-            "data.image_size": 16,
-            "data.root": str(digits_root),
-            "data.train": str(digits_root / "train"),
-            "data.eval": str(digits_root / "test"),
-        },
-    )
-    train_and_evaluate(config, str(workdir))
-    return workdir
+BACKBONE = CLASSIFIER_BACKBONE  # the shared classifier_run fixture's (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -562,3 +536,21 @@ def test_scene_configs_match_the_quickstart_backbone():
         for key in ("name", "depths", "widths", "stem_width", "skipinit"):
             assert cfg.model[key] == quickstart.model[key], (name, key)  # so its checkpoint restores
         assert cfg.init_from == "runs/quickstart"
+
+
+def test_dense_init_from_accepts_a_save_model_workdir(classifier_run, scenes_root, tmp_path):
+    """A model workdir written by nf.inference.save_model (as nf-import writes) initializes a dense
+    backbone like a trainer workdir does."""
+    from nf.inference import load_model, save_model
+    from nf.train.transfer import restore_backbone
+
+    model, card = load_model(classifier_run, "raw")
+    save_model(model, tmp_path / "saved", card)
+    config = _dense_config("segmentation", scenes_root, str(tmp_path / "saved"))
+    state, abstract = _dense_state(config)
+    restored = restore_backbone(str(tmp_path / "saved"), "ema", state, abstract)
+    want = _restore_numpy(classifier_run, "params")  # save_model's EMA = the raw weights it was given
+    flat = jax.tree_util.tree_flatten_with_path(restored["params"][BACKBONE_KEY])[0]
+    assert len(flat) == len([k for k in want if k[0] != "head"])
+    for p, x in flat:
+        np.testing.assert_array_equal(np.asarray(x), want[tuple(str(getattr(k, "key", k)) for k in p)])

@@ -14,7 +14,7 @@ batch = next(it)  # {"image", "depth" (metres, 0 = invalid), "mask"}
 
 from nf.data.dense import AnnotationError
 from nf.data.depth import make_depth_pipeline
-from nf.data.digits import prepare_digits
+from nf.data.digits import prepare_digit_parity, prepare_digits
 from nf.data.nyu import NYUMatSource, NYUPairSource, open_nyu
 from nf.data.pipeline import DataIterator, make_dataset, make_pipeline, steps_per_epoch
 from nf.data.randaugment import RandAugment
@@ -65,6 +65,7 @@ __all__ = [
     "normalize",
     "open_nyu",
     "open_source",
+    "prepare_digit_parity",
     "prepare_digit_scenes",
     "prepare_digits",
     "steps_per_epoch",

@@ -95,22 +95,38 @@ def prepare_digits(out_dir: str | os.PathLike = "data/digits") -> Path:
 
     Use `out_dir/train` and `out_dir/test` as `ImageFolderSource` roots.
     """
+    return _write_classes(out_dir, [str(c) for c in range(10)], "prepare_digits")
 
+
+PARITY = ["even", "odd"]  # class of digit d: PARITY[d % 2]
+
+
+def prepare_digit_parity(out_dir: str | os.PathLike = "data/digit_parity") -> Path:
+    """The same images and split as `prepare_digits`, in two classes: `even/` (0, 2, 4, 6, 8) and
+    `odd/` (1, 3, 5, 7, 9). A new task on the same pixels, for fine-tuning a digits classifier
+    onto another set of classes (configs/finetune_digits.py)."""
+    return _write_classes(out_dir, [PARITY[d % 2] for d in range(10)], "prepare_digit_parity")
+
+
+def _write_classes(out_dir: str | os.PathLike, class_of_digit: list[str], writer: str) -> Path:
     def write(tmp: Path) -> dict:
         from PIL import Image
 
         images, labels = load_digit_images()
         train, test = split_indices(labels)
         for split, indices in (("train", train), ("test", test)):
-            for c in range(10):
-                (tmp / split / str(c)).mkdir(parents=True, exist_ok=True)
+            for name in set(class_of_digit):
+                (tmp / split / name).mkdir(parents=True, exist_ok=True)
             for i in indices:
-                Image.fromarray(images[i]).save(tmp / split / str(labels[i]) / f"{i:04d}.png")
+                Image.fromarray(images[i]).save(tmp / split / class_of_digit[labels[i]] / f"{i:04d}.png")
         return {
             "source": "sklearn.datasets.load_digits",
             "image_shape": [8, 8],
             "pixel_scale": "round(v * 255 / 16)",
+            "classes": {
+                name: [d for d in range(10) if class_of_digit[d] == name] for name in sorted(set(class_of_digit))
+            },
             "split": {"train": len(train), "test": len(test), "test_per_class": TEST_PER_CLASS, "seed": SPLIT_SEED},
         }
 
-    return write_once(out_dir, write, "prepare_digits")
+    return write_once(out_dir, write, writer)

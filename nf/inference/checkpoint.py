@@ -95,10 +95,14 @@ def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:
 
 def check_tree(where: str, saved: Any, wanted: Any, hint: str) -> None:
     """Fail naming the paths when the saved tree's paths or shapes differ from the wanted ones."""
-    saved_flat, wanted_flat = _shape_map(saved), _shape_map(wanted)
-    missing = sorted(set(wanted_flat) - set(saved_flat))
-    extra = sorted(set(saved_flat) - set(wanted_flat))
-    differ = sorted(k for k in set(wanted_flat) & set(saved_flat) if saved_flat[k] != wanted_flat[k])
+    check_shapes(where, _shape_map(saved), _shape_map(wanted), hint)
+
+
+def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
+    """`check_tree` on {path: shape} maps: every wanted path with its shape, nothing else."""
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
     if missing or extra or differ:
         lines = [f"{where} holds another model than the one built:"]
         for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
@@ -106,7 +110,7 @@ def check_tree(where: str, saved: Any, wanted: Any, hint: str) -> None:
                 more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
                 lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
         if differ:
-            shown = [f"{k} {saved_flat[k]} vs {wanted_flat[k]}" for k in differ[:10]]
+            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
             lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
         lines.append(hint)
         raise ValueError("\n".join(lines))

@@ -29,6 +29,8 @@ KEYS: dict[str, float | None] = {
     "fsdp_min_size": 0,
     "init_from": None,
     "init_from_params": None,
+    "freeze_backbone": None,  # fine-tuning: the backbone gets no updates
+    "backbone_lr_mult": 0,  # fine-tuning: the backbone's learning rate relative to the head's
     "mesh.data": None,  # -1 = all remaining devices
     "mesh.fsdp": None,
     "head.width": 1,

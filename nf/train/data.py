@@ -12,6 +12,7 @@ from nf import data as nf_data
 
 PREPARERS: dict[str, Callable[[str], object]] = {
     "digits": nf_data.prepare_digits,
+    "digit_parity": nf_data.prepare_digit_parity,
     "digit_scenes": nf_data.prepare_digit_scenes,
 }
 

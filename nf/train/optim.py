@@ -112,15 +112,37 @@ def make_optimizer(
     nesterov: bool = True,
     weight_decay: float = 0.0,
     agc_clip: float | None = None,
+    update_scales: PyTree | None = None,
 ) -> optax.GradientTransformation:
-    """AGC (optional) -> coupled weight decay (masked) -> SGD with (Nesterov) momentum."""
+    """AGC (optional) -> coupled weight decay (masked) -> SGD with (Nesterov) momentum -> per-leaf
+    update scales (optional: a tree of floats like the params, e.g. 0 for a frozen backbone or
+    0.1 for a lower backbone learning rate; nf.train.transfer.backbone_scales)."""
     chain = []
     if agc_clip:
         chain.append(adaptive_grad_clip(agc_clip, info))
     if weight_decay:
         chain.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(info)))
     chain.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov and bool(momentum)))
+    if update_scales is not None:
+        chain.append(scale_updates(update_scales))
     return optax.chain(*chain)
+
+
+def scale_updates(scales: PyTree) -> optax.GradientTransformation:
+    """Multiply each leaf's update by its (Python float) scale; a scale of 0 gives exact zeros,
+    so those parameters stay bit-identical (a learning-rate multiplier: the momentum buffers
+    before it are unscaled, the step after it is)."""
+
+    def scale(u, s):
+        if s == 0.0:
+            return jnp.zeros_like(u)
+        return u if s == 1.0 else u * jnp.asarray(s, u.dtype)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(scale, updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:

@@ -155,6 +155,9 @@ def optimizer_from_config(config: ml_collections.ConfigDict, info: Any) -> tuple
         nesterov=opt.nesterov,
         weight_decay=opt.weight_decay,
         agc_clip=opt.get("agc_clip") or None,
+        update_scales=transfer.backbone_scales(  # fine-tuning: frozen or slower backbone
+            info, freeze=config.get("freeze_backbone", False), lr_mult=config.get("backbone_lr_mult", 1.0)
+        ),
     )
     return schedule, tx
 
@@ -255,8 +258,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     task = get_task(config, data.num_classes)
     if config.get("init_from"):
         transfer.check_init_from(config.init_from, workdir)
-    if task.name == "classification" and jax.process_index() == 0:
-        write_model_card(config, data, workdir)
     setup = setup_training(config, task, mesh)
     fns, state, state_shard = setup.fns, setup.state, setup.state_shard
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shard)
@@ -274,8 +275,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     elif config.get("init_from"):
         source = config.get("init_from_params", "ema")
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
-        state = transfer.restore_backbone(config.init_from, source, state, abstract_state)
+        state = transfer.restore_backbone(config.init_from, source, state, abstract_state, fns.info)
     start = int(state["step"])
+    if task.name == "classification" and jax.process_index() == 0:  # after the checkpoint checks
+        write_model_card(config, data, workdir)
 
     b_shard = batch_sharding(mesh)
     to_global = lambda batch: jax.tree.map(
@@ -373,7 +376,10 @@ def write_model_card(config: ml_collections.ConfigDict, data: train_data.TrainDa
     """`workdir/nf_model.json` (nf.inference.card) unless there: the model, classes and the eval
     preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
     if not (epath.Path(workdir) / CARD_FILE).exists():
-        card_from_config(config, data.num_classes, data.class_names).save(workdir)
+        source = {"kind": "nf-train"}
+        if config.get("init_from"):
+            source.update(init_from=config.init_from, init_from_params=config.get("init_from_params", "ema"))
+        card_from_config(config, data.num_classes, data.class_names, source).save(workdir)
 
 
 def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str) -> str:
