@@ -92,8 +92,9 @@ def test_setup_training_abstract_state_matches_the_real_one():
         assert (r.shape, r.dtype, r.sharding) == (a.shape, a.dtype, a.sharding)
     batch = jax.tree.map(jnp.asarray, task.synthetic_batch(4, 32, 3))
     ema0 = jax.tree.map(np.asarray, real.state["ema"])
-    state, metrics = real.train_step(real.state, batch)
+    state, metrics, counters = real.train_step(real.state, batch, real.counters)  # the guarded step
     assert int(state["step"]) == 1 and np.isfinite(float(metrics["loss"]))
+    assert int(counters["consecutive"]) == 0
     assert not all(
         np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(ema0), jax.tree.leaves(state["ema"]))
     )

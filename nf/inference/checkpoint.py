@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from nf.inference.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
-from nf.train.checkpoint import path_str
+from nf.train.checkpoint import check_shapes, shape_map
 
 WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item
 
@@ -47,7 +47,7 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
     if directory.exists() and any(p.name.isdigit() for p in directory.iterdir()):
         raise FileExistsError(f"{directory} already holds checkpoints; choose an empty --workdir (nothing written)")
     built = nnx.eval_shape(card.build_model)  # shapes only: no random init of a big model
-    want, got = _shape_map(model_trees(built)[0]), _shape_map(model_trees(model)[0])
+    want, got = shape_map(model_trees(built)[0]), shape_map(model_trees(model)[0])
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[:6]
         raise ValueError(
@@ -71,10 +71,6 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
     return os.fspath(directory / "0" / "state")
 
 
-def _shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:
     """`workdir/checkpoints/<step>/state` (the latest step by default), failing with what is there."""
     from nf.train.transfer import find_checkpoint
@@ -95,25 +91,7 @@ def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:
 
 def check_tree(where: str, saved: Any, wanted: Any, hint: str) -> None:
     """Fail naming the paths when the saved tree's paths or shapes differ from the wanted ones."""
-    check_shapes(where, _shape_map(saved), _shape_map(wanted), hint)
-
-
-def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
-    """`check_tree` on {path: shape} maps: every wanted path with its shape, nothing else."""
-    missing = sorted(set(wanted) - set(saved))
-    extra = sorted(set(saved) - set(wanted))
-    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
-    if missing or extra or differ:
-        lines = [f"{where} holds another model than the one built:"]
-        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
-            if keys:
-                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
-        if differ:
-            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
-            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
-        lines.append(hint)
-        raise ValueError("\n".join(lines))
+    check_shapes(where, shape_map(saved), shape_map(wanted), hint)
 
 
 def restore_trees(path: str, target: dict[str, Any]) -> dict[str, Any]:

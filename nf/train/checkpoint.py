@@ -9,7 +9,6 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -25,9 +24,28 @@ def path_str(path) -> str:
     return "".join(f"['{k}']" for k in keys)
 
 
-def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {path_str(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
+def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
+    """Fail, naming the paths, unless `saved` ({path: shape}) holds every wanted path with its shape
+    and nothing else; `hint` says what to do."""
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
+    if missing or extra or differ:
+        lines = [f"{where} holds another model than the one built:"]
+        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
+            if keys:
+                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
+                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
+        if differ:
+            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
+            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
+        lines.append(hint)
+        raise ValueError("\n".join(lines))
+
+
+def shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{path_str: shape} of a tree's leaves (arrays, ShapeDtypeStructs or orbax metadata)."""
+    return {path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _first_line(e: Exception) -> str:
@@ -109,24 +127,13 @@ class Checkpoints:
         (`saved`: the step's state metadata, read here when not given)."""
         if saved is None:
             saved = self.manager.item_metadata(step)["state"]
-        saved_shapes = _shapes(saved)
-        wanted = _shapes(abstract_state)
-        missing = sorted(set(wanted) - set(saved_shapes))
-        extra = sorted(set(saved_shapes) - set(wanted))
-        differ = sorted(k for k in set(wanted) & set(saved_shapes) if wanted[k][0] != saved_shapes[k][0])
-        if missing or extra or differ:
-            lines = [f"Checkpoint {self.directory}/{step} holds a different model than the config builds."]
-            for title, keys in (
-                ("missing in checkpoint", missing),
-                ("unexpected in checkpoint", extra),
-                ("shape differs", differ),
-            ):
-                if keys:
-                    shown = [f"{k} {saved_shapes.get(k, ('',))[0]} vs {wanted.get(k, ('',))[0]}" for k in keys[:10]]
-                    more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                    lines.append(f"  {title}: " + "; ".join(shown) + more)
-            lines.append("Use a fresh --workdir, or the config that wrote this checkpoint. Nothing was overwritten.")
-            raise ValueError("\n".join(lines))
+        check_shapes(
+            f"Checkpoint {self.directory}/{step}",
+            shape_map(saved),
+            shape_map(abstract_state),
+            "It holds a different model than the config builds: use a fresh --workdir, or the config that "
+            "wrote this checkpoint. Nothing was overwritten.",
+        )
 
     def saved_data_states(self, step: int) -> dict[int, tuple[int, dict]]:
         """{process index: (process count, iterator state)} of `step`'s data item (empty if none)."""

@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from nf.models.dense import BACKBONE_KEY
-from nf.train.checkpoint import path_str
+from nf.train.checkpoint import check_shapes, path_str
 from nf.train.optim import LeafInfo
 
 PARAM_SOURCES = ("ema", "raw")  # which saved weights initialize the backbone
@@ -71,24 +71,17 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def _check(state_dir: str, item: str, saved: Any, wanted: Any) -> None:
-    saved_flat, wanted_flat = _flat(saved), _flat(wanted)
-    top_level = {k.split("]")[0] for k in wanted_flat}  # the backbone's modules, e.g. "['stages'"
-    missing = sorted(set(wanted_flat) - set(saved_flat))
-    extra = sorted(k for k in set(saved_flat) - set(wanted_flat) if k.split("]")[0] in top_level)
-    differ = sorted(
-        k for k in set(wanted_flat) & set(saved_flat) if tuple(saved_flat[k].shape) != tuple(wanted_flat[k].shape)
+    """The backbone's paths and shapes must all be in the checkpoint; saved entries under a
+    top-level module the backbone does not have (the classifier) are not compared."""
+    wanted_shapes = {k: tuple(v.shape) for k, v in _flat(wanted).items()}
+    top_level = {k.split("]")[0] for k in wanted_shapes}  # the backbone's modules, e.g. "['stages'"
+    saved_shapes = {k: tuple(v.shape) for k, v in _flat(saved).items() if k.split("]")[0] in top_level}
+    check_shapes(
+        f"The checkpoint {state_dir} ({item})",
+        saved_shapes,
+        wanted_shapes,
+        "Set config.model to the architecture that wrote the checkpoint (output_stride may differ).",
     )
-    if missing or extra or differ:
-        lines = [f"The checkpoint {state_dir} ({item}) holds another backbone than the config builds:"]
-        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
-            if keys:
-                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
-        if differ:
-            shown = [f"{k} {tuple(saved_flat[k].shape)} vs {tuple(wanted_flat[k].shape)}" for k in differ[:10]]
-            lines.append("  shape differs (checkpoint vs config): " + "; ".join(shown))
-        lines.append("Set config.model to the architecture that wrote the checkpoint (output_stride may differ).")
-        raise ValueError("\n".join(lines))
 
 
 def restore_backbone(init_from: str, source: str, state: dict, abstract_state: dict, info: Any = None) -> dict:
@@ -191,8 +184,6 @@ def _flat_info(info: Any) -> dict[str, LeafInfo]:
 
 def _check_all(state_dir: str, item: str, saved_flat: dict, wanted_flat: dict) -> None:
     """Every wanted path with its shape in the checkpoint, and nothing else there."""
-    from nf.inference.checkpoint import check_shapes
-
     check_shapes(
         f"The checkpoint {state_dir} ({item})",
         {k: v.shape for k, v in saved_flat.items()},
