@@ -13,6 +13,7 @@ from nf import data as nf_data
 PREPARERS: dict[str, Callable[[str], object]] = {
     "digits": nf_data.prepare_digits,
     "digit_scenes": nf_data.prepare_digit_scenes,
+    "textured_digits": nf_data.prepare_textured_digits,
 }
 
 
