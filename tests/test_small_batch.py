@@ -11,14 +11,13 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import QUICKSTART
 from flax import nnx
 from PIL import Image
 
 from nf.experiments import small_batch as sb
 from nf.tasks import get_task
 from nf.train.trainer import ModelFns
-
-from .conftest import QUICKSTART
 
 
 def quickstart():
@@ -58,7 +57,7 @@ def _twin(model: str):
 def test_bn_twin_normalizes_with_each_steps_batch_statistics():
     model = _twin("bn_resnet26")
     bns = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.BatchNorm)]
-    assert len(bns) == 9  # 2 per bottleneck (4) + the final pre-activation
+    assert len(bns) == 13  # one before each of the 3 convs of the 4 bottlenecks + the final pre-activation
     assert all(bn.axis_name is None and bn.momentum == 0.9 for bn in bns)  # no cross-replica sync
 
     # The layer in training mode against numpy: the batch's own mean and (biased) variance.
