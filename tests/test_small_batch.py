@@ -138,3 +138,30 @@ def test_tiny_grid_writes_rows_and_plot(digits_root, tmp_path):
     assert sb.run_grid(tiny_base(), tmp_path, **kwargs) == rows
     with pytest.raises(ValueError, match="other settings"):
         sb.run_grid(tiny_base(), tmp_path, **{**kwargs, "epochs": 0.03})
+
+
+def test_textured_digits_folder(tmp_path):
+    from nf.data import ImageFolderSource, prepare_textured_digits
+    from nf.data.digits import load_digit_images, split_indices
+    from nf.data.textured_digits import render_textured_digit
+
+    root = prepare_textured_digits(tmp_path / "tex")
+    train, test = ImageFolderSource(root / "train"), ImageFolderSource(root / "test")
+    assert (len(train), len(test), train.classes) == (1497, 300, [str(c) for c in range(10)])
+    glyphs, labels = load_digit_images()
+    i = int(split_indices(labels)[1][0])  # the first test image
+    path = root / "test" / str(labels[i]) / f"{i:04d}.png"
+    image = np.asarray(Image.open(path))
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, render_textured_digit(glyphs[i], np.random.default_rng([0, 1, i])))
+    # the strokes are painted in a bright colour (one channel 255) over a background <= 200
+    stroke = image.max(axis=-1) == 255
+    assert 0 < stroke.sum() < 32 * 32 / 2 and np.all(image[~stroke] <= 200)
+    means = [
+        np.asarray(Image.open(root / "train" / "3" / name)).mean(axis=(0, 1))
+        for name in sorted(p.name for p in (root / "train" / "3").iterdir())[:20]
+    ]
+    assert np.std(means, axis=0).min() > 10  # every image has its own colour statistics
+    assert prepare_textured_digits(root) == root  # prepared: nothing to do
+    with pytest.raises(ValueError, match="holds textured digits written with"):
+        prepare_textured_digits(root, seed=1)
