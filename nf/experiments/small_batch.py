@@ -8,9 +8,11 @@ Here every (model, batch size, seed) is one `train_and_evaluate` run of a base t
 of epochs at every batch size. The learning rate is scaled linearly with the batch (Goyal et al.
 2017: `lr = base lr * batch / base batch`, 0.04 at 64 for the quickstart), the warmup is the base
 config's fraction of training and the EMA decay keeps the base config's horizon in images
-(`decay ** (batch / base batch)`). The BN twin's `nnx.BatchNorm` has no `axis_name`: in training it
-normalizes with the statistics of the step's batch as the jitted step sees it (on one device, the
-CPU default, the per-device batch; it is never synchronised across replicas by a collective).
+(`decay ** (batch / base batch)`). The BN twin's `nnx.BatchNorm` has no `axis_name` (no
+cross-replica sync): in training it normalizes with the statistics of the batch the jitted step
+computes on. On one device (the CPU default) that is the per-device batch of the paper's setting;
+under a mesh of several devices XLA reduces the mean over the whole sharded batch, so the batch
+sizes here are always the BN batch of one step.
 """
 
 from __future__ import annotations
