@@ -38,6 +38,7 @@ PAPER_TABLE2 = {
 }
 ROW_KEYS = ("model", "norm", "batch_size", "seed", "top1", "ema_top1", "steps", "seconds")
 RESULT_FILE = "row.json"  # in each run's workdir, written when the run has finished
+EMBEDDED = ("textured_digits", "digits")  # embedded classification image folders (nf.train.data.PREPARERS)
 
 
 def norm_of(model: str) -> str:
@@ -69,8 +70,8 @@ class Data:
         from nf.train.data import PREPARERS
 
         if self.prepare:
-            if self.prepare not in PREPARERS:
-                raise ValueError(f"Unknown embedded data set {self.prepare!r}; valid: {sorted(PREPARERS)}")
+            if self.prepare not in EMBEDDED:
+                raise ValueError(f"Unknown embedded classification set {self.prepare!r}; valid: {EMBEDDED}")
             PREPARERS[self.prepare](self.root)
         return len(nf_data.open_source(self.train or str(Path(self.root) / "train")))
 
