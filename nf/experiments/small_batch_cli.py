@@ -18,6 +18,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from nf.experiments.small_batch import EMBEDDED
+
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.py"
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(QUICKSTART), "Base trainer config.", lock_config=True)
@@ -26,7 +28,7 @@ _MODELS = flags.DEFINE_list("models", ["nf_resnet26", "bn_resnet26"], "Registere
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "8", "4"], "Batch sizes (the paper: 1024, 8, 4).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (model init and data order).")
 _EPOCHS = flags.DEFINE_float("epochs", 6.0, "Epochs at every batch size (the paper: 15).")
-_DATA = flags.DEFINE_enum("data", "textured_digits", ["textured_digits", "digits"], "Embedded data set.")
+_DATA = flags.DEFINE_enum("data", EMBEDDED[0], list(EMBEDDED), "Embedded data set.")
 _DATA_ROOT = flags.DEFINE_string("data_root", "", "Where the embedded set is written (default data/<data>).")
 _TRAIN = flags.DEFINE_string("train", "", "Training image folder or ArrayRecord dir (replaces the embedded set).")
 _EVAL = flags.DEFINE_string("eval", "", "Evaluation image folder or ArrayRecord dir (with --train).")
