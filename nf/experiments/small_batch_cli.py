@@ -6,7 +6,8 @@ the batch; see `nf.experiments.small_batch`), on the embedded textured digits by
 (`--data=digits` for the plain ones) or on your own image folders / ArrayRecord dirs
 (`--train=DIR --eval=DIR`). Writes DIR/small_batch.json (one row per run), DIR/small_batch.png and
 prints the table; each run's trainer workdir is DIR/runs/<model>_b<batch>_s<seed> (finished runs
-are reused, interrupted ones resume). Any base config key can be overridden: `--config.data.image_size=16`.
+are reused, interrupted ones resume). Any base config key can be overridden, e.g.
+`--config.model.widths='(32,64,128,256)'`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from nf.experiments.small_batch import EMBEDDED
+from nf.experiments import small_batch as sb
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.py"
 
@@ -28,7 +29,7 @@ _MODELS = flags.DEFINE_list("models", ["nf_resnet26", "bn_resnet26"], "Registere
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "8", "4"], "Batch sizes (the paper: 1024, 8, 4).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (model init and data order).")
 _EPOCHS = flags.DEFINE_float("epochs", 6.0, "Epochs at every batch size (the paper: 15).")
-_DATA = flags.DEFINE_enum("data", EMBEDDED[0], list(EMBEDDED), "Embedded data set.")
+_DATA = flags.DEFINE_enum("data", sb.EMBEDDED[0], list(sb.EMBEDDED), "Embedded data set.")
 _DATA_ROOT = flags.DEFINE_string("data_root", "", "Where the embedded set is written (default data/<data>).")
 _TRAIN = flags.DEFINE_string("train", "", "Training image folder or ArrayRecord dir (replaces the embedded set).")
 _EVAL = flags.DEFINE_string("eval", "", "Evaluation image folder or ArrayRecord dir (with --train).")
@@ -37,8 +38,6 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv) -> None:
     del argv
-    from nf.experiments import small_batch as sb
-
     if bool(_TRAIN.value) != bool(_EVAL.value):
         raise app.UsageError("--train and --eval go together (image folders or ArrayRecord dirs)")
     if _TRAIN.value:
