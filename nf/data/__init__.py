@@ -29,6 +29,7 @@ from nf.data.sources import (
     open_source,
     write_arrayrecord,
 )
+from nf.data.textured_digits import prepare_textured_digits
 from nf.data.transforms import (
     CorruptImageError,
     EvalTransform,
@@ -68,6 +69,7 @@ __all__ = [
     "prepare_digit_parity",
     "prepare_digit_scenes",
     "prepare_digits",
+    "prepare_textured_digits",
     "steps_per_epoch",
     "write_arrayrecord",
 ]

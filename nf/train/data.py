@@ -14,6 +14,7 @@ PREPARERS: dict[str, Callable[[str], object]] = {
     "digits": nf_data.prepare_digits,
     "digit_parity": nf_data.prepare_digit_parity,
     "digit_scenes": nf_data.prepare_digit_scenes,
+    "textured_digits": nf_data.prepare_textured_digits,
 }
 
 

@@ -1,0 +1,1 @@
+"""Multi-run experiments built on the trainer (`nf.train.trainer.train_and_evaluate`)."""
