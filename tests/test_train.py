@@ -486,6 +486,86 @@ def test_eight_devices_match_one_device(reference_run, tiny_config_file, jax_cac
         assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3), m["step"]
 
 
+def _kill_when(kind: str, proc: subprocess.Popen, workdir: Path, rng) -> str:
+    """SIGKILL the trainer at a moment of `kind`; returns what happened ("killed", "killed in a save"
+    or "finished" when the run ended first)."""
+    ckpt_dir = workdir / "checkpoints"
+    first = _last_train_step(workdir)
+    deadline = time.monotonic() + TIMEOUT
+    if kind == "start":  # anywhere from Python start-up to the first steps (restore, compile, ...)
+        end = time.monotonic() + rng.uniform(0.5, 10.0)
+        while time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.01)
+    elif kind == "save":  # while orbax writes a step (its temporary folder exists)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ckpt_dir.exists() and any("tmp" in p.name for p in ckpt_dir.iterdir()):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return "killed in a save"
+            time.sleep(0.0005)
+    else:  # "step": a random moment shortly after one to three more steps
+        target = first + rng.randint(1, 3)
+        while _last_train_step(workdir) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+    if proc.poll() is not None:
+        return "finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return "killed"
+
+
+@pytest.mark.slow  # ~10 trainer starts from the compilation cache
+def test_kill_9_at_random_moments_resumes_bit_identically(reference_run, tiny_config_file, jax_cache_dir, tmp_path):
+    """Fault injection: SIGKILL at random moments (start-up, between steps, inside async saves) and,
+    once, a damaged newest checkpoint on top; rerun until done. The result must be bit-identical
+    to the uninterrupted run (saving every 2 steps changes no value), with each step logged once."""
+    import random
+
+    workdir = tmp_path / "run"
+    env = _env(jax_cache_dir)
+    cmd = _cmd(tiny_config_file, workdir, "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3")
+    rng = random.Random(int(os.environ.get("NF_FAULT_SEED", "0")))
+    plan = ["save", "step", "start", "save", "step", "save", "step", "save", "step", "save"]
+    outcomes, damaged = [], None
+    for i, kind in enumerate(plan):
+        log = tmp_path / f"round{i}.log"
+        proc = _start(cmd, env, log)
+        try:
+            outcome = _kill_when(kind, proc, workdir, rng)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if outcome == "finished":
+            assert proc.returncode == 0, _tail(log.read_text())
+            break
+        outcomes.append(outcome)
+        if damaged is None and i >= 1 and checkpoint_steps(workdir):  # once, as early as possible
+            damaged = max(checkpoint_steps(workdir))
+            sharding = workdir / "checkpoints" / str(damaged) / "state" / "_sharding"
+            sharding.write_bytes(sharding.read_bytes()[:10])
+    print(f"kill -9 rounds: {outcomes}")
+    rc, out = _run(cmd, env, tmp_path / "final.log")
+    assert rc == 0, _tail(out)
+    logs = "".join(p.read_text() for p in sorted(tmp_path.glob("*.log")))
+    # the damaged step was named, set aside (never deleted), and skipped
+    assert damaged is not None, "no checkpoint to damage"
+    assert f"checkpoints/{damaged} is damaged: " in logs and "_sharding is unreadable" in logs
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith(f"{damaged}.damaged-")]
+    assert len(outcomes) >= 5, outcomes
+
+    want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+
+    def comparable(metrics):
+        return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics if m["split"] != "checkpoint"]
+
+    assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
+
+
 def test_batch_not_divisible_by_devices(tiny_config_file, jax_cache_dir, tmp_path):
     workdir = tmp_path / "run"
     rc, out = _run(

@@ -67,3 +67,17 @@ def test_a_cleanly_released_lock_is_free_without_a_warning(tmp_path, caplog):
     assert "Taking over" not in caplog.text
     with WorkdirLock(str(workdir), enabled=False), WorkdirLock(str(workdir)):  # enabled=False: processes 1..n-1
         pass
+
+
+def test_the_lock_is_reentrant_within_one_process(tmp_path):
+    """`nf-train` takes it before the trainer, whose own lock is then a no-op; a later holder of
+    the same process (after both released) takes it afresh."""
+    workdir = tmp_path / "run"
+    with WorkdirLock(str(workdir)):
+        with WorkdirLock(str(workdir)):
+            pass
+        assert json.loads((workdir / LOCK_NAME).read_text())["pid"] == os.getpid()  # still held
+        proc = subprocess.run([sys.executable, "-c", HOLD, str(workdir), "0"], capture_output=True, text=True)
+        assert proc.returncode != 0 and "is in use by another nf-train run" in proc.stderr
+    assert (workdir / LOCK_NAME).read_text() == ""
+    _holder(workdir, 0).wait()  # free again for another process

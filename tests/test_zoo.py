@@ -131,18 +131,13 @@ def test_zoo_signal_propagation_at_init(name):
 # ---------------------------------------------------------------------------- AGC on an F0-like net
 
 
-def test_f0_like_with_agc_decreases_loss_on_a_tiny_set():
+def test_f0_like_with_agc_trains_where_plain_sgd_diverges():
+    """NFNets paper Sec. 4: AGC is what lets an NF network train at large learning rates. At lr 1.0
+    (batch 16) the F0-like net with AGC (clip 0.01) fits the tiny set; the same SGD without AGC
+    diverges (measured: loss 1.39 -> 17 -> 4e14 -> NaN within 6 steps)."""
     model = create_model("nfnet_f0", num_classes=4, seed=0, **SMALL["nfnet_f0"], dropout=0.0, stochastic_depth=0.0)
     fns = ModelFns(model)  # the trainer's pure-function view of the model
-    params, model_state = fns.init_values(model)
-    tx = make_optimizer(
-        fns.info,
-        learning_rate=0.1,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=2e-5,
-        agc_clip=0.01,
-    )
+    params0, model_state = fns.init_values(model)
     x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
     y = jnp.asarray(np.random.default_rng(0).integers(0, 4, 16))
 
@@ -150,19 +145,27 @@ def test_f0_like_with_agc_decreases_loss_on_a_tiny_set():
         logits, _ = fns.apply(p, model_state, x, train=True, key=jax.random.key(0))
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
-    def step(p, opt_state):
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
+    def train(agc_clip):
+        tx = make_optimizer(
+            fns.info, learning_rate=1.0, momentum=0.9, nesterov=True, weight_decay=2e-5, agc_clip=agc_clip
+        )
 
-    opt_state = tx.init(params)
-    losses = []
-    for _ in range(8):
-        params, opt_state, loss = step(params, opt_state)
-        losses.append(float(loss))
-    assert np.all(np.isfinite(losses))
-    assert losses[-1] < 0.8 * losses[0], losses
+        @jax.jit
+        def step(p, opt_state):
+            loss, grads = jax.value_and_grad(loss_fn)(p)
+            updates, opt_state = tx.update(grads, opt_state, p)
+            return optax.apply_updates(p, updates), opt_state, loss
+
+        params, opt_state, losses = params0, tx.init(params0), []
+        for _ in range(8):
+            params, opt_state, loss = step(params, opt_state)
+            losses.append(float(loss))
+        return np.asarray(losses)
+
+    with_agc = train(0.01)
+    assert np.all(np.isfinite(with_agc)) and with_agc[-1] < 0.2 * with_agc[0], with_agc
+    plain = train(None)
+    assert not np.all(np.isfinite(plain)) or plain[-1] > with_agc[0], plain  # diverged
 
 
 # --------------------------------------------------------------------------------------- bad input

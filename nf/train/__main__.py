@@ -35,10 +35,16 @@ def main(argv):
     )
     import jax
 
-    from nf.train.trainer import train_and_evaluate
+    from nf.train import config_schema
+    from nf.train.workdir_lock import WorkdirLock
 
-    logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config_schema.validate(_CONFIG.value)  # a bad config fails before the workdir is touched
+    # The lock before the trainer's imports (seconds): a second run on this workdir fails fast.
+    with WorkdirLock(_WORKDIR.value, enabled=jax.process_index() == 0):
+        from nf.train.trainer import train_and_evaluate
+
+        logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 def run() -> None:

@@ -12,7 +12,9 @@ written after checking that none exists. Two runs started within the same second
 (a documented limitation); a leftover object of a dead process on this host is taken over, one of
 another host must be deleted by hand (the error says how).
 
-Multi-process runs: process 0 holds the lock for all of them.
+Multi-process runs: process 0 holds the lock for all of them. `nf-train` takes it right after the
+JAX runtime is up, before the trainer's heavy imports, so a second run fails within seconds; the
+trainer's own `WorkdirLock` is then a no-op (re-entrant within one process).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from absl import logging
 from etils import epath
 
 LOCK_NAME = "nf-train.lock"
+_held: dict[str, int] = {}  # lock path -> how many `WorkdirLock`s of this process hold it (re-entrant)
 
 
 class WorkdirBusyError(RuntimeError):
@@ -76,11 +79,19 @@ class WorkdirLock:
         self.enabled = enabled
         self._remote = "://" in str(workdir)
         self._fd: int | None = None
+        self._nested = False
 
     def __enter__(self) -> WorkdirLock:
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._acquire_remote() if self._remote else self._acquire_local()
+        if not self.enabled:
+            return self
+        key = str(self.path)
+        if _held.get(key):  # this process holds it already (`nf-train` takes it before the trainer)
+            _held[key] += 1
+            self._nested = True
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire_remote() if self._remote else self._acquire_local()
+        _held[key] = 1
         return self
 
     def __exit__(self, *exc) -> None:
@@ -135,8 +146,13 @@ class WorkdirLock:
         self._fd = -1
 
     def release(self) -> None:
+        if self._nested:
+            self._nested = False
+            _held[str(self.path)] -= 1
+            return
         if self._fd is None:
             return
+        _held.pop(str(self.path), None)
         fd, self._fd = self._fd, None
         if fd == -1:
             self.path.unlink(missing_ok=True)
