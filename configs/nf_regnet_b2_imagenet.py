@@ -1,4 +1,4 @@
-"""NF-RegNet-B2 on ImageNet: the NF-RegNet recipe of the NF-ResNets paper (REFERENCE §6).
+"""NF-RegNet-B2 on ImageNet: the NF-RegNet recipe of the NF-ResNets paper (paper App. A).
 
 Run (ImageNet as image folders data/imagenet/train/<wnid>/*.JPEG and data/imagenet/val/<wnid>/*.JPEG,
 the validation images sorted into class folders; an accelerator pod, not a CPU):

@@ -1,4 +1,4 @@
-"""NF-ResNet-50 on ImageNet, the paper's regularized Table 1 recipe (REFERENCE §3, §6).
+"""NF-ResNet-50 on ImageNet, the paper's regularized Table 1 recipe (paper §4, App. A).
 
 Run (ImageNet as image folders data/imagenet/{train,val}/<wnid>/*.JPEG; accelerators, not a CPU):
 

@@ -1,5 +1,5 @@
 """NFNet-F6 on ImageNet: the NFNet recipe of "High-Performance Large-Scale Image Recognition
-Without Normalization" (REFERENCE §5-6).
+Without Normalization" (NFNet paper).
 
 Run (ImageNet as image folders data/imagenet/train/<wnid>/*.JPEG and data/imagenet/val/<wnid>/*.JPEG,
 the validation images sorted into class folders; a large accelerator pod, not a CPU):

@@ -1,4 +1,4 @@
-"""NYU Depth v2: FCRN (Laina et al. 2016) on an NF-ResNet-50 (REFERENCE §7, paper Appendix H).
+"""NYU Depth v2: FCRN (Laina et al. 2016) on an NF-ResNet-50 (paper App. H, paper Appendix H).
 
 Data (not downloaded for you): the labeled file nyu_depth_v2_labeled.mat (HDF5; standard split
 795 train / 654 test) at data/nyu_depth_v2_labeled.mat, or a folder of RGB + 16-bit depth PNG

@@ -44,12 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stem_width = 32
     config.model.skipinit = False
     config.model.stochastic_depth = 0.0
-    config.model.output_stride = 16  # last stage dilated (REFERENCE §7)
+    config.model.output_stride = 16  # last stage dilated (paper App. H)
     config.model.dtype = ""
 
     config.head = ml_collections.ConfigDict()
-    config.head.width = 128  # REFERENCE §7: 256 for ImageNet backbones
-    config.head.dilation = 2  # REFERENCE §7: 6 at 513 px (33x33 features); these are 4x4
+    config.head.width = 128  # paper App. H: 256 for ImageNet backbones
+    config.head.dilation = 2  # paper App. H: 6 at 513 px (33x33 features); these are 4x4
     config.head.skip_stride = 4  # FCN-8s skips from the stride-8 and stride-4 stages (0 = none, as in §7)
 
     config.data = ml_collections.ConfigDict()

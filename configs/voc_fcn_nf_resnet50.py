@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 segmentation: FCN on an NF-ResNet-50 at output stride 16 (REFERENCE §7,
+"""Pascal VOC 2012 segmentation: FCN on an NF-ResNet-50 at output stride 16 (paper App. H,
 paper Appendix H; the MoCo/BYOL protocol).
 
 Data (not downloaded for you): the VOC 2012 folder with JPEGImages/, SegmentationClassAug/ (or

@@ -1,4 +1,4 @@
-"""The ImageNet recipe configs load like `nf-train --config=...` does and hold the REFERENCE §6 values."""
+"""The ImageNet recipe configs load like `nf-train --config=...` does and hold the paper App. A values."""
 
 from __future__ import annotations
 

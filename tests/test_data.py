@@ -68,7 +68,7 @@ def digits_train(digits_dir):
 
 @pytest.fixture(autouse=True)
 def _absl_flags_parsed():
-    # grain's spawned workers read absl flags (REFERENCE §9); programs get this from app.run.
+    # grain's spawned workers read absl flags (jax 0.10.2); programs get this from app.run.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

@@ -1,6 +1,6 @@
 """Layers against independent references: numpy Scaled WS + a naive numpy convolution, the
 paper's gamma constants and their analytic/Monte-Carlo values, SE, stochastic depth, fold_ws
-and input validation (REFERENCE §1, §3)."""
+and input validation (paper §4.2-4.3)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from nf.models import create_model
 
 
 def np_standardize(w, gain, eps=1e-4):
-    """REFERENCE §1: (W - mean) * gain / sqrt(max(fan_in * var, eps)), per output channel."""
+    """paper §4.2-4.3: (W - mean) * gain / sqrt(max(fan_in * var, eps)), per output channel."""
     w = np.asarray(w, np.float64)
     fan_in = w.shape[0] * w.shape[1] * w.shape[2]
     mean = w.mean(axis=(0, 1, 2), keepdims=True)
@@ -203,7 +203,7 @@ def test_ws_conv_after_gamma_relu_preserves_unit_variance_and_zero_mean():
     np.testing.assert_allclose(float(jnp.var(h)), 1.0, atol=0.02)
     assert abs(float(jnp.mean(h)) - GAMMA["relu"] / math.sqrt(2 * math.pi)) < 0.02
     ws = ScaledWSConv(64, 32, 3, padding="VALID", rngs=nnx.Rngs(1))  # VALID: no zero-padded borders
-    # REFERENCE §1 init: raw W ~ N(0, 1/fan_in), gain 1, bias 0
+    # paper §4.2-4.3 init: raw W ~ N(0, 1/fan_in), gain 1, bias 0
     assert abs(float(jnp.std(ws.kernel[...])) * math.sqrt(3 * 3 * 64) - 1) < 0.05
     np.testing.assert_array_equal(np.asarray(ws.gain[...]), 1.0)
     np.testing.assert_array_equal(np.asarray(ws.bias[...]), 0.0)
@@ -221,7 +221,7 @@ def test_ws_conv_after_gamma_relu_preserves_unit_variance_and_zero_mean():
 # Gamma
 # ---------------------------------------------------------------------------------------------
 
-# REFERENCE §1 (DeepMind's Monte-Carlo constants); the library must carry exactly these.
+# paper §4.2-4.3 (DeepMind's Monte-Carlo constants); the library must carry exactly these.
 PAPER_GAMMA = {
     "relu": 1.7139588594436646,
     "gelu": 1.7015043497085571,
@@ -296,7 +296,7 @@ def np_squeeze_excite(se, x):
 def test_squeeze_excite_matches_numpy_and_variance(gain):
     """The sigmoid gate sits near 0.5 at init, so SE halves the signal's magnitude (paper App. B.3:
     "reduce signal magnitude by a factor of 0.5") -- its variance drops to ~1/4 -- and the x2
-    restores unit variance. (REFERENCE §2's "halves the variance" is loose: it is the std.)"""
+    restores unit variance. (paper §4.4's "halves the variance" is loose: it is the std.)"""
     se = SqueezeExcite(64, 64, 0.25, gain=gain, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 8, 8, 64))
     y = np.asarray(apply(se, x), np.float64)

@@ -64,7 +64,7 @@ def test_nf_resnet50_macs_match_analytic_count():
 
 
 def analytic_nfnet_macs(image_size, *, widths=(256, 512, 1536, 1536), depths=(1, 2, 6, 3), group_width=128):
-    """REFERENCE §5 by hand: 4-conv stem, grouped bottleneck with the extra 3x3, SE (two matmuls),
+    """NFNet paper by hand: 4-conv stem, grouped bottleneck with the extra 3x3, SE (two matmuls),
     avg-pool + 1x1 shortcuts, 3072-channel final conv, 1000-way linear."""
     size = image_size // 2
     total = size * size * 9 * (3 * 16 + 16 * 32 + 32 * 64)  # three stride-1-after-2 stem convs
@@ -105,7 +105,7 @@ def test_model_stats_cli_json():
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["nf_resnet26", "nf_regnet_b0"]
     assert list(rows[0]["macs"]) == ["224"]  # train size == test size
-    assert list(rows[1]["macs"]) == ["192", "224"]  # REFERENCE §4: B0 trains at 192, tests at 224
+    assert list(rows[1]["macs"]) == ["192", "224"]  # paper App. C: B0 trains at 192, tests at 224
     assert rows[0]["params"] == count_params(lambda: create_model("nf_resnet26"))
     assert rows[0]["macs"]["224"] == analytic_resnet_macs(RESNET_DEPTHS[26], 224)
     assert rows[1]["macs"]["224"] == pytest.approx(0.44e9, rel=0.01)  # paper Table 3: 0.44B

@@ -1,6 +1,6 @@
 """NF-ResNet family against the paper: alpha/beta schedule, parameter counts, registry, the
 comparison baselines' init properties, BN running stats and stochastic depth inside scanned
-stages, and compile size independent of depth (REFERENCE §3)."""
+stages, and compile size independent of depth (paper §4)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nf.layers import Conv
 from nf.models import create_model, list_models, stages
 from nf.models.stages import block_schedule
 
-# REFERENCE §3 / paper: depths of every ResNet variant; §2-3: the families the paper compares.
+# paper §4 / paper: depths of every ResNet variant; §2-3: the families the paper compares.
 DEPTHS = {
     26: (2, 2, 2, 2),
     50: (3, 4, 6, 3),
@@ -56,7 +56,7 @@ def abstract(name, **overrides):
 
 
 def analytic_schedule(depths, alpha, rate):
-    """REFERENCE §3 written out: block j>=1 of a stage sees 1/sqrt(1 + j alpha^2); the transition
+    """paper §4 written out: block j>=1 of a stage sees 1/sqrt(1 + j alpha^2); the transition
     block of stage s>0 sees the previous stage's full growth 1/sqrt(1 + depth_{s-1} alpha^2);
     the first block 1. Drop rate of block i of N: rate * i / N."""
     n, i, betas, rates = sum(depths), 0, [], []
@@ -168,7 +168,7 @@ def test_parameter_count_matches_architecture_arithmetic(name, kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
-# REFERENCE §4 / §5: NF-RegNet and NFNet depths
+# paper App. C / NFNet paper: NF-RegNet and NFNet depths
 REGNET_DEPTHS = {
     "b0": (1, 3, 6, 6),
     "b1": (2, 4, 7, 7),

@@ -1,4 +1,4 @@
-"""The optimizer recipe against independent numpy references (REFERENCE §5, §6): adaptive gradient
+"""The optimizer recipe against independent numpy references (NFNet paper §3): adaptive gradient
 clipping per unit (and per scanned block), the weight-decay mask, coupled weight decay before
 Nesterov momentum, the EMA warm-up formula and the warmup + cosine learning-rate schedule."""
 
@@ -29,7 +29,7 @@ from nf.train.optim import (
 CLIP = 0.05
 
 
-# ---------------------------------------------------------------- numpy references (REFERENCE §5)
+# ---------------------------------------------------------------- numpy references (NFNet paper)
 
 
 def np_agc_block(g: np.ndarray, w: np.ndarray, clip: float) -> np.ndarray:
@@ -154,7 +154,7 @@ def test_agc_stacked_blocks_are_independent():
 
 
 def test_agc_matches_optax_on_unstacked_layouts():
-    """optax.adaptive_grad_clip implements the same rule for unstacked kernels (REFERENCE §5)."""
+    """optax.adaptive_grad_clip implements the same rule for unstacked kernels (NFNet paper)."""
     params, grads, info = _hand_tree(2)
     names = ["scalar", "vector", "linear", "conv"]
     ours = _apply_agc({k: info[k] for k in names}, {k: grads[k] for k in names}, {k: params[k] for k in names})
@@ -308,7 +308,7 @@ def test_coupled_weight_decay_nesterov_matches_numpy(clip):
     assert not np.allclose(p1["conv"], want["conv"], rtol=1e-3)
 
 
-# ---------------------------------------------------------------- EMA and schedule (REFERENCE §6)
+# ---------------------------------------------------------------- EMA and schedule (paper App. A)
 
 
 @pytest.mark.parametrize("decay", [0.99999, 0.5])

@@ -1,10 +1,10 @@
-"""Signal propagation at init (paper §3-4, Fig. 1-2, 8-9; REFERENCE §2): statistics, SPP checks
+"""Signal propagation at init (paper §3-4, Fig. 1-2, 8-9; paper §3): statistics, SPP checks
 against the paper's analytic expectations, and the tools/spp.py CLI.
 
 Models are small: 8 blocks per stage, width 128 in every stage, so every model's parameter
 initialisers share their compilations; the NF and BN checks use the four stages of a ResNet, the
 ablations only the first two (the same weights as the four-stage model's first 16 blocks, at a
-fraction of the compile time). Images are 128px (REFERENCE §2: small maps distort the statistics).
+fraction of the compile time). Images are 128px (paper §3: small maps distort the statistics).
 """
 
 import functools
@@ -55,7 +55,7 @@ def small_model(name: str, stages: int = 4, **overrides):
 
 @functools.cache
 def spp(name: str, train: bool = False, stages: int = 4, **overrides) -> dict[str, np.ndarray]:
-    """SPP statistics of a small registered model at init, skip gains set to 1 (REFERENCE §2)."""
+    """SPP statistics of a small registered model at init, skip gains set to 1 (paper §3)."""
     model = small_model(name, stages, **overrides)
     set_skip_gains(model, 1.0)
     stats = compute_spp(model, _images(), train=train)
@@ -113,7 +113,7 @@ def test_skip_gain_zero_hides_the_residual_branches():
 
 
 # ---------------------------------------------------------------------------------------------
-# SPPs against the paper (REFERENCE §2)
+# SPPs against the paper (paper §3)
 
 
 def test_nf_resnet_with_scaled_ws():

@@ -134,7 +134,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
 
 
 def np_schedule(t: int, base: float, total: int, warmup: int, end: float = 0.0) -> float:
-    """REFERENCE §6: linear warmup from 0, cosine to `end`; runs shorter than the warmup ramp only."""
+    """paper App. A: linear warmup from 0, cosine to `end`; runs shorter than the warmup ramp only."""
     if t < warmup:
         return base * t / warmup
     frac = min((t - warmup) / max(total - warmup, 1), 1.0)
@@ -226,7 +226,7 @@ def test_end_to_end_artifacts(reference_run, tiny_config):
         for prefix in ("", "ema_"):
             assert 0 <= m[prefix + "top1"] <= m[prefix + "top5"] <= 1
 
-    # the learning rate of step k is the schedule at update count k - 1 (REFERENCE §6 formula)
+    # the learning rate of step k is the schedule at update count k - 1 (paper App. A formula)
     opt = config.optimizer
     for m in train:
         want = np_schedule(m["step"] - 1, opt.lr, config.total_steps, opt.warmup_steps, opt.end_lr)

@@ -32,7 +32,7 @@ TINY = dict(depths=(1, 1, 1, 2), widths=(8, 16, 16, 32), stem_width=8)  # the la
 
 @pytest.fixture(autouse=True)
 def _absl_flags_parsed():
-    if not flags.FLAGS.is_parsed():  # grain reads absl flags (REFERENCE §9)
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags (jax 0.10.2)
         flags.FLAGS.mark_as_parsed()
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _absl_flags_parsed():
-    if not flags.FLAGS.is_parsed():  # grain's spawned workers read absl flags (REFERENCE §9)
+    if not flags.FLAGS.is_parsed():  # grain's spawned workers read absl flags (jax 0.10.2)
         flags.FLAGS.mark_as_parsed()
 
 

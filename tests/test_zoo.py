@@ -28,7 +28,7 @@ def linear(a, b):
 
 
 def nfnet_params(widths, depths, num_classes=1000, group_width=128):
-    """REFERENCE §5: stem, grouped bottlenecks (two 3x3), SE on the output, skip gains, final conv."""
+    """NFNet paper: stem, grouped bottlenecks (two 3x3), SE on the output, skip gains, final conv."""
     stem = widths[0] // 2
     total = ws_conv(3, 3, 16) + ws_conv(3, 16, 32) + ws_conv(3, 32, 64) + ws_conv(3, 64, stem)
     cin = stem
@@ -44,7 +44,7 @@ def nfnet_params(widths, depths, num_classes=1000, group_width=128):
 
 
 def nf_regnet_params(widths, depths, num_classes=1000):
-    """REFERENCE §4: x0.75 widths, expansion 2.25 of the block input (1 for the first block), group
+    """paper App. C: x0.75 widths, expansion 2.25 of the block input (1 for the first block), group
     width 8 rounded down, SE on the expanded width, final conv int(1280 * c4 // 440)."""
     widths = [int(w * 0.75) for w in widths]
     total = ws_conv(3, 3, widths[0])
@@ -91,7 +91,7 @@ def test_variant_parameter_count_and_output_shape(name):
 
 
 def test_published_parameter_counts():
-    """DeepMind's table (millions, one decimal) and REFERENCE §5's exact F0 figure."""
+    """DeepMind's table (millions, one decimal) and the NFNet paper's exact F0 figure."""
     published = {"f0": 71.5, "f1": 132.6, "f2": 193.8, "f3": 254.9, "f4": 316.1, "f5": 377.2, "f6": 438.4, "f7": 499.5}
     for variant, millions in published.items():
         assert round(count_params(lambda: create_model(f"nfnet_{variant}")) / 1e6, 1) == millions, variant

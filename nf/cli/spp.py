@@ -1,4 +1,4 @@
-"""Signal Propagation Plots (paper §3, Fig. 1-2; REFERENCE §2) of registered models at init.
+"""Signal Propagation Plots (paper §3, Fig. 1-2; paper §3) of registered models at init.
 
     nf-spp --models=nf_resnet600,bn_resnet600 --image_size=128 --batch_size=8 --out=/tmp/spp600
     nf-spp --models=nf_resnet50 --images=/data/val_jpegs --out=/tmp/spp50 --log_scale
@@ -11,7 +11,7 @@ residual average channel variance, per residual block, stage ends dotted) and OU
 
 Skip gains: `--skip_gain` (default 1) sets every SkipInit gain (`nf.layers.SkipGain`, found by type)
 before measuring. NF-ResNets initialise it to 0, which hides every residual branch at init; the
-paper's SPPs of the alpha-scaled design use a gain of 1 (REFERENCE §2). `--skip_gain=none` keeps
+paper's SPPs of the alpha-scaled design use a gain of 1 (paper §3). `--skip_gain=none` keeps
 each model's initial value. Models without skip gains (BN / plain baselines) are unaffected.
 
 Inputs: N(0, 1) noise by default (the paper's setting), or `--images`: a folder of JPEG/PNG files
@@ -42,7 +42,7 @@ from nf.models import create_model
 from nf.signal import check_finite, compute_spp, load_images, plot_spp, set_skip_gains
 
 _MODELS = flags.DEFINE_list("models", [], "Comma-separated registered model names (required).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input resolution (use >= 64; REFERENCE §2).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input resolution (use >= 64; paper §3).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Number of images in the batch.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the model init and of the N(0, 1) inputs.")
 _OUT = flags.DEFINE_string("out", None, "Output directory for spp.png and spp.json (created if missing).")
@@ -107,7 +107,7 @@ def main(argv):
     if _IMAGE_SIZE.value < 64:
         print(
             f"warning: --image_size={_IMAGE_SIZE.value} < 64 distorts the statistics (3x3 convs on tiny maps "
-            "mostly see zero padding; REFERENCE §2)",
+            "mostly see zero padding; paper §3)",
             file=sys.stderr,
         )
     skip_gain = parse_skip_gain(_SKIP_GAIN.value)

@@ -1,4 +1,4 @@
-"""Monocular depth inputs (REFERENCE §7, FCRN on NYU Depth v2).
+"""Monocular depth inputs (paper App. H, FCRN on NYU Depth v2).
 
 Both modes: resize the image (bilinear) and its depth (nearest, so 0 = invalid stays exact and no
 depth is invented across edges) to `resize_to` (FCRN: 640x480 -> 320x240), then centre crop to

@@ -1,4 +1,4 @@
-"""NYU Depth v2 sources (REFERENCE §8): the labeled `.mat` file, or RGB + 16-bit depth PNG pairs.
+"""NYU Depth v2 sources (dataset layout): the labeled `.mat` file, or RGB + 16-bit depth PNG pairs.
 
 * `NYUMatSource(path, split)`: `nyu_depth_v2_labeled.mat` is HDF5 (MATLAB v7.3). As read by h5py,
   `images` is (N, 3, 640, 480) uint8 and `depths` (N, 640, 480) float metres -- MATLAB's

@@ -117,7 +117,7 @@ class _EvalShard:
 class _FinalizeBatch(grain.transforms.MapWithIndex):
     """Batch index -> one-hot targets, MixUp/CutMix, RandAugment, normalization.
 
-    Order (REFERENCE §6, the NFNet recipe "MixUp + CutMix then RandAugment"): the uint8 images
+    Order (paper App. A, the NFNet recipe "MixUp + CutMix then RandAugment"): the uint8 images
     become float32 in 0..255; MixUp/CutMix (numpy Generator seeded by (seed, shard, step)) mix them
     (linear, so this equals mixing normalized images); RandAugment then works on the mixture
     rounded to uint8, each example with its own Generator from (seed, shard, step, example);
@@ -521,7 +521,7 @@ def make_pipeline(
         more threads help mostly for large JPEGs (PIL decodes without the GIL).
       num_classes: defaults to `source.num_classes`.
       mixup_alpha, cutmix: train only. MixUp ratio ~ Beta(mixup_alpha, mixup_alpha) (0: off);
-        CutMix on/off; both on: half the batch each (REFERENCE §6).
+        CutMix on/off; both on: half the batch each (paper App. A).
       randaugment_layers, randaugment_magnitude: train only. RandAugment (`nf.data.randaugment`)
         with this many random ops per image (0: off) at this magnitude (10-scale), applied after
         MixUp/CutMix on the uint8-rounded images, before normalization (the NFNet recipe).

@@ -1,4 +1,4 @@
-"""Semantic segmentation inputs (REFERENCE §7, the FCN protocol on Pascal VOC).
+"""Semantic segmentation inputs (paper App. H, the FCN protocol on Pascal VOC).
 
 Train: random scale s ~ U(0.5, 2.0) (image bilinear, mask nearest) -> horizontal flip (p=0.5)
 -> normalize -> pad bottom/right to the crop size (image 0 = the mean colour after normalization,

@@ -1,6 +1,6 @@
 """Per-example image transforms (numpy + PIL, picklable) and batch-level MixUp/CutMix.
 
-REFERENCE §6. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
+paper App. A. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
 the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
 "center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
 "resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
@@ -163,7 +163,7 @@ def inception_crop_box(
     attempts: int = 10,
     fallback_fraction: float = 1.0,
 ) -> Box:
-    """Inception-style random crop box (Szegedy et al. 2015; REFERENCE §6).
+    """Inception-style random crop box (Szegedy et al. 2015; paper App. A).
 
     Up to `attempts` times: area ~ U(area_range) * image area, aspect ratio (w/h) log-uniform in
     `aspect_range`; accept the first box that fits and place it uniformly. If none fits, fall back
@@ -280,7 +280,7 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
 
     Args:
       image_size: output side px.
-      area_range, aspect_range, attempts: the Inception crop (REFERENCE §6 defaults). Use
+      area_range, aspect_range, attempts: the Inception crop (paper App. A defaults). Use
         `area_range=(1, 1), aspect_range=(1, 1)` for a plain resize of square images.
       hflip: random left-right flip with p=0.5 (turn off for e.g. digits).
       on_corrupt: "error" (raise naming the file) or "skip" (warn naming the file, mark it).
@@ -434,7 +434,7 @@ def mix_batch(
     mixup_alpha: float = 0.0,
     cutmix: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MixUp and/or CutMix of a batch (REFERENCE §6), each example paired with the reversed batch.
+    """MixUp and/or CutMix of a batch (paper App. A), each example paired with the reversed batch.
 
     With both on, the first half of the batch gets MixUp and the second half CutMix (as in the
     reference pipeline); with one on, the whole batch gets it. MixUp: ratio ~ Beta(a, a) per

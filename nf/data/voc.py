@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 segmentation in its folder format (REFERENCE §8), as a grain source.
+"""Pascal VOC 2012 segmentation in its folder format (dataset layout), as a grain source.
 
     ROOT/JPEGImages/<id>.jpg
     ROOT/SegmentationClass/<id>.png        palette PNG: pixel value = class index, 255 = void

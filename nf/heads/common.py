@@ -2,7 +2,7 @@
 
 A normalizer-free backbone gets Scaled WS convs followed by its own gamma-scaled activation; a
 BatchNorm backbone gets bias-free convs followed by the same BatchNorm as its blocks and its
-activation (REFERENCE §7). The flavour is read off the backbone's structure (does it hold a
+activation (paper App. H). The flavour is read off the backbone's structure (does it hold a
 BatchNorm?), not its name.
 """
 

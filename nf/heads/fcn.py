@@ -1,4 +1,4 @@
-"""FCN segmentation head (REFERENCE §7, the MoCo/BYOL protocol on Pascal VOC).
+"""FCN segmentation head (paper App. H, the MoCo/BYOL protocol on Pascal VOC).
 
 features (output stride 16) -> [3x3 conv, dilation 6, 256 -> act] x 2 -> 1x1 classifier
 -> bilinear upsampling of the logits to the input size (done by the dense model)

@@ -1,4 +1,4 @@
-"""FCRN depth head (Laina et al. 2016, REFERENCE §7): up-projections with fast up-convolution.
+"""FCRN depth head (Laina et al. 2016, paper App. H): up-projections with fast up-convolution.
 
     features (C channels) -> 1x1 conv to C/2 -> 4 up-projection blocks (C/4, C/8, C/16, C/32;
     each doubles the resolution) -> 3x3 conv to 1 channel (depth in metres)

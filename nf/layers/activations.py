@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 Activation = Callable[[jax.Array], jax.Array]
 
-# name -> (function, gamma). The gammas are DeepMind's Monte-Carlo constants (REFERENCE §1);
+# name -> (function, gamma). The gammas are DeepMind's Monte-Carlo constants (paper §4.2-4.3);
 # pretrained weights depend on exactly these values, so they are not recomputed.
 ACTIVATIONS: dict[str, tuple[Activation, float]] = {
     "relu": (jax.nn.relu, 1.7139588594436646),

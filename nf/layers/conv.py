@@ -1,4 +1,4 @@
-"""Convolutions: a plain conv and the Scaled Weight Standardized conv (paper §4.2, REFERENCE §1)."""
+"""Convolutions: a plain conv and the Scaled Weight Standardized conv (paper §4.2, paper §4.2-4.3)."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ class ScaledWSConv(Conv):
         self.ws_formula, self.gamma = ws_formula, float(gamma)
         kwargs.setdefault("kernel_init", nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
         if not kwargs.pop("use_bias", True):
-            raise ValueError("ScaledWSConv always carries a bias (REFERENCE §1); use Conv for a bias-free conv")
+            raise ValueError("ScaledWSConv always carries a bias (paper §4.2-4.3); use Conv for a bias-free conv")
         kwargs["use_bias"] = True
         super().__init__(in_features, out_features, kernel_size, **kwargs)
         self.gain = nnx.Param(jnp.ones((out_features,), jnp.float32))

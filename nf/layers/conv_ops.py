@@ -6,7 +6,7 @@ path (and the only one that supports forward-mode `jax.jvp`), they are
 `lax.conv_general_dilated` and `lax.reduce_window` themselves.
 
 XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
-equivalent matmuls (REFERENCE §9). `conv2d` therefore routes each case to the fastest
+equivalent matmuls (jax 0.10.2). `conv2d` therefore routes each case to the fastest
 formulation measured by `tools/conv_microbench.py` (forward+backward on ResNet-50 shapes, and
 with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
 

@@ -14,7 +14,7 @@ class SkipGain(nnx.Param):
 def stochastic_depth(x: jax.Array, rate: float | jax.Array, key: jax.Array | None) -> jax.Array:
     """Zero the whole residual branch for a random `rate` of the examples, without rescaling.
 
-    The NF recipe keeps the surviving branches unscaled (DeepMind reference, REFERENCE §3).
+    The NF recipe keeps the surviving branches unscaled (DeepMind reference, paper §4).
     """
     if key is None or (isinstance(rate, (int, float)) and rate == 0):
         return x

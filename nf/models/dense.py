@@ -56,7 +56,7 @@ def segmentation_model(
     seed: int = 0,
     **overrides: Any,
 ) -> DenseModel:
-    """FCN on a registered backbone (REFERENCE §7: output stride 16, two 3x3 dilation-6 convs);
+    """FCN on a registered backbone (paper App. H: output stride 16, two 3x3 dilation-6 convs);
     `skip_stride` adds FCN-8s skips down to that stride (nf.heads.fcn)."""
     rngs = nnx.Rngs(seed)
     backbone = create_backbone(name, output_stride=output_stride, rngs=rngs, **overrides)
@@ -83,7 +83,7 @@ def depth_model(
     seed: int = 0,
     **overrides: Any,
 ) -> DenseModel:
-    """FCRN on a registered backbone (REFERENCE §7: undilated, four up-projections); the head's
+    """FCRN on a registered backbone (paper App. H: undilated, four up-projections); the head's
     output starts at `init_depth` metres; `skip_stride` adds the outputs of the last stage at each
     finer stride down to that one to the up-projection of the same resolution (nf.heads.fcrn)."""
     rngs = nnx.Rngs(seed)

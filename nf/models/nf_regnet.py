@@ -14,7 +14,7 @@ from nf.models.blocks import Bottleneck
 from nf.models.network import ResidualNetwork, check_positive, grouped_width, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
-# variant -> (stage widths before x0.75, depths, train px, test px, dropout)  (REFERENCE §4)
+# variant -> (stage widths before x0.75, depths, train px, test px, dropout)  (paper App. C)
 NF_REGNET_VARIANTS: dict[str, dict] = {
     "b0": dict(widths=(48, 104, 208, 440), depths=(1, 3, 6, 6), train_size=192, test_size=224, dropout=0.2),
     "b1": dict(widths=(48, 104, 208, 440), depths=(2, 4, 7, 7), train_size=224, test_size=256, dropout=0.2),

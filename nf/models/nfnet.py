@@ -19,7 +19,7 @@ from nf.models.stages import block_schedule
 
 NFNET_WIDTHS = (256, 512, 1536, 1536)
 NFNET_PLUS_WIDTHS = (384, 768, 2048, 2048)
-# F(N-1): depths N * (1, 2, 6, 3), (train px, test px, dropout)  (REFERENCE §5)
+# F(N-1): depths N * (1, 2, 6, 3), (train px, test px, dropout)  (NFNet paper)
 _SIZES = [
     (192, 256, 0.2),
     (224, 320, 0.3),

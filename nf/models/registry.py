@@ -28,7 +28,7 @@ RESNET_DEPTHS: dict[int, tuple[int, ...]] = {
     600: (50, 50, 50, 50),
 }
 
-# The paper's comparison models as option sets of ResNetV2 (REFERENCE §2-3, paper Table 1).
+# The paper's comparison models as option sets of ResNetV2 (paper §3-4, Table 1).
 _BASELINE = dict(ws=False, alpha=1.0, scale_inputs=False, skipinit=False)
 RESNET_FAMILIES: dict[str, dict[str, Any]] = {
     "nf": {},  # Scaled WS, gamma, alpha=0.2, beta scaling, SkipInit gain

@@ -37,7 +37,7 @@ class BlockConstants:
 def block_schedule(
     depths: Sequence[int], alpha: float, drop_rate: float = 0.0, scale_inputs: bool = True
 ) -> list[BlockConstants]:
-    """Analytic signal bookkeeping of an NF network (paper §4, REFERENCE §3).
+    """Analytic signal bookkeeping of an NF network (paper §4, paper §4).
 
     The expected variance starts at 1 and grows by alpha^2 per block; a transition block's
     shortcut sees x/beta, so the variance is reset to 1 before its alpha^2 is added.

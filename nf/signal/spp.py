@@ -1,4 +1,4 @@
-"""Signal Propagation Plots (paper §3, Fig. 1-2, Appendix F; REFERENCE §2).
+"""Signal Propagation Plots (paper §3, Fig. 1-2, Appendix F; paper §3).
 
 The statistics come out of the model's own forward pass (`collect_stats=True`): one value per
 residual block for each of `STAT_NAMES`, in block order, with `model.stage_ends` marking the

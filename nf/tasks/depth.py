@@ -1,4 +1,4 @@
-"""Monocular depth (REFERENCE §7, Laina et al. 2016): reverse Huber (berHu) loss and the
+"""Monocular depth (paper App. H, Laina et al. 2016): reverse Huber (berHu) loss and the
 standard metrics over valid pixels (ground-truth depth 0 = invalid).
 
 Batches: `image` (B, H, W, 3), `depth` float (B, H, W) in metres, optional `mask` (B,) of valid

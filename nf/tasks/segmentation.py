@@ -1,4 +1,4 @@
-"""Semantic segmentation (REFERENCE §7): per-pixel softmax cross-entropy with label 255 ignored;
+"""Semantic segmentation (paper App. H): per-pixel softmax cross-entropy with label 255 ignored;
 mIoU from a confusion matrix summed over the whole eval set, and pixel accuracy.
 
 Batches: `image` (B, H, W, 3), `label` int (B, H, W) with 255 = ignore, optional `mask` (B,) of

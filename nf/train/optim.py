@@ -44,7 +44,7 @@ def decay_mask(info: PyTree) -> PyTree:
 
 
 def unit_norm(x: jax.Array, info: LeafInfo) -> jax.Array:
-    """L2 norm per unit (REFERENCE §5): whole tensor for scalars/vectors, over all but the output
+    """L2 norm per unit (NFNet paper): whole tensor for scalars/vectors, over all but the output
     axis for kernels (linear: input axis; HWIO conv: axes 0,1,2); stacked block axes kept."""
     last = x.ndim if info.unit_rank <= 1 else x.ndim - 1
     axes = tuple(range(info.stack_axes, last))

@@ -1,4 +1,4 @@
-"""ImageNet training recipes of the NF papers (REFERENCE §6) as trainer configs.
+"""ImageNet training recipes of the NF papers (paper App. A) as trainer configs.
 
 The files `configs/nf_regnet_b{0..5}_imagenet.py` and `configs/nfnet_f{0..7}_imagenet.py` each call
 one builder here, so the recipe lives in one place:
@@ -8,7 +8,7 @@ one builder here, so the recipe lives in one place:
         return recipes.nfnet_imagenet("f0")
 
 The key structure is that of `configs/quickstart.py` (plus `data.eval_image_size` and the
-RandAugment keys). Image sizes and dropout come from the model registry (REFERENCE §4-5).
+RandAugment keys). Image sizes and dropout come from the model registry (paper App. C, NFNet paper).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
     config.model = ml_collections.ConfigDict()
     config.model.name = model_name
     config.model.stochastic_depth = 0.0  # set by the recipe
-    config.model.dropout = float(spec.args.get("dropout", 0.0))  # the variant's own rate (REFERENCE §4-5)
+    config.model.dropout = float(spec.args.get("dropout", 0.0))  # the variant's own rate (paper App. C, NFNet paper)
     config.model.dtype = ""  # "" = float32; "bfloat16" for bf16 compute with float32 master weights
 
     config.data = ml_collections.ConfigDict()
@@ -94,7 +94,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
 
 
 def nf_regnet_imagenet(variant: str) -> ml_collections.ConfigDict:
-    """NF-RegNet-B{0..5} (REFERENCE §6): batch 1024, 360 epochs, SGD Nesterov 0.9, 5-epoch warmup
+    """NF-RegNet-B{0..5} (paper App. A): batch 1024, 360 epochs, SGD Nesterov 0.9, 5-epoch warmup
     to 0.4 then cosine to 0.001, weight decay 5e-5 + 1e-5 * level, EMA 0.99999, MixUp + CutMix,
     label smoothing 0.1, stochastic depth 0.1, the variant's dropout, float32, train at the train
     px and evaluate at the test px with the centre crop."""
@@ -112,7 +112,7 @@ def nf_regnet_imagenet(variant: str) -> ml_collections.ConfigDict:
 
 
 def nfnet_imagenet(variant: str) -> ml_collections.ConfigDict:
-    """NFNet-F{0..7} (REFERENCE §6): batch 4096, 360 epochs, lr 0.1 * batch / 256, 5-epoch warmup,
+    """NFNet-F{0..7} (paper App. A): batch 4096, 360 epochs, lr 0.1 * batch / 256, 5-epoch warmup,
     cosine to 0, SGD Nesterov 0.9, weight decay 2e-5, AGC 0.01 (not on the classifier), bf16
     compute with float32 master weights, EMA 0.99999, label smoothing 0.1, stochastic depth 0.25,
     the variant's dropout, MixUp + CutMix then RandAugment (4 layers; magnitude 5 for F0, 10 for
@@ -135,7 +135,7 @@ def nfnet_imagenet(variant: str) -> ml_collections.ConfigDict:
 
 
 def resnet_imagenet(model_name: str, *, regularized: bool = True) -> ml_collections.ConfigDict:
-    """ResNet-50-style recipe of the NF-ResNet paper (Table 1, REFERENCE §6): batch 1024, 90
+    """ResNet-50-style recipe of the NF-ResNet paper (Table 1, paper App. A): batch 1024, 90
     epochs, SGD Nesterov 0.9, 5-epoch linear warmup to 0.4 then cosine to 0, weight decay 5e-5
     (not on gains, biases or skip gains), label smoothing 0.1, Inception crop + flip, no
     MixUp/CutMix; the regularized version adds stochastic depth 0.1 and dropout 0.25."""
