@@ -108,6 +108,7 @@ def test_train_step_couples_the_batch_for_bn_only():
             assert gap <= 1e-5 * max(scale, 1e-6), (name, gap, scale)
 
 
+@pytest.mark.slow  # trains 4 tiny runs (~30-80 s); `pytest -m slow`
 def test_tiny_grid_writes_rows_and_plot(digits_root, tmp_path):
     data = sb.Data(prepare="digits", root=str(digits_root))
     kwargs = dict(models=["nf_resnet26", "bn_resnet26"], batch_sizes=[8, 2], seeds=[0], epochs=0.02, data=data)

@@ -418,7 +418,7 @@ def test_restoring_another_architecture_names_the_differing_paths(classifier_run
 
     config = _dense_config("segmentation", scenes_root, str(classifier_run), **{"model.widths": (8, 24)})
     state, abstract = _dense_state(config)
-    with pytest.raises(ValueError, match="another backbone") as err:
+    with pytest.raises(ValueError, match="holds another model") as err:
         restore_backbone(str(classifier_run), "ema", state, abstract)
     assert "['stages']['1']['first']['conv_out']['kernel'] (1, 1, 4, 16) vs (1, 1, 6, 24)" in str(err.value)
     deeper = _dense_config("segmentation", scenes_root, "", **{"model.depths": (1, 2, 1), "model.widths": (8, 16, 16)})
