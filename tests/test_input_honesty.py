@@ -97,6 +97,6 @@ def test_pipeline_skips_by_name_and_counts_conversions(awkward_folder, caplog):
         assert name in caplog.text
     assert caplog.text.count("scaled from 16 to 8 bits") == 1 and caplog.text.count("composited on RGB") == 1
     line = ev.input_summary()
-    assert "3 unreadable file(s) skipped, 5 image(s) converted to 8-bit RGB" in line, line
+    assert "3 unreadable file(s) skipped, 5 image read(s) converted to 8-bit RGB" in line, line
     assert "(16-bit 1, alpha 1, cmyk 1, grayscale 1, palette 1)" in line, line
     assert ev.get_state()["num_converted"] == {"16-bit": 1, "alpha": 1, "cmyk": 1, "grayscale": 1, "palette": 1}

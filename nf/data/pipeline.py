@@ -342,12 +342,12 @@ class DataIterator(grain.DatasetIterator):
         return self._num_skipped
 
     def input_summary(self) -> str:
-        """One line for the run summary: files skipped and images converted to 8-bit RGB so far."""
+        """One line for the run summary: files skipped and image reads converted to 8-bit RGB so far
+        (a grayscale file read in every epoch counts once per read)."""
         total = sum(self._num_converted.values())
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self._num_converted.items()))
-        return f"  input: {self._num_skipped} unreadable file(s) skipped, {total} image(s) converted to 8-bit RGB" + (
-            f" ({kinds})" if kinds else ""
-        )
+        line = f"  input: {self._num_skipped} unreadable file(s) skipped, {total} image read(s) converted to 8-bit RGB"
+        return line + (f" ({kinds})" if kinds else "")
 
     @property
     def next_batch(self) -> int:
