@@ -164,5 +164,5 @@ def test_textured_digits_folder(tmp_path):
     ]
     assert np.std(means, axis=0).min() > 10  # every image has its own colour statistics
     assert prepare_textured_digits(root) == root  # prepared: nothing to do
-    with pytest.raises(ValueError, match="holds textured digits written with"):
+    with pytest.raises(ValueError, match="written by prepare_textured_digits with"):
         prepare_textured_digits(root, seed=1)

@@ -529,7 +529,7 @@ def test_digit_scenes_deterministic_and_prepared_once(scenes_dir, tmp_path):
     stamp = marker.stat().st_mtime_ns
     assert scenes.prepare_digit_scenes(again, num_train=12, num_val=4) == again
     assert marker.stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="written with"):
+    with pytest.raises(ValueError, match="written by prepare_digit_scenes with"):
         scenes.prepare_digit_scenes(again, num_train=20, num_val=4)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

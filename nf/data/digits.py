@@ -57,22 +57,31 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def write_once(out_dir: str | os.PathLike, write: Callable[[Path], dict], writer: str) -> Path:
-    """Runs `write(tmp)` into a temporary sibling of `out_dir`, writes the returned info as the
-    `MARKER` file and renames it into place; does nothing when `out_dir/MARKER` exists.
+def write_once(
+    out_dir: str | os.PathLike, write: Callable[[Path], dict], writer: str, settings: dict | None = None
+) -> Path:
+    """Runs `write(tmp)` into a temporary sibling of `out_dir`, writes the returned info (with
+    `settings`) as the `MARKER` file and renames it into place; does nothing when `out_dir/MARKER`
+    exists and was written with the same `settings` (other settings fail: remove the folder).
 
     An interrupted run leaves no half folder; a folder without the marker that holds files is
     never overwritten (`FileExistsError` naming `writer`); concurrent writers are fine.
     """
     out = Path(out_dir)
     if (out / MARKER).exists():
+        saved = json.loads((out / MARKER).read_text()).get("settings")
+        if settings is not None and saved != settings:
+            raise ValueError(
+                f"{str(out)!r} was written by {writer} with {saved}, not {settings}; "
+                "remove it or pass another output folder"
+            )
         return out
     _check_not_foreign(out, writer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the renamed folder should look like any other
     try:
-        info = write(tmp)
+        info = write(tmp) | ({"settings": settings} if settings is not None else {})
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         if (out / MARKER).exists():  # another process finished first (e.g. multi-process tests)
             return out

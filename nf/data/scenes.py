@@ -23,7 +23,6 @@ written last; `prepare_digit_scenes` is a no-op when it is present with the same
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nf.data.digits import MARKER, load_digit_images, split_indices, write_once
+from nf.data.digits import load_digit_images, split_indices, write_once
 from nf.data.voc import save_label_png
 
 SIZE = 64
@@ -131,15 +130,6 @@ def prepare_digit_scenes(
     }
     if min(num_train, num_val) < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
-    marker = Path(out_dir) / MARKER
-    if marker.exists():
-        saved = json.loads(marker.read_text()).get("settings")
-        if saved != settings:
-            raise ValueError(
-                f"{str(out_dir)!r} holds digit scenes written with {saved}, not {settings}; "
-                "remove it or pass another output folder"
-            )
-        return Path(out_dir)
 
     def write(tmp: Path) -> dict:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -151,10 +141,9 @@ def prepare_digit_scenes(
         for split, count in (("train", num_train), ("val", num_val)):
             _write_split(tmp, split, count, seed, images[pools[split]], labels[pools[split]])
         return {
-            "settings": settings,
             "num_classes": NUM_CLASSES,
             "classes": "0 = background, digit d = d + 1",
             "depth": "16-bit PNG, millimetres",
         }
 
-    return write_once(out_dir, write, "prepare_digit_scenes")
+    return write_once(out_dir, write, "prepare_digit_scenes", settings)

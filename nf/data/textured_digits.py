@@ -18,14 +18,13 @@ written last; `prepare_textured_digits` does nothing when it is there with the s
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from nf.data.digits import MARKER, load_digit_images, split_indices, write_once
+from nf.data.digits import load_digit_images, split_indices, write_once
 from nf.data.scenes import SIZE as SCENE_SIZE
 from nf.data.scenes import _background, _glyph_mask
 
@@ -54,15 +53,6 @@ def prepare_textured_digits(out_dir: str | os.PathLike = "data/textured_digits",
     `out_dir` holds images written with other settings.
     """
     settings = {"seed": int(seed), "size": SIZE, "digit_size": list(DIGIT_SIZE)}
-    marker = Path(out_dir) / MARKER
-    if marker.exists():
-        saved = json.loads(marker.read_text()).get("settings")
-        if saved != settings:
-            raise ValueError(
-                f"{str(out_dir)!r} holds textured digits written with {saved}, not {settings}; "
-                "remove it or pass another output folder"
-            )
-        return Path(out_dir)
 
     def write(tmp: Path) -> dict:
         glyphs, labels = load_digit_images()
@@ -72,6 +62,6 @@ def prepare_textured_digits(out_dir: str | os.PathLike = "data/textured_digits",
             for i in indices:
                 image = render_textured_digit(glyphs[i], np.random.default_rng([seed, SPLITS[split], int(i)]))
                 Image.fromarray(image).save(tmp / split / str(labels[i]) / f"{i:04d}.png")
-        return {"settings": settings, "source": "sklearn.datasets.load_digits on nf.data.scenes backgrounds"}
+        return {"source": "sklearn.datasets.load_digits on nf.data.scenes backgrounds"}
 
-    return write_once(out_dir, write, "prepare_textured_digits")
+    return write_once(out_dir, write, "prepare_textured_digits", settings)
