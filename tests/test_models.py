@@ -491,3 +491,21 @@ def test_unrolled_stage_matches_scan(name, overrides, monkeypatch):
         assert any(e.primitive.name == "scan" for e in jax.make_jaxpr(loss)(params, rest).eqns) == (unroll == 0)
     for scanned, unrolled in zip(*(jax.tree.leaves(r) for r in results), strict=True):
         np.testing.assert_allclose(unrolled, scanned, rtol=1e-5, atol=1e-6)
+
+
+def test_model_families_do_not_import_heads_or_tasks():
+    """Layering: nf.models (backbones) never imports nf.heads or nf.tasks; the tasks compose
+    backbone + head above both (nf.tasks.dense)."""
+    import ast
+    from pathlib import Path
+
+    import nf.models
+
+    offenders = []
+    for path in Path(nf.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("nf.heads", "nf.tasks", "nf.train"))]
+    assert offenders == []

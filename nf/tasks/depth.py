@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
+from nf.tasks.dense import depth_model
 
 BERHU_C = 0.2  # c = 0.2 * max |e| over the batch's valid pixels
 MIN_DEPTH = 1e-3  # predictions are clamped to >= 1 mm for the metrics (depth is positive)
@@ -85,8 +86,6 @@ class Depth(Task):
         return {"image": images, "depth": np.where(rng.random(dense) < 0.1, np.float32(0), depth)}
 
     def build_model(self) -> nnx.Module:
-        from nf.models.dense import depth_model
-
         head = self.config.get("head", {})
         return depth_model(
             self.config.model.name,

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
+from nf.tasks.dense import segmentation_model
 
 IGNORE_LABEL = 255
 
@@ -84,8 +85,6 @@ class Segmentation(Task):
         return {"image": images, "label": np.where(rng.random(dense) < 0.1, IGNORE_LABEL, labels).astype(np.int32)}
 
     def build_model(self) -> nnx.Module:
-        from nf.models.dense import segmentation_model
-
         head = self.config.get("head", {})
         return segmentation_model(
             self.config.model.name,

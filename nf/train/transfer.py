@@ -2,7 +2,7 @@
 nf-train, nf-import or nf.inference.save_model (the same layout).
 
 Dense models (segmentation, depth): the backbone is the classification model without its
-classifier (nf.models.dense), so the saved `params` (or `ema`) and `model_state` trees hold the
+classifier (nf.tasks.dense), so the saved `params` (or `ema`) and `model_state` trees hold the
 backbone's tree plus the classifier. Only the backbone's leaves are read (an orbax partial
 restore onto the trainer's shardings); the head keeps its fresh initialization. The backbone's
 paths and shapes must all be in the checkpoint; saved entries under a top-level module the
@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from nf.models.dense import BACKBONE_KEY
+from nf.tasks.dense import BACKBONE_KEY
 from nf.train.checkpoint import check_shapes, path_str
 from nf.train.optim import LeafInfo
 

@@ -1,5 +1,8 @@
 """Dense prediction models: a (dilated) registered backbone, a head, upsampling to the input.
 
+The segmentation and depth tasks compose their models here, above both `nf.models` (backbones)
+and `nf.heads` (heads), so neither of those packages imports the other's consumers.
+
 The backbone is the classification model without its classifier, under `backbone`, so its
 parameter subtree is the classification model's minus `head` and classification checkpoints
 restore into it (nf.train.transfer).
