@@ -65,7 +65,7 @@ def test_full_f0_names_and_shapes_fill_nfnet_f0_exactly():
     assert n_params == 71_489_284  # the DeepMind README's count
     # Block 4 (nf_block_4) is stage 2's (0-based 1) third block: member 1 of that stage's stack.
     stacked = np.asarray(model.stages[1].rest.spatial[0].kernel[...])
-    assert stacked.shape == (1, 3, 3, 128, 512) or stacked.shape[0] == 1
+    assert stacked.shape == (1, *params["NFNet/~/nf_block_2/~/conv1"]["w"].shape)
     assert np.all(stacked[0] == params["NFNet/~/nf_block_2/~/conv1"]["w"][0, 0, 0, 0])
     last = np.asarray(model.stages[3].rest.skip_gain[...])
     assert list(last) == [params[f"NFNet/~/nf_block_{i}"]["skip_gain"].item() for i in (10, 11)]
