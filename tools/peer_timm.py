@@ -4,7 +4,8 @@ on stdout. Requests:
 
     {"cmd": "setup", "model": "nf_resnet50", "num_classes": 1000, "batch_dir": DIR, "threads": 2,
      "lr": .., "momentum": .., "nesterov": true, "weight_decay": .., "label_smoothing": ..,
-     "agc_clip": 0.0, "ema_decay": 0.99, "seed": 0}
+     "agc_clip": 0.0, "ema_decay": 0.99, "seed": 0, "drop_rate": 0.0,
+     "drop_path_rate": 0.0, "device": "cpu", "amp": false}
         -> {"ok": true, "params": N, "forward_flops_conv_matmul": F, "torch": .., "timm": .., "threads": T}
     {"cmd": "train"}  -> {"seconds": s, "loss": l}   one optimizer step on the batch
     {"cmd": "infer"}  -> {"seconds": s}              eval-mode forward under torch.inference_mode
@@ -17,10 +18,16 @@ label-smoothed cross-entropy, backward, AGC on every parameter but the classifie
 `agc_clip` > 0 (timm's train.py does the same), SGD with (Nesterov) momentum and coupled weight
 decay on kernels only (tensors with more than one element per output unit, like nf's mask), and
 the EMA of the weights (timm's ModelEmaV3, foreach update).
+
+`"device": "cuda"` runs the model on the GPU in channels-last layout (timm train.py's
+`--channels-last`); `"amp": true` runs forward and loss under bfloat16 autocast (timm train.py's
+`--amp --amp-dtype bfloat16`). Times on a GPU end with `torch.cuda.synchronize()`, and "rss" then
+also reports the peak of `torch.cuda.max_memory_allocated`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -43,10 +50,22 @@ class Peer:
     def __init__(self, req: dict):
         torch.manual_seed(req["seed"])
         torch.set_num_threads(req["threads"])
-        self.model = timm.create_model(req["model"], pretrained=False, num_classes=req["num_classes"])
+        self.device = torch.device(req.get("device", "cpu"))
+        self.cuda = self.device.type == "cuda"
+        layout = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = timm.create_model(
+            req["model"],
+            pretrained=False,
+            num_classes=req["num_classes"],
+            drop_rate=req.get("drop_rate", 0.0),
+            drop_path_rate=req.get("drop_path_rate", 0.0),
+        )
+        self.model.to(self.device, memory_format=layout)
         d = req["batch_dir"]
-        self.x = torch.from_numpy(np.load(os.path.join(d, "image.npy"))).permute(0, 3, 1, 2).contiguous()
-        self.y = torch.from_numpy(np.load(os.path.join(d, "label.npy")).astype(np.int64))
+        x = torch.from_numpy(np.load(os.path.join(d, "image.npy"))).permute(0, 3, 1, 2)
+        self.x = x.to(self.device).contiguous(memory_format=layout)
+        self.y = torch.from_numpy(np.load(os.path.join(d, "label.npy")).astype(np.int64)).to(self.device)
+        self.amp = bool(req.get("amp", False))
         classifier = {id(p) for p in self.model.get_classifier().parameters()}
         params = list(self.model.parameters())
         decay = [p for p in params if p.ndim >= 2 and p[0].numel() > 1]  # kernels, not gains/biases
@@ -67,25 +86,39 @@ class Peer:
             self.model(self.x[:1])
         self.forward_flops = counter.get_total_flops()  # 2 x MACs of convs and matmuls, one image
 
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
     def train(self) -> dict:
         self.model.train()
+        self.sync()
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(self.x), self.y)
+        with self.autocast():
+            loss = self.loss_fn(self.model(self.x), self.y)
         loss.backward()
         if self.agc_clip:
             adaptive_clip_grad(self.agc_params, self.agc_clip, eps=1e-3)
         self.opt.step()
         self.ema.update(self.model, step=self.step_count)
         self.step_count += 1
-        value = loss.item()
+        value = loss.item()  # waits for the step, as nf's block_until_ready does
+        self.sync()
         return {"seconds": time.perf_counter() - start, "loss": value}
 
     def infer(self) -> dict:
         self.model.eval()
+        self.sync()
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             self.model(self.x)
+        self.sync()
         return {"seconds": time.perf_counter() - start}
 
 
@@ -118,6 +151,8 @@ def main() -> None:
                     "torch": torch.__version__,
                     "timm": timm.__version__,
                     "threads": torch.get_num_threads(),
+                    "device": str(peer.device),
+                    "amp": peer.amp,
                 }
             elif cmd == "train":
                 reply = peer.train()
@@ -125,6 +160,8 @@ def main() -> None:
                 reply = peer.infer()
             elif cmd == "rss":
                 reply = {"peak_rss_bytes": peak_rss_bytes()}
+                if peer is not None and peer.cuda:
+                    reply["peak_device_bytes"] = torch.cuda.max_memory_allocated()
             elif cmd == "quit":
                 print(json.dumps({"ok": True}), flush=True)
                 return
