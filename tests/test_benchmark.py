@@ -153,6 +153,9 @@ def test_side_by_side_with_timm():
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["peer"]["model"] == "nf_resnet26" and r["peer"]["threads"] == len(os.sched_getaffinity(0))
-    for key in ("nf_over_timm_train", "nf_over_timm_inference", "timm_peak_rss_bytes_train"):
+    for key in ("nf_over_timm_train", "nf_over_timm_inference", "timm_peak_rss_bytes_train", "train_peak_rss_bytes"):
         assert r[key] > 0
+    # The steps' own peak (after the compile's heap was trimmed and VmHWM restarted) is below the
+    # peak that includes compiling.
+    assert r["peak_rss_reset"] and r["train_peak_rss_bytes"] < r["peak_rss_bytes_with_compile"]
     assert r["peer"]["forward_flops_conv_matmul"] > 0 and r["forward_flops_conv_matmul"] > 0

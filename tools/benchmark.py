@@ -55,7 +55,6 @@ import copy
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -83,6 +82,7 @@ from nf.layers import SkipGain, fold_ws
 from nf.models import list_models
 from nf.models.stats import forward_macs, xla_flops
 from nf.tasks import TASKS, Task, get_task
+from nf.train.host_memory import peak_rss_bytes, release_freed_memory, reset_peak_rss, rss_bytes
 from nf.train.sharding import batch_sharding, make_mesh
 from nf.train.trainer import TrainSetup, setup_training
 
@@ -137,10 +137,6 @@ _DTYPE = flags.DEFINE_enum(
 
 
 # ----------------------------------------------------------------------------- measurement helpers
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def peak_device_bytes() -> int | None:
@@ -459,7 +455,9 @@ def run_benchmark() -> dict[str, Any]:
     result["lower_seconds"] = main.lower_seconds
     for i in range(_WARMUP.value):
         main(i)
-    result["peak_rss_bytes"] = peak_rss_bytes()  # the main model's step compiled and run
+    result["peak_rss_bytes_with_compile"] = peak_rss_bytes()  # the main step compiled and run
+    release_freed_memory()  # as the trainer does after its first step
+    result["rss_bytes_after_compile"] = rss_bytes()
     result["memory_analysis"] = main.memory
     result["compiled_temp_plus_argument_bytes"] = main.memory["temp_plus_argument_bytes"]
     log("model FLOPs (cost analysis, scans unrolled) ...")
@@ -507,7 +505,7 @@ def run_benchmark() -> dict[str, Any]:
         if peer is not None:
             peer.close()
             batch_dir.cleanup()
-    result["peak_rss_bytes_total"] = peak_rss_bytes()
+    result["peak_rss_bytes_since_compile"] = peak_rss_bytes()  # train rounds + inference
     result["peak_device_bytes"] = peak_device_bytes()
     result["loadavg_end"] = os.getloadavg()[0]
     return result
@@ -517,7 +515,13 @@ def _time_train(result: dict, train: dict, main: TrainRunner, bs: int, peer: Pee
     # The matmul probe runs in the same rounds, so the peak is measured under the same load.
     probe = MatmulProbe(_MATMUL_SIZE.value, _MATMUL_ROUND_REPEATS.value)
     log(f"timing train steps {list(train)} (+ matmul probe) ...")
+    # Peak memory of the steps themselves (compiling is over): both processes restart their peak.
+    release_freed_memory()
+    result["peak_rss_reset"] = reset_peak_rss() and (peer is None or peer.ask({"cmd": "reset_rss"})["ok"])
     t = interleaved_medians({**train, "matmul": probe}, _STEPS.value, _WARMUP.value)
+    # nf's includes every compared variant's state (--compare): use --compare=false to set it
+    # against timm's.
+    result["train_peak_rss_bytes"] = peak_rss_bytes()
     matmul_s = [x / probe.repeats for x in t.pop("matmul")["times"]]
     step_s = t["nf"]["median"]
     flops = result["model_flops_per_step"]
@@ -591,7 +595,7 @@ def _time_inference(result: dict, config, x: np.ndarray, bs: int, peer: Peer | N
     if peer is not None:
         result["nf_over_timm_inference"] = f["timm"]["median"] / f["folded"]["median"]
         result["nf_over_timm_inference_paired"] = 1.0 / paired_ratio(f, "folded", "timm")
-        result["timm_peak_rss_bytes_total"] = peer.ask({"cmd": "rss"})["peak_rss_bytes"]
+        result["timm_peak_rss_bytes_since_setup"] = peer.ask({"cmd": "rss"})["peak_rss_bytes"]
 
 
 def run_compile_comparison(names: list[str]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ on stdout. Requests:
         -> {"ok": true, "params": N, "forward_flops_conv_matmul": F, "torch": .., "timm": .., "threads": T}
     {"cmd": "train"}  -> {"seconds": s, "loss": l}   one optimizer step on the batch
     {"cmd": "infer"}  -> {"seconds": s}              eval-mode forward under torch.inference_mode
-    {"cmd": "rss"}    -> {"peak_rss_bytes": b}
+    {"cmd": "rss"}    -> {"peak_rss_bytes": b}           VmHWM: since start or the last reset_rss
+    {"cmd": "reset_rss"} -> {"ok": bool}                 restart VmHWM (Linux /proc/self/clear_refs)
     {"cmd": "quit"}   -> {"ok": true}, then exit
 
 The batch is DIR/image.npy (B, H, W, C float32, made channels-first here) and DIR/label.npy
@@ -135,6 +136,17 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Restart VmHWM from the current resident set (nf.train.host_memory.reset_peak_rss; this
+    process cannot import nf)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def main() -> None:
     peer = None
     for line in sys.stdin:
@@ -162,6 +174,8 @@ def main() -> None:
                 reply = {"peak_rss_bytes": peak_rss_bytes()}
                 if peer is not None and peer.cuda:
                     reply["peak_device_bytes"] = torch.cuda.max_memory_allocated()
+            elif cmd == "reset_rss":
+                reply = {"ok": reset_peak_rss()}
             elif cmd == "quit":
                 print(json.dumps({"ok": True}), flush=True)
                 return
