@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance
 from nf import data
 from nf.data import randaugment as R
 from nf.data import transforms as T
-from nf.data.pipeline import _FinalizeBatch
+from nf.data.classification import _FinalizeBatch
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 from nf import data
 source = data.ImageFolderSource(data.prepare_digits("data/digits") / "train")
 it = data.make_pipeline(source, train=True, batch_size=128, image_size=32, seed=0)
-batch = next(it)  # {"image", "label", "label_onehot", "mask"}: see nf.data.pipeline
+batch = next(it)  # {"image", "label", "label_onehot", "mask"}: see nf.data.classification
 
 Dense prediction (nf.data.segmentation, nf.data.depth):
 it = data.make_segmentation_pipeline(data.VOCSource(root, "train"), train=True, batch_size=16, crop_size=513)
@@ -12,11 +12,12 @@ it = data.make_depth_pipeline(data.open_nyu(path, "train"), train=True, batch_si
 batch = next(it)  # {"image", "depth" (metres, 0 = invalid), "mask"}
 """
 
+from nf.data.batching import DataIterator
+from nf.data.classification import make_dataset, make_pipeline
 from nf.data.dense import AnnotationError
 from nf.data.depth import make_depth_pipeline
 from nf.data.digits import prepare_digit_parity, prepare_digits
 from nf.data.nyu import NYUMatSource, NYUPairSource, open_nyu
-from nf.data.pipeline import DataIterator, make_dataset, make_pipeline, steps_per_epoch
 from nf.data.randaugment import RandAugment
 from nf.data.scenes import prepare_digit_scenes
 from nf.data.segmentation import make_segmentation_pipeline
@@ -31,6 +32,8 @@ from nf.data.sources import (
 )
 from nf.data.textured_digits import prepare_textured_digits
 from nf.data.transforms import (
+    INCEPTION_CROP_AREA,
+    INCEPTION_CROP_ASPECT,
     CorruptImageError,
     EvalTransform,
     TrainTransform,
@@ -42,6 +45,8 @@ from nf.data.transforms import (
 from nf.data.voc import VOCSource
 
 __all__ = [
+    "INCEPTION_CROP_AREA",
+    "INCEPTION_CROP_ASPECT",
     "AnnotationError",
     "ArrayRecordImageSource",
     "CorruptImageError",
@@ -70,6 +75,5 @@ __all__ = [
     "prepare_digit_scenes",
     "prepare_digits",
     "prepare_textured_digits",
-    "steps_per_epoch",
     "write_arrayrecord",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from nf.data import dense as D
 from nf.data import transforms as T
-from nf.data.pipeline import DataIterator, make_iterator
+from nf.data.batching import DataIterator, make_iterator
 
 NYU_IMAGE_SIZE = (228, 304)  # (height, width) of the FCRN crop
 NYU_RESIZE_TO = (240, 320)  # half of the 480x640 NYU frames

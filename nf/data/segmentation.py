@@ -22,7 +22,7 @@ import numpy as np
 
 from nf.data import dense as D
 from nf.data import transforms as T
-from nf.data.pipeline import DataIterator, make_iterator
+from nf.data.batching import DataIterator, make_iterator
 
 
 class _SegmentationTransform(D.DenseTransform):

@@ -41,6 +41,9 @@ from PIL import Image, UnidentifiedImageError
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 CROP_PADDING = 32
+INCEPTION_CROP_AREA = (0.08, 1.0)  # Inception crop (paper App. A): fraction of the image area ...
+INCEPTION_CROP_ASPECT = (3 / 4, 4 / 3)  # ... and width/height ratio (log-uniform) ...
+INCEPTION_CROP_ATTEMPTS = 10  # ... tries before the centre-crop fallback
 EVAL_CROPS = ("center_crop", "resize_crop", "resize_short_crop")
 INTERPOLATIONS = {  # PIL's resampling filters by the names timm's configs use
     "bicubic": Image.Resampling.BICUBIC,
@@ -158,9 +161,9 @@ def inception_crop_box(
     height: int,
     rng: np.random.Generator,
     *,
-    area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-    attempts: int = 10,
+    area_range: tuple[float, float] = INCEPTION_CROP_AREA,
+    aspect_range: tuple[float, float] = INCEPTION_CROP_ASPECT,
+    attempts: int = INCEPTION_CROP_ATTEMPTS,
     fallback_fraction: float = 1.0,
 ) -> Box:
     """Inception-style random crop box (Szegedy et al. 2015; paper App. A).
@@ -291,9 +294,9 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         self,
         image_size: int,
         *,
-        area_range: tuple[float, float] = (0.08, 1.0),
-        aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-        attempts: int = 10,
+        area_range: tuple[float, float] = INCEPTION_CROP_AREA,
+        aspect_range: tuple[float, float] = INCEPTION_CROP_ASPECT,
+        attempts: int = INCEPTION_CROP_ATTEMPTS,
         hflip: bool = True,
         on_corrupt: str = "error",
         fast_jpeg: bool = True,

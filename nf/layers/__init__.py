@@ -1,7 +1,7 @@
 """Normalizer-free building blocks: Scaled WS conv, gamma-scaled activations, SE, regularizers."""
 
 from nf.layers.activations import ACTIVATIONS, GAMMA, estimate_gamma, get_activation, scaled_activation
-from nf.layers.channels import make_divisible
+from nf.layers.channels import grouped_width, make_divisible
 from nf.layers.conv import (
     TIMM_WS_EPS,
     WS_EPS,
@@ -32,6 +32,7 @@ __all__ = [
     "estimate_gamma",
     "fold_ws",
     "get_activation",
+    "grouped_width",
     "he_normal",
     "make_divisible",
     "max_pool",

@@ -12,19 +12,15 @@ from nf.models.registry import (
     model_options,
 )
 from nf.models.resnet import ResNetV2
-from nf.models.stages import BlockConstants, Stage, block_schedule
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "MODELS",
     "RESNET_DEPTHS",
     "TEST_IMAGE_SIZE",
-    "BlockConstants",
     "NFNet",
     "NFRegNet",
     "ResNetV2",
-    "Stage",
-    "block_schedule",
     "create_model",
     "list_models",
     "model_options",

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nf.layers import ScaledWSConv, dropout, get_activation, make_divisible, scaled_activation
+from nf.layers import ScaledWSConv, dropout, get_activation, scaled_activation
 from nf.layers.activations import Activation
 from nf.models.stages import BlockConstants, Stage
 
@@ -56,25 +56,6 @@ def ws_conv_and_activation(
     return conv, scaled_activation(activation, act_gain)
 
 
-def grouped_width(channels: int, group_width: int | None, where: str, divisor: int | None = None) -> tuple[int, int]:
-    """`(width, groups)`: `channels` rounded down to a multiple of `group_width` (None: one group),
-    or with `divisor` first rounded to a multiple of it as timm does (`make_divisible`), then
-    down to whole groups when the group width is itself a multiple of the divisor."""
-    if divisor is not None:
-        channels = make_divisible(channels, divisor)
-        if group_width is None or group_width % divisor:
-            groups = 1 if group_width is None else channels // group_width
-            if groups < 1:
-                raise ValueError(f"{where}: {channels} channels cannot hold one group of width {group_width}")
-            return channels, groups
-    if group_width is None:
-        return int(channels), 1
-    groups = int(channels) // group_width
-    if groups < 1:
-        raise ValueError(f"{where}: {channels} channels cannot hold one group of width {group_width}")
-    return groups * group_width, groups
-
-
 def stage_dilations(
     stem_stride: int, strides: Sequence[int], output_stride: int | None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -106,6 +87,16 @@ class Features(NamedTuple):
     stages: list[tuple[jax.Array, int]]  # each stage's output (pre-activation) and its stride
     final: jax.Array  # the final unit's (activated) output at the output stride: what heads consume
     stats: dict[str, jax.Array] | None  # per-block SPP statistics when collected
+
+
+class FinalConv(nnx.Module):
+    """The final unit of NF-RegNets and NFNets: 1x1 conv then activation, before pooling."""
+
+    def __init__(self, conv: ScaledWSConv, activation: Activation):
+        self.conv, self.activation = conv, activation
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.activation(self.conv(x))
 
 
 class ResidualNetwork(nnx.Module):

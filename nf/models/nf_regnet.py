@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import ScaledWSConv, make_divisible
+from nf.layers import Conv, grouped_width, make_divisible
 from nf.layers.activations import Activation
-from nf.models.blocks import Bottleneck
-from nf.models.network import ResidualNetwork, check_positive, grouped_width, ws_conv_and_activation
+from nf.models.blocks import ResidualBlock, channel_attention
+from nf.models.network import FinalConv, ResidualNetwork, check_positive, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
 # variant -> (stage widths before x0.75, depths, train px, test px, dropout)  (paper App. C)
@@ -26,6 +26,52 @@ NF_REGNET_VARIANTS: dict[str, dict] = {
     "b7": dict(widths=(96, 208, 416, 880), depths=(4, 10, 19, 19), train_size=512, test_size=600, dropout=0.5),
     "b8": dict(widths=(104, 232, 456, 968), depths=(4, 11, 22, 22), train_size=600, test_size=672, dropout=0.5),
 }
+
+
+class NFRegNetBlock(ResidualBlock):
+    """The NF-RegNet inverted bottleneck (paper App. C, after RegNetY): act -> *beta -> 1x1 expand
+    -> act -> 3x3 grouped (stride) -> SE -> act -> 1x1 project -> drop path -> * skip gain * alpha
+    + shortcut (2x2 average pool then 1x1 on transitions)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        *,
+        dilation: int = 1,
+        mid: int,
+        groups: int,
+        conv: Callable[..., Conv],
+        activation: Activation,
+        alpha: float,
+        se_ratio: float,
+        se_gain: float,
+        se_divisor: int | None,
+        skipinit: bool,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        conv = functools.partial(conv, dtype=dtype, rngs=rngs)
+        self.activation = activation
+        run_stride = self._init_shortcut(conv, in_ch, out_ch, stride, dilation, pool_shortcut=True)
+        self.conv_in = conv(in_ch, mid, 1)  # expand
+        self.spatial = nnx.List([conv(mid, mid, 3, strides=run_stride, dilation=dilation, groups=groups)])
+        self.conv_out = conv(mid, out_ch, 1)  # project
+        self.se = channel_attention("se", mid, se_ratio, gain=se_gain, divisor=se_divisor, rngs=rngs)
+        self._init_merge(alpha, skipinit)
+
+    def __call__(self, x, *, beta, drop_rate, key, train):
+        act = self.activation
+        h = act(x) * beta  # unit variance at init
+        shortcut = self._shortcut(x, h)
+        (grouped,) = self.spatial
+        r = self.conv_in(h)
+        r = grouped(act(r))
+        if self.se is not None:
+            r = self.se(r)  # 2 * sigmoid gate keeps the variance
+        r = self.conv_out(act(r))
+        return self._merge(r, shortcut, drop_rate, key), r  # Var(r) ~ 1 at init: the SPP's third panel
 
 
 class NFRegNet(ResidualNetwork):
@@ -88,7 +134,7 @@ class NFRegNet(ResidualNetwork):
                 f"stage {stage + 1} (width {out_ch})",
                 channel_divisor,
             )
-            return Bottleneck(
+            return NFRegNetBlock(
                 in_ch,
                 out_ch,
                 stride,
@@ -100,9 +146,7 @@ class NFRegNet(ResidualNetwork):
                 alpha=alpha,
                 se_ratio=se_ratio,
                 se_gain=se_gain,
-                se_position="mid",
                 se_divisor=se_divisor,
-                pool_shortcut=True,
                 skipinit=skipinit,
                 dtype=dtype,
                 rngs=r,
@@ -123,13 +167,3 @@ class NFRegNet(ResidualNetwork):
         )
         self.final = FinalConv(conv(out_ch, final_ch, 1), act)
         self.make_head(final_ch, num_classes, nnx.initializers.zeros, rngs=rngs)
-
-
-class FinalConv(nnx.Module):
-    """1x1 conv then activation, before pooling."""
-
-    def __init__(self, conv: ScaledWSConv, activation: Activation):
-        self.conv, self.activation = conv, activation
-
-    def __call__(self, x, train: bool):
-        return self.activation(self.conv(x))

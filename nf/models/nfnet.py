@@ -1,20 +1,19 @@
 """NFNets F0-F7 and F0+-F7+ ("High-Performance Large-Scale Image Recognition Without
-Normalization"): grouped bottlenecks with two 3x3 convs, SE on the output, GELU x gamma."""
+Normalization", the NFNet paper): grouped bottlenecks with two 3x3 convs, SE on the output, GELU x gamma."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers import make_divisible
+from nf.layers import Conv, grouped_width, make_divisible
 from nf.layers.activations import Activation
-from nf.models.blocks import Bottleneck
-from nf.models.network import ResidualNetwork, check_positive, grouped_width, ws_conv_and_activation
-from nf.models.nf_regnet import FinalConv
+from nf.models.blocks import ResidualBlock, channel_attention
+from nf.models.network import FinalConv, ResidualNetwork, check_positive, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
 NFNET_WIDTHS = (256, 512, 1536, 1536)
@@ -49,6 +48,62 @@ class NFNetStem(nnx.Module):
         for i, conv in enumerate(self.convs):
             x = conv(x if i == 0 else self.activation(x))
         return x
+
+
+class NFNetBlock(ResidualBlock):
+    """The NFNet bottleneck (NFNet paper, Fig. 3 and App. C Fig. 5): conv0 1x1 down to the
+    bottleneck width, conv1 3x3 grouped (stride), conv1b 3x3 grouped, conv2 1x1 up, then SE (or
+    timm's ECA) on the output; every conv is Scaled WS and follows the scaled activation.
+
+    The parameters keep the names every family's checkpoints use: conv0 is `conv_in`, conv1 and
+    conv1b are `spatial[0]` and `spatial[1]`, conv2 is `conv_out` (`nf.pretrained.deepmind`)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        *,
+        dilation: int = 1,
+        mid: int,
+        groups: int,
+        conv: Callable[..., Conv],
+        activation: Activation,
+        alpha: float,
+        se_ratio: float,
+        se_gain: float,
+        se_divisor: int | None,
+        attention: str,
+        skipinit: bool,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        conv = functools.partial(conv, dtype=dtype, rngs=rngs)
+        self.activation = activation
+        run_stride = self._init_shortcut(conv, in_ch, out_ch, stride, dilation, pool_shortcut=True)
+        self.conv_in = conv(in_ch, mid, 1)  # conv0
+        self.spatial = nnx.List(
+            [
+                conv(mid, mid, 3, strides=run_stride, dilation=dilation, groups=groups),  # conv1
+                conv(mid, mid, 3, dilation=dilation, groups=groups),  # conv1b
+            ]
+        )
+        self.conv_out = conv(mid, out_ch, 1)  # conv2
+        self.se = channel_attention(attention, out_ch, se_ratio, gain=se_gain, divisor=se_divisor, rngs=rngs)
+        self._init_merge(alpha, skipinit)
+
+    def __call__(self, x, *, beta, drop_rate, key, train):
+        act = self.activation
+        conv0, (conv1, conv1b), conv2 = self.conv_in, self.spatial, self.conv_out
+        h = act(x) * beta  # unit variance at init: beta = 1 / the expected std of x
+        shortcut = self._shortcut(x, h)
+        r = conv0(h)
+        r = conv1(act(r))
+        r = conv1b(act(r))
+        r = conv2(act(r))  # gamma-scaled activations + WS keep Var ~ 1 through every conv
+        if self.se is not None:
+            r = self.se(r)  # 2 * sigmoid gate keeps the variance
+        return self._merge(r, shortcut, drop_rate, key), r  # Var(r) ~ 1 at init: the SPP's third panel
 
 
 class NFNet(ResidualNetwork):
@@ -112,23 +167,20 @@ class NFNet(ResidualNetwork):
                 f"stage {stage + 1} (width {out_ch})",
                 channel_divisor,
             )
-            return Bottleneck(
+            return NFNetBlock(
                 in_ch,
                 out_ch,
                 stride,
                 dilation=dilation,
                 mid=mid,
                 groups=groups,
-                spatial_convs=2,
                 conv=block_conv,
                 activation=act,
                 alpha=alpha,
                 se_ratio=se_ratio,
                 se_gain=se_gain,
-                se_position="out",
                 se_divisor=se_divisor,
                 attention=attention,
-                pool_shortcut=True,
                 skipinit=skipinit,
                 dtype=dtype,
                 rngs=r,

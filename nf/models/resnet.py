@@ -8,19 +8,102 @@ ReLU), the alpha/beta scaling and the optional SE / skip gain; FixUp has its own
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nf.layers import Conv, make_divisible, max_pool
+from nf.layers import stochastic_depth as drop_branch
 from nf.layers.activations import Activation
-from nf.models.blocks import Bottleneck, FixupBottleneck, PreActivation
+from nf.models.blocks import PreActivation, ResidualBlock, channel_attention
 from nf.models.network import ResidualNetwork, check_positive, ws_conv_and_activation
 from nf.models.stages import block_schedule
 
 BLOCKS = ("nf", "fixup")
+
+
+class Bottleneck(ResidualBlock):
+    """Pre-activation bottleneck (ResNetV2; NF-ResNet, paper §4): pre -> *beta -> 1x1 -> pre ->
+    3x3 (stride) -> pre -> 1x1 [-> SE] -> drop path -> * skip gain * alpha + shortcut. `pre` is
+    the unit before each conv (`PreActivation`: the scaled activation, or a BN baseline's)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        *,
+        dilation: int = 1,
+        mid: int,
+        conv: Callable[..., Conv],
+        norm: str = "none",
+        activation: Activation,
+        alpha: float,
+        se_ratio: float = 0.0,
+        se_gain: float = 2.0,
+        pool_shortcut: bool = False,
+        skipinit: bool = True,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        conv = functools.partial(conv, dtype=dtype, rngs=rngs)
+        self.pre = PreActivation(in_ch, norm, activation, rngs=rngs)
+        run_stride = self._init_shortcut(conv, in_ch, out_ch, stride, dilation, pool_shortcut)
+        self.conv_in = conv(in_ch, mid, 1)
+        self.spatial = nnx.List([conv(mid, mid, 3, strides=run_stride, dilation=dilation)])
+        self.conv_out = conv(mid, out_ch, 1)
+        self.acts = nnx.List([PreActivation(mid, norm, activation, rngs=rngs) for _ in range(2)])
+        self.se = channel_attention("se", out_ch, se_ratio, gain=se_gain, divisor=None, rngs=rngs)
+        self._init_merge(alpha, skipinit)
+
+    def __call__(self, x, *, beta, drop_rate, key, train):
+        h = self.pre(x, train) * beta  # block input has unit variance at init
+        shortcut = self._shortcut(x, h)
+        (conv3x3,) = self.spatial
+        r = self.conv_in(h)
+        r = conv3x3(self.acts[0](r, train))
+        r = self.conv_out(self.acts[1](r, train))
+        if self.se is not None:
+            r = self.se(r)  # 2 * sigmoid gate keeps the variance
+        return self._merge(r, shortcut, drop_rate, key), r  # Var(r) ~ 1 at init: the SPP's third panel
+
+
+class FixupBottleneck(ResidualBlock):
+    """FixUp (Zhang et al. 2019) in pre-activation order: scalar biases before each conv and
+    activation, a scalar multiplier, branch convs He-init scaled by L^(-1/4), last conv zero."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        *,
+        dilation: int = 1,
+        mid: int,
+        num_blocks: int,
+        dtype: jnp.dtype | None,
+        rngs: nnx.Rngs,
+    ):
+        scale = num_blocks ** (-1.0 / (2 * 3 - 2))  # m = 3 convs per branch
+        branch_init = nnx.initializers.variance_scaling(2.0 * scale**2, "fan_in", "normal")
+        conv = functools.partial(Conv, use_bias=False, dtype=dtype, rngs=rngs)
+        run_stride = self._init_shortcut(conv, in_ch, out_ch, stride, dilation, pool_shortcut=False)
+        self.conv1 = conv(in_ch, mid, 1, kernel_init=branch_init)
+        self.conv2 = conv(mid, mid, 3, strides=run_stride, dilation=dilation, kernel_init=branch_init)
+        self.conv3 = conv(mid, out_ch, 1, kernel_init=nnx.initializers.zeros)
+        self.biases = nnx.Param(jnp.zeros((6,)))  # 1a, 1b, 2a, 2b, 3a, 3b
+        self.multiplier = nnx.Param(jnp.ones(()))
+
+    def __call__(self, x, *, beta, drop_rate, key, train):
+        b = self.biases[...]
+        h = jax.nn.relu(x) * beta
+        shortcut = self._shortcut(x, h)
+        r = jax.nn.relu(self.conv1(h + b[0]) + b[1])
+        r = jax.nn.relu(self.conv2(r + b[2]) + b[3])
+        r = self.conv3(r + b[4]) * self.multiplier[...] + b[5]
+        return drop_branch(r, drop_rate, key) + shortcut, r
 
 
 class ResNetStem(nnx.Module):

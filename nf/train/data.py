@@ -66,7 +66,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> TrainData:
             cutmix=cfg.get("cutmix", False),
             randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off
             randaugment_magnitude=cfg.get("randaugment_magnitude", 0.0),
-            crop_area_range=tuple(cfg.get("crop_area_range", (0.08, 1.0))),
+            crop_area_range=tuple(cfg.get("crop_area_range", nf_data.INCEPTION_CROP_AREA)),
             hflip=cfg.get("hflip", True),
             **common,
         )

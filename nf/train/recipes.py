@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from nf.data.transforms import INCEPTION_CROP_AREA
 from nf.models.registry import DEFAULT_IMAGE_SIZE, MODELS, TEST_IMAGE_SIZE
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -62,7 +63,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
     config.data.eval = f"{IMAGENET_ROOT}/val"
     config.data.image_size = DEFAULT_IMAGE_SIZE[model_name]  # train px
     config.data.eval_image_size = TEST_IMAGE_SIZE[model_name]  # test px
-    config.data.crop_area_range = (0.08, 1.0)
+    config.data.crop_area_range = INCEPTION_CROP_AREA
     config.data.hflip = True
     config.data.workers = 16  # grain worker processes per host; JPEG decoding needs many cores
     config.data.prefetch = 2
