@@ -11,6 +11,8 @@ on stdout. Requests:
     {"cmd": "infer"}  -> {"seconds": s}              eval-mode forward under torch.inference_mode
     {"cmd": "rss"}    -> {"peak_rss_bytes": b}           VmHWM: since start or the last reset_rss
     {"cmd": "reset_rss"} -> {"ok": bool}                 restart VmHWM (Linux /proc/self/clear_refs)
+    {"cmd": "profile", "steps": n} -> {"ops": {aten op: self seconds per step}, "wall_seconds": s}
+                      n train steps under torch.profiler (tools/profile_step.py)
     {"cmd": "quit"}   -> {"ok": true}, then exit
 
 The batch is DIR/image.npy (B, H, W, C float32, made channels-first here) and DIR/label.npy
@@ -113,6 +115,17 @@ class Peer:
         self.sync()
         return {"seconds": time.perf_counter() - start, "loss": value}
 
+    def profile(self, steps: int) -> dict:
+        """Each operator's self CPU time per step over `steps` train steps, and the median wall."""
+        from torch.profiler import ProfilerActivity, profile
+
+        walls = []
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                walls.append(self.train()["seconds"])
+        ops = {e.key: e.self_cpu_time_total * 1e-6 / steps for e in prof.key_averages() if e.self_cpu_time_total > 0}
+        return {"ops": ops, "wall_seconds": float(np.median(walls))}
+
     def infer(self) -> dict:
         self.model.eval()
         self.sync()
@@ -170,6 +183,8 @@ def main() -> None:
                 reply = peer.train()
             elif cmd == "infer":
                 reply = peer.infer()
+            elif cmd == "profile":
+                reply = peer.profile(int(req["steps"]))
             elif cmd == "rss":
                 reply = {"peak_rss_bytes": peak_rss_bytes()}
                 if peer is not None and peer.cuda:
