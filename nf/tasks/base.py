@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ class Task(abc.ABC):
 
     # Dotted config keys this task reads beyond the trainer's (`nf.train.config_schema.KEYS`),
     # with their smallest valid value (None: any value); `config_schema.validate` accepts them.
-    config_keys: Mapping[str, float | None] = {}
+    config_keys: ClassVar[Mapping[str, float | None]] = {}
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int | None):
         self.config, self.num_classes = config, num_classes
