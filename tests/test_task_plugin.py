@@ -211,3 +211,19 @@ def test_unregistered_or_duplicate_tasks_are_refused(tiny_config):
     assert TASKS["classification"] is Classification
     with pytest.raises(TypeError, match=r"subclass of nf\.tasks\.Task"):
         register_task(dict)
+
+
+def test_tasks_do_not_import_the_trainer():
+    """Layering: nf.tasks sits below nf.train (the trainer asks the tasks, never the reverse)."""
+    import ast
+
+    import nf.tasks
+
+    offenders = []
+    for path in Path(nf.tasks.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("nf.train")]
+    assert offenders == []
