@@ -227,3 +227,14 @@ def test_tasks_do_not_import_the_trainer():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("nf.train")]
     assert offenders == []
+
+
+def test_only_classifier_tasks_have_model_cards(parity_task, tiny_config, tmp_path):
+    """nf-eval / nf-predict with --config build a card only for a classification task (by type)."""
+    from nf.inference import ModelCardError, read_card
+
+    config = parity_config(tiny_config, tmp_path / "parity")
+    with pytest.raises(ModelCardError, match=r"config\.task='toy_digit_parity': only classifiers have model cards"):
+        read_card(tmp_path, config)
+    card = read_card(tmp_path, tiny_config())  # the digits classifier of conftest's tiny config
+    assert (card.num_classes, card.class_names) == (10, [str(d) for d in range(10)])
