@@ -99,6 +99,7 @@ def parity_config(tiny_config, root: Path, **overrides) -> ml_collections.Config
             "data.train": str(root / "train"),
             "data.eval": str(root / "test"),
             "total_steps": 6,  # eval at 6, checkpoints at 4 and 6
+            "model.depths": (1,),  # one block: the smallest compile
             **overrides,
         }
     )

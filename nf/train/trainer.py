@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,9 @@ from nf.train.distributed import StopSignal, host_copy
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 from nf.train.workdir_lock import WorkdirLock
+
+if TYPE_CHECKING:  # nf.train.metrics imports clu's writers (TensorFlow): loaded by the loop only
+    from nf.train.metrics import LoopTimer, MetricLogger
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
@@ -330,7 +333,7 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> Checkpo
     )
 
 
-def initial_state(config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: Checkpoints, train_iter) -> dict:
+def initial_state(config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: Checkpoints, train_iter: Any) -> dict:
     """The newest intact checkpoint's state (and data position), else the backbone (or
     fine-tuned classifier) of `config.init_from`, else the fresh initialization."""
     abstract = jax.tree.map(
@@ -352,7 +355,9 @@ def global_batch_fn(mesh: jax.sharding.Mesh) -> Callable[[dict], dict]:
     return lambda batch: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), batch)
 
 
-def start_logging(config: ml_collections.ConfigDict, logger, workdir: str, start: int) -> list[Callable[[int], None]]:
+def start_logging(
+    config: ml_collections.ConfigDict, logger: MetricLogger, workdir: str, start: int
+) -> list[Callable[[int], None]]:
     """Cut metrics.jsonl back to the restored step (lines of a killed run's later steps go), write
     the hyperparameters of a fresh run; the per-step hooks: progress reports and the profiler."""
     from clu import periodic_actions  # imports TensorFlow: not needed by evaluation-only users
@@ -396,11 +401,11 @@ class StepClock:
     """The loop's timing bookkeeping around a `LoopTimer`: when each step asked for its batch and
     got it, and whether the device had finished the previous step by then."""
 
-    def __init__(self, timer):
+    def __init__(self, timer: LoopTimer):
         self.timer = timer
         self._previous = None  # the previous step's loss: is the device still busy when a batch arrives?
 
-    def fetch(self, train_iter) -> dict:
+    def fetch(self, train_iter: Iterator[dict]) -> dict:
         self._t0 = time.perf_counter()
         batch = next(train_iter)
         self._t1 = time.perf_counter()
@@ -429,7 +434,7 @@ class StepClock:
 
 
 def save_checkpoint(
-    ckpt: Checkpoints, step: int, state: Any, train_iter: Any, due: Due, timer: Any, logger: Any
+    ckpt: Checkpoints, step: int, state: Any, train_iter: Any, due: Due, timer: LoopTimer, logger: MetricLogger
 ) -> bool:
     """Save `step` when due (forced on the final step); the stall (how long the loop waits while
     the asynchronous save snapshots the state) is logged. Returns whether a save started."""
