@@ -103,9 +103,9 @@ def test_recipe_builders_reject_unknown_variants():
 
 
 def test_trainer_data_uses_eval_image_size_and_randaugment(tmp_path):
-    """nf.train.data.build on digits: train batches at data.image_size with RandAugment, eval at
+    """Classification.build_data on digits: train batches at data.image_size with RandAugment, eval at
     data.eval_image_size (which defaults to image_size when absent)."""
-    from nf.train import data as train_data
+    from nf.tasks import Classification
 
     cfg = load("quickstart")
     cfg.unlock()
@@ -114,12 +114,12 @@ def test_trainer_data_uses_eval_image_size_and_randaugment(tmp_path):
     cfg.data.eval = str(tmp_path / "digits/test")
     cfg.batch_size = 8
     cfg.data.image_size = 16
-    td = train_data.build(cfg, str(tmp_path))
+    td = Classification.build_data(cfg, str(tmp_path))
     assert next(iter(td.eval_batches()))["image"].shape == (8, 16, 16, 3)  # no eval_image_size key
     cfg.data.eval_image_size = 20
     cfg.data.randaugment_layers = 2
     cfg.data.randaugment_magnitude = 9
-    td = train_data.build(cfg, str(tmp_path))
+    td = Classification.build_data(cfg, str(tmp_path))
     it = td.train_iter()
     try:
         with_ra = next(it)["image"]
@@ -128,7 +128,7 @@ def test_trainer_data_uses_eval_image_size_and_randaugment(tmp_path):
     assert with_ra.shape == (8, 16, 16, 3)
     assert next(iter(td.eval_batches()))["image"].shape == (8, 20, 20, 3)
     cfg.data.randaugment_layers = 0
-    it = train_data.build(cfg, str(tmp_path)).train_iter()
+    it = Classification.build_data(cfg, str(tmp_path)).train_iter()
     try:
         assert not np.array_equal(next(it)["image"], with_ra)
     finally:

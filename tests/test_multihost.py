@@ -113,8 +113,9 @@ import jax
 spec = importlib.util.spec_from_file_location("cfg", config_file)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-from nf.train import data as train_data
-data = train_data.build(module.get_config(), out)
+from nf.tasks import task_class
+config = module.get_config()
+data = task_class(config).build_data(config, out)
 it = data.train_iter()
 steps = [[hashlib.sha1(x.tobytes()).hexdigest() for x in next(it)["image"]] for _ in range(3)]
 record = {"index": jax.process_index(), "count": jax.process_count(), "steps": steps}

@@ -81,7 +81,7 @@ from flax import nnx
 from nf.layers import SkipGain, fold_ws
 from nf.models import list_models
 from nf.models.stats import forward_macs, xla_flops
-from nf.tasks import TASKS, Task, get_task
+from nf.tasks import TASKS, Task, get_task, task_class
 from nf.train.host_memory import peak_rss_bytes, release_freed_memory, reset_peak_rss, rss_bytes
 from nf.train.sharding import batch_sharding, make_mesh
 from nf.train.trainer import TrainSetup, setup_training
@@ -255,8 +255,7 @@ def variant(config: ml_collections.ConfigDict, **model: Any) -> ml_collections.C
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
     """The config's task with the class count of its reference dataset."""
-    task_cls = TASKS[config.get("task", "classification")]
-    return get_task(config, task_cls.benchmark_num_classes)
+    return get_task(config, task_class(config).benchmark_num_classes)
 
 
 def in_channels(task: Task) -> int:

@@ -59,6 +59,18 @@ _COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
 
 
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """instruction name -> the JAX operation it came from (its metadata's op_name), where given."""
+    out = {}
+    for line in hlo_text.splitlines():
+        if (m := _INSTR.match(line)) and (op := _OP_NAME.search(line)):
+            out[m.group(1)] = op.group(1)
+    return out
+
+
 def hlo_categories(hlo_text: str) -> dict[str, str]:
     """instruction name -> category, for every instruction of a compiled HLO module's text."""
     ops: dict[str, set[str]] = collections.defaultdict(set)  # computation -> opcodes (transitive below)
@@ -102,7 +114,8 @@ def hlo_categories(hlo_text: str) -> dict[str, str]:
 
 def nf_profile(runner: bench.TrainRunner, steps: int) -> dict:
     """Per-category thunk seconds per step of the compiled train step, and its wall time."""
-    categories = hlo_categories(runner.compiled.as_text())
+    hlo = runner.compiled.as_text()
+    categories, op_names = hlo_categories(hlo), hlo_op_names(hlo)
     walls = []
     with tempfile.TemporaryDirectory(prefix="nf_profile_") as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
@@ -118,7 +131,12 @@ def nf_profile(runner: bench.TrainRunner, steps: int) -> dict:
         name = e["name"]
         if categories.get(name, "container") != "container":
             per_thunk[name] += e["dur"] * 1e-6 / steps
-    return {"wall": statistics.median(walls), "thunks": dict(per_thunk), "category_of": categories}
+    labelled = {f"{name} [{categories[name]}] {op_names.get(name, '')}": t for name, t in per_thunk.items()}
+    return {
+        "wall": statistics.median(walls),
+        "thunks": labelled,
+        "category_of": lambda label: label.split(" [", 1)[1].split("]", 1)[0],
+    }
 
 
 def timm_category(op: str) -> str:
@@ -170,7 +188,7 @@ def main(argv):
         "image_size": size,
         "batch_size": bs,
         "loadavg": os.getloadavg()[0],
-        "nf": summarize(prof["thunks"], lambda n: prof["category_of"][n], prof["wall"]),
+        "nf": summarize(prof["thunks"], prof["category_of"], prof["wall"]),
     }
     if bench._PEER.value:
         with tempfile.TemporaryDirectory(prefix="nf_peer_batch_") as d:

@@ -38,7 +38,7 @@ PAPER_TABLE2 = {
 }
 ROW_KEYS = ("model", "norm", "batch_size", "seed", "top1", "ema_top1", "steps", "seconds")
 RESULT_FILE = "row.json"  # in each run's workdir, written when the run has finished
-EMBEDDED = ("textured_digits", "digits")  # embedded classification image folders (nf.train.data.PREPARERS)
+EMBEDDED = ("textured_digits", "digits")  # embedded classification image folders (nf.tasks.PREPARERS)
 
 
 def norm_of(model: str) -> str:
@@ -50,7 +50,7 @@ def norm_of(model: str) -> str:
 
 @dataclass(frozen=True)
 class Data:
-    """Where the images come from: an embedded set (`prepare` names a `nf.train.data.PREPARERS`
+    """Where the images come from: an embedded set (`prepare` names a `nf.tasks.PREPARERS`
     entry written to `root`) or user folders (`train`, `eval`: image folders or ArrayRecord dirs)."""
 
     prepare: str = "textured_digits"
@@ -67,7 +67,7 @@ class Data:
     def num_train(self) -> int:
         """Training images (prepares the embedded set first)."""
         from nf import data as nf_data
-        from nf.train.data import PREPARERS
+        from nf.tasks import PREPARERS
 
         if self.prepare:
             if self.prepare not in EMBEDDED:

@@ -254,7 +254,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def nf_preprocessing(data_config: Mapping[str, Any]) -> Preprocessing:
-    """The trainer's own eval preprocessing for `config.data` (nf.train.data.build)."""
+    """The trainer's own eval preprocessing for `config.data` (nf.tasks.Classification.build_data)."""
     px = int(data_config.get("eval_image_size") or data_config["image_size"])
     pad = int(data_config.get("crop_padding", CROP_PADDING))
     return Preprocessing("nf", px, px / (px + pad), crop=data_config.get("eval_crop", "center_crop"), crop_padding=pad)

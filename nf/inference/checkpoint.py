@@ -115,9 +115,12 @@ def read_card(workdir: str | os.PathLike, config: ml_collections.ConfigDict | No
     of the classifier `config` trains: classes from its training data."""
     if config is None:
         return ModelCard.load(_abs(workdir))
-    if config.get("task", "classification") != "classification":
-        raise ModelCardError(f"config.task={config.task!r}: only classifiers have model cards")
     from nf import data as nf_data
+    from nf.tasks import Classification, task_class
+
+    task = task_class(config)
+    if not issubclass(task, Classification):
+        raise ModelCardError(f"config.task={task.name!r}: only classifiers have model cards")
 
     train = config.data.train.format(workdir=_abs(workdir))
     source = nf_data.open_source(train)

@@ -105,7 +105,7 @@ def evaluate_workdir(
     """Top-1 / top-5 / loss of each of `weights` of `workdir` on `data` (default: the config's eval
     set), with the card's preprocessing at `image_size` (default the card's); returns a JSON-able
     report with the throughput (images/s over whole passes, data pipeline included, compile not)."""
-    from nf.tasks import get_task
+    from nf.tasks import Classification
     from nf.train.sharding import batch_sharding, make_mesh, replicated
     from nf.train.trainer import ModelFns, evaluate_params, make_eval_step
 
@@ -120,7 +120,7 @@ def evaluate_workdir(
     if batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {mesh.size} devices")
     fns = ModelFns(model)
-    task = get_task(ml_collections.ConfigDict({"task": "classification"}), card.num_classes)
+    task = Classification(ml_collections.ConfigDict(), card.num_classes)  # its eval sums and metrics
     eval_step = jax.jit(make_eval_step(fns, task))
     shard = batch_sharding(mesh)
     to_global = lambda b: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), b)

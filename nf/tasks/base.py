@@ -1,21 +1,28 @@
-"""What the trainer needs from a task: a model, a training loss with its batch metrics, and an
-evaluation that sums over batches and is finalized once over the whole eval set.
+"""What the trainer needs from a task: its data, a model, a training loss with its batch metrics,
+an evaluation that sums over batches and is finalized once over the whole eval set, and
+optionally a model card. A new task is one subclass of `Task` registered with
+`nf.tasks.register_task` (README, "Adding a task").
 
-Tasks know nothing about sharding or checkpoints; the trainer knows nothing about a task's
-outputs beyond these methods.
+Tasks know nothing about device sharding or checkpoints; the trainer knows nothing about a task's
+data or outputs beyond these methods.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+
+from nf.tasks.data import TrainData
+
+if TYPE_CHECKING:
+    from nf.inference.card import ModelCard
 
 Batch = Mapping[str, jax.Array]
 
@@ -51,12 +58,23 @@ def example_mask(batch: Batch, batch_size: int) -> jax.Array:
 
 
 class Task(abc.ABC):
-    """One training objective; `config` is the whole trainer config, `num_classes` the data's."""
+    """One training objective; `config` is the whole trainer config, `num_classes` the data's
+    (`build_data` runs first and tells it)."""
 
-    name: str = ""
+    name: str = ""  # the `config.task` that selects this task
+
+    # Dotted config keys this task reads beyond the trainer's (`nf.train.config_schema.KEYS`),
+    # with their smallest valid value (None: any value); `config_schema.validate` accepts them.
+    config_keys: ClassVar[Mapping[str, float | None]] = {}
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int | None):
         self.config, self.num_classes = config, num_classes
+
+    @classmethod
+    @abc.abstractmethod
+    def build_data(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainData:
+        """This process's train and eval pipelines for `config.data` (preparing an embedded data
+        set when `data.prepare` names one; `{workdir}` in paths is the run's workdir)."""
 
     @abc.abstractmethod
     def build_model(self) -> nnx.Module:
@@ -73,6 +91,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def finalize(self, totals: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Eval metrics from the statistics summed over the whole eval set."""
+
+    def model_card(self, class_names: list[str] | None, source: Mapping[str, Any]) -> ModelCard | None:
+        """The self-describing card (nf.inference.card) the trainer writes into the workdir, so
+        nf-eval / nf-predict / nf-export / init_from need no config; None (the default): this
+        task's models are not served by those tools. `source` records where the weights came from."""
+        return None
 
     def summary_line(self, results: Mapping[str, float]) -> str | None:
         """One human line of the final eval (raw and EMA), or None."""

@@ -1,16 +1,22 @@
-"""Image classification: softmax cross-entropy with label smoothing, top-1 / top-5 accuracy."""
+"""Image classification: softmax cross-entropy with label smoothing, top-1 / top-5 accuracy, on
+image folders or ArrayRecord directories (`data.train`, `data.eval`; nf.data.classification)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
+from nf import data as nf_data
+from nf.inference.card import ModelCard, card_from_config
 from nf.tasks.base import Task, model_overrides, random_images
+from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
 
 
 def targets(batch: dict[str, jax.Array], num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
@@ -50,6 +56,49 @@ class Classification(Task):
 
     name = "classification"
     benchmark_num_classes = 1000  # ImageNet
+
+    @classmethod
+    def build_data(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainData:
+        """Inception crop, flip, MixUp/CutMix and RandAugment for training; centre (or other
+        `data.eval_crop`) crop at `data.eval_image_size` for evaluation."""
+        cfg = config.data
+        prepare(cfg, workdir)
+        train_source = nf_data.open_source(resolve(cfg.train, workdir))
+        classes = getattr(train_source, "classes", None)
+        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes)
+        common = pipeline_common(config) | {"num_classes": train_source.num_classes}
+
+        def train_iter():
+            return nf_data.make_pipeline(
+                train_source,
+                train=True,
+                image_size=cfg.image_size,
+                mixup_alpha=cfg.get("mixup_alpha", 0.0),
+                cutmix=cfg.get("cutmix", False),
+                randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off
+                randaugment_magnitude=cfg.get("randaugment_magnitude", 0.0),
+                crop_area_range=tuple(cfg.get("crop_area_range", nf_data.INCEPTION_CROP_AREA)),
+                hflip=cfg.get("hflip", True),
+                **loader_options(cfg),
+                **common,
+            )
+
+        def eval_batches():
+            return nf_data.make_pipeline(
+                eval_source,
+                train=False,
+                image_size=cfg.get("eval_image_size") or cfg.image_size,  # test px; defaults to the train px
+                eval_crop=cfg.get("eval_crop", "center_crop"),
+                crop_padding=cfg.get("crop_padding", 32),
+                **common,
+            )
+
+        names = list(classes) if classes else None
+        return TrainData(train_source.num_classes, len(train_source), train_iter, eval_batches, names)
+
+    def model_card(self, class_names: list[str] | None, source: Mapping[str, Any]) -> ModelCard:
+        """The model, classes and the eval preprocessing (nf.inference.card)."""
+        return card_from_config(self.config, self.num_classes, class_names, source)
 
     def synthetic_batch(self, batch_size, image_size, channels, seed=0):
         """Random images and class ids (B,) int32."""

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from nf import data as nf_data
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
+from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
 from nf.tasks.dense import depth_model
 
 BERHU_C = 0.2  # c = 0.2 * max |e| over the batch's valid pixels
@@ -76,6 +79,36 @@ class Depth(Task):
     """FCRN on an undilated backbone (`config.model.output_stride`, default the natural one)."""
 
     name = "depth"
+
+    @classmethod
+    def build_data(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainData:
+        """NYU Depth v2 (`data.path`: the labeled .mat, a list file or a folder of <split>.txt lists
+        of RGB / 16-bit depth PNG pairs): resize, centre crop, flip and colour jitter (nf.data.depth)."""
+        cfg = config.data
+        prepare(cfg, workdir)
+        root = resolve(cfg.path, workdir)
+        sources = {
+            split: nf_data.open_nyu(root, cfg[key]) for split, key in (("train", "train_split"), ("eval", "eval_split"))
+        }
+        resize_to = tuple(cfg.resize_to) if cfg.get("resize_to") else None
+        sizes = dict(image_size=tuple(cfg.image_size), resize_to=resize_to)
+        common = pipeline_common(config)
+
+        def train_iter():
+            return nf_data.make_depth_pipeline(
+                sources["train"],
+                train=True,
+                hflip=cfg.get("hflip", True),
+                color=cfg.get("color", True),
+                **loader_options(cfg),
+                **sizes,
+                **common,
+            )
+
+        def eval_batches():
+            return nf_data.make_depth_pipeline(sources["eval"], train=False, **sizes, **common)
+
+        return TrainData(None, len(sources["train"]), train_iter, eval_batches)
 
     def synthetic_batch(self, batch_size, image_size, channels, seed=0):
         """Random images and depths (B, H, W) float32 in 0.5-10 m, 10% of them invalid (0)."""

@@ -11,11 +11,14 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
+from nf import data as nf_data
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
+from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
 from nf.tasks.dense import segmentation_model
 
 IGNORE_LABEL = 255
@@ -75,6 +78,39 @@ class Segmentation(Task):
 
     name = "segmentation"
     benchmark_num_classes = 21  # Pascal VOC
+
+    @classmethod
+    def build_data(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainData:
+        """VOC-format folders (`data.path` with ImageSets/Segmentation/<split>.txt): random scale,
+        flip and crop for training, centre crop for evaluation (nf.data.segmentation)."""
+        cfg = config.data
+        prepare(cfg, workdir)
+        root = resolve(cfg.path, workdir)
+        sources = {
+            split: nf_data.VOCSource(
+                root, cfg[key], num_classes=cfg.num_classes, mask_dir=cfg.get("mask_dir", "SegmentationClass")
+            )
+            for split, key in (("train", "train_split"), ("eval", "eval_split"))
+        }
+        common = pipeline_common(config)
+
+        def train_iter():
+            return nf_data.make_segmentation_pipeline(
+                sources["train"],
+                train=True,
+                crop_size=cfg.crop_size,
+                scale_range=tuple(cfg.get("scale_range", (0.5, 2.0))),
+                hflip=cfg.get("hflip", True),
+                **loader_options(cfg),
+                **common,
+            )
+
+        def eval_batches():
+            return nf_data.make_segmentation_pipeline(
+                sources["eval"], train=False, crop_size=cfg.get("eval_crop_size") or cfg.crop_size, **common
+            )
+
+        return TrainData(cfg.num_classes, len(sources["train"]), train_iter, eval_batches)
 
     def synthetic_batch(self, batch_size, image_size, channels, seed=0):
         """Random images and per-pixel labels (B, H, W) int32, 10% of them ignored (255)."""

@@ -4,7 +4,8 @@ The command line cannot add keys (`--config` is locked), but a config *file* can
 misspelled one (`optimizer.lrr`) would silently leave the default in place. `validate` fails on a
 key outside `KEYS`, naming the nearest valid one, and range-checks every interval and size.
 `model.*` keys are the model's constructor options: the model registry checks them.
-A new trainer key goes into `KEYS` (tests/test_config_schema.py loads every shipped config).
+A new trainer key goes into `KEYS` (tests/test_config_schema.py loads every shipped config); a
+task's own keys go into its `Task.config_keys` (nf.tasks), valid when `config.task` selects it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from typing import Any
+
+from nf.tasks import task_class
 
 # Dotted key -> the smallest valid value (None: any value of the right kind).
 KEYS: dict[str, float | None] = {
@@ -99,17 +102,27 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def valid_keys(config: Mapping[str, Any]) -> dict[str, float | None]:
+    """`KEYS` plus the `config_keys` of the task `config.task` selects."""
+    try:
+        task = task_class(config)
+    except ValueError as e:
+        raise ConfigKeyError(f"Invalid config: {e}. Fix the config file or --config flag.") from None
+    return {**KEYS, **task.config_keys}
+
+
 def validate(config: Mapping[str, Any]) -> None:
-    """Raise `ConfigKeyError` for unknown keys (naming the nearest valid key) and for intervals and
-    sizes below their minimum (naming the key)."""
+    """Raise `ConfigKeyError` for an unknown task, unknown keys (naming the nearest valid key) and
+    intervals and sizes below their minimum (naming the key)."""
+    keys = valid_keys(config)
     flat = _flatten(config)
     problems = []
-    for key in sorted(set(flat) - set(KEYS)):
-        near = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.6)
-        hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys: {', '.join(sorted(KEYS))}"
+    for key in sorted(set(flat) - set(keys)):
+        near = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+        hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys: {', '.join(sorted(keys))}"
         problems.append(f'unknown config key "{key}"{hint}')
     for key, value in flat.items():
-        low = KEYS.get(key)
+        low = keys.get(key)
         if low is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if value < low:

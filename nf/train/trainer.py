@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +19,17 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from nf.inference.card import CARD_FILE, card_from_config
-from nf.tasks import Task, get_task
-from nf.tasks.base import MODEL_KEYS_NOT_OVERRIDES  # noqa: F401  (re-exported)
+from nf.inference.card import CARD_FILE
+from nf.tasks import Task, TrainData, task_class
 from nf.train import config_schema, guard, transfer
-from nf.train import data as train_data
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
-from nf.train.guard import NonFiniteLossError  # noqa: F401  (re-exported)
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 from nf.train.workdir_lock import WorkdirLock
+
+if TYPE_CHECKING:  # nf.train.metrics imports clu's writers (TensorFlow): loaded by the loop only
+    from nf.train.metrics import LoopTimer, MetricLogger
 
 
 def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
@@ -61,10 +61,6 @@ class ModelFns:
         return nnx.merge(
             self.graphdef, _from_pure(self.params_template, params), _from_pure(self.rest_template, model_state)
         )
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> nnx.Module:
-    return get_task(config, num_classes).build_model()
 
 
 def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config, task: Task):
@@ -242,54 +238,133 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    from clu import periodic_actions  # imports TensorFlow: not needed by evaluation-only users
-
-    from nf.train.metrics import LoopTimer, MetricLogger, flatten_config
+    from nf.train.metrics import LoopTimer, MetricLogger
 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     mesh = make_mesh(config.mesh)
-    n_dev = mesh.size
-    if config.batch_size % n_dev:
-        raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by the {n_dev} devices of mesh "
-            f"{dict(mesh.shape)} ({jax.process_count()} process(es)); use a multiple of {n_dev}."
-        )
-    data = train_data.build(config, workdir)
-    task = get_task(config, data.num_classes)
+    check_batch_size(config.batch_size, mesh)
+    task, data = build_task(config, workdir)
     if config.get("init_from"):
         transfer.check_init_from(config.init_from, workdir)
     setup = setup_training(config, task, mesh)
-    fns, state, state_shard = setup.fns, setup.state, setup.state_shard
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shard)
+    ckpt = open_checkpoints(config, workdir)
+    train_iter = data.train_iter()
+    state = initial_state(config, setup, ckpt, train_iter)
+    start = int(state["step"])
+    if jax.process_index() == 0:  # after the checkpoint checks
+        write_model_card(config, task, data, workdir)
 
-    ckpt = Checkpoints(
+    to_global = global_batch_fn(mesh)
+    train_step, counters = setup.train_step, setup.counters
+    eval_step = jax.jit(make_eval_step(setup.fns, task))
+
+    def run_eval(state):
+        return evaluate(eval_step, state, data.eval_batches, to_global, task)
+
+    logger = MetricLogger(workdir)
+    hooks = start_logging(config, logger, workdir, start)
+    preempted = StopSignal()
+    last_eval: dict[str, float] = {}
+    if start >= config.total_steps:  # a finished run: nothing to train, evaluate what it holds
+        logging.info("%s finished at step %d (total_steps=%d): evaluating only", workdir, start, config.total_steps)
+        last_eval = run_eval(state)
+    clock = StepClock(LoopTimer())
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            batch = clock.fetch(train_iter)
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics, counters = train_step(state, to_global(batch), counters)
+            clock.dispatched(metrics["loss"])
+            for hook in hooks:
+                hook(step)
+            # Read the flag once per step: a SIGTERM arriving later in this step (logging, eval) is
+            # handled at the next boundary, so the step we stop at is always the step we save.
+            due = Due.at(step, config, ckpt, stop=preempted.should_stop(step))  # agreed by every process
+            if due.log:
+                metrics, seen = jax.device_get((metrics, counters))
+                # Every step skipped its non-finite updates on the device; stop before any save.
+                guard.check(seen, config.get("max_bad_steps", 1), ckpt.latest_step, ckpt.directory)
+                logger.write(step, "train", metrics | clock.end_step(step, config.batch_size, synced=True))
+            else:
+                clock.end_step(step, config.batch_size, synced=False)
+            if due.eval:
+                last_eval = run_eval(state)
+                logger.write(step, "eval", last_eval)
+            saved = save_checkpoint(ckpt, step, state, train_iter, due, clock.timer, logger)
+            if due.eval or saved:  # not part of any step's time
+                clock.restart(step)
+            if due.stop:
+                ckpt.wait()
+                logging.warning("Saved step %d after %s; exiting.", step, preempted.reason)
+                break
+    finally:
+        preempted.restore()
+        ckpt.close()
+        logger.flush()
+        logger.close()
+    summary = last_eval | {"step": int(state["step"])} | clock.timer.summary()
+    report(config, task, setup.fns, state, data, train_iter, summary, ckpt.directory, workdir, preempted.flag)
+    return summary
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+    """The global batch splits evenly over the mesh's devices, or a clear error."""
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {mesh.size} devices of mesh "
+            f"{dict(mesh.shape)} ({jax.process_count()} process(es)); use a multiple of {mesh.size}."
+        )
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str) -> tuple[Task, TrainData]:
+    """The task `config.task` names, made for the classes of the data it builds."""
+    cls = task_class(config)
+    data = cls.build_data(config, workdir)
+    return cls(config, data.num_classes), data
+
+
+def open_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> Checkpoints:
+    """`workdir/checkpoints`, saved every `checkpoint_every_steps` (in the background with one process)."""
+    return Checkpoints(
         os.path.join(workdir, "checkpoints"),
         save_every=config.checkpoint_every_steps,
         max_to_keep=config.get("keep_checkpoints", 3),
         background=jax.process_count() == 1,
     )
-    train_iter = data.train_iter()
-    restored = ckpt.restore_latest(abstract_state, train_iter)  # the newest intact step
+
+
+def initial_state(config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: Checkpoints, train_iter: Any) -> dict:
+    """The newest intact checkpoint's state (and data position), else the backbone (or
+    fine-tuned classifier) of `config.init_from`, else the fresh initialization."""
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.state, setup.state_shard
+    )
+    restored = ckpt.restore_latest(abstract, train_iter)
     if restored is not None:
-        state = restored
-    elif config.get("init_from"):
+        return restored
+    if config.get("init_from"):
         source = config.get("init_from_params", "ema")
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
-        state = transfer.restore_backbone(config.init_from, source, state, abstract_state, fns.info)
-    start = int(state["step"])
-    if task.name == "classification" and jax.process_index() == 0:  # after the checkpoint checks
-        write_model_card(config, data, workdir)
+        return transfer.restore_backbone(config.init_from, source, setup.state, abstract, setup.fns.info)
+    return setup.state
 
-    b_shard = batch_sharding(mesh)
-    to_global = lambda batch: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(b_shard, np.asarray(x)), batch
-    )
-    max_bad_steps = config.get("max_bad_steps", 1)
-    train_step, counters = setup.train_step, setup.counters
-    eval_step = jax.jit(make_eval_step(fns, task))
 
-    logger = MetricLogger(workdir)
-    logger.truncate_after(start)  # lines of steps past the restored checkpoint (a kill -9) go
+def global_batch_fn(mesh: jax.sharding.Mesh) -> Callable[[dict], dict]:
+    """This process's batch -> global arrays sharded over the mesh's batch axes."""
+    shard = batch_sharding(mesh)
+    return lambda batch: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), batch)
+
+
+def start_logging(
+    config: ml_collections.ConfigDict, logger: MetricLogger, workdir: str, start: int
+) -> list[Callable[[int], None]]:
+    """Cut metrics.jsonl back to the restored step (lines of a killed run's later steps go), write
+    the hyperparameters of a fresh run; the per-step hooks: progress reports and the profiler."""
+    from clu import periodic_actions  # imports TensorFlow: not needed by evaluation-only users
+
+    from nf.train.metrics import flatten_config
+
+    logger.truncate_after(start)
     if start == 0:
         logger.write_hparams(flatten_config(config.to_dict()))
     hooks = [
@@ -301,85 +376,116 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         hooks.append(
             periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps, first_profile=start + 5)
         )
-    preempted = StopSignal()
-    last_eval: dict[str, float] = {}
-    if start >= config.total_steps:  # a finished run: nothing to train, evaluate what it holds
-        logging.info("%s finished at step %d (total_steps=%d): evaluating only", workdir, start, config.total_steps)
-        last_eval = evaluate(eval_step, state, data.eval_batches, to_global, task)
-    timer = LoopTimer()
-    previous = None  # the previous step's loss: is the device still busy when a batch arrives?
-    try:
-        for step in range(start + 1, config.total_steps + 1):
-            t0 = time.perf_counter()
-            batch = next(train_iter)
-            t1 = time.perf_counter()
-            previous_done = previous is None or previous.is_ready()
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics, counters = train_step(state, to_global(batch), counters)
-            previous = metrics["loss"]
-            for hook in hooks:
-                hook(step)
-            # Read the flag once per step: a SIGTERM arriving later in this step (logging, eval) is
-            # handled at the next boundary, so the step we stop at is always the step we save.
-            stop = preempted.should_stop(step)  # agreed by every process
-            final = step == config.total_steps or stop
-            save_due = final or ckpt.due(step)
-            if step % config.log_every_steps == 0 or save_due:
-                metrics, seen = jax.device_get((metrics, counters))
-                # Every step skipped its non-finite updates on the device; stop before any save.
-                guard.check(seen, max_bad_steps, ckpt.latest_step, ckpt.directory)
-                now = time.perf_counter()  # this step has finished: a synchronization point
-                timer.step(t0, t1, now, previous_done)
-                if (per_step := timer.synced(step, now)) is not None:
-                    metrics["images_per_sec"] = config.batch_size / per_step
-                metrics["data_wait_fraction"] = timer.data_wait_fraction
-                logger.write(step, "train", metrics)
-            else:
-                timer.step(t0, t1, time.perf_counter(), previous_done)
-            evaluated = step % config.eval_every_steps == 0 or step == config.total_steps
-            if evaluated:
-                last_eval = evaluate(eval_step, state, data.eval_batches, to_global, task)
-                logger.write(step, "eval", last_eval)
-            if save_due:  # time the save alone, not the rest of this (asynchronously dispatched) step
-                jax.block_until_ready(state)
-            t_save = time.perf_counter()
-            saved = ckpt.save(step, state, train_iter, force=final)
-            if saved:
-                stall = time.perf_counter() - t_save  # async: the loop only snapshots the state
-                timer.checkpoint_stalls.append(stall)
-                logger.write(step, "checkpoint", {"stall_seconds": stall})
-            if evaluated or saved:  # not part of any step's time
-                timer.restart(step, time.perf_counter())
-            if stop:
-                ckpt.wait()
-                logging.warning("Saved step %d after %s; exiting.", step, preempted.reason)
-                break
-    finally:
-        preempted.restore()
-        ckpt.close()
-        logger.flush()
-        logger.close()
-    summary = last_eval | {"step": int(state["step"])} | timer.summary()
+    return hooks
+
+
+class Due(NamedTuple):
+    """What the loop does after a step: log it (a synchronization point), evaluate, save."""
+
+    log: bool
+    eval: bool
+    save: bool
+    final: bool  # the last step of this run (total_steps or a stop): the save is forced
+    stop: bool  # a stop signal: save this step and exit
+
+    @classmethod
+    def at(cls, step: int, config: ml_collections.ConfigDict, ckpt: Checkpoints, stop: bool) -> Due:
+        final = step == config.total_steps or stop
+        save = final or ckpt.due(step)
+        log = step % config.log_every_steps == 0 or save  # the guard checks every step before a save
+        evaluate = step % config.eval_every_steps == 0 or step == config.total_steps
+        return cls(log, evaluate, save, final, stop)
+
+
+class StepClock:
+    """The loop's timing bookkeeping around a `LoopTimer`: when each step asked for its batch and
+    got it, and whether the device had finished the previous step by then."""
+
+    def __init__(self, timer: LoopTimer):
+        self.timer = timer
+        self._previous = None  # the previous step's loss: is the device still busy when a batch arrives?
+
+    def fetch(self, train_iter: Iterator[dict]) -> dict:
+        self._t0 = time.perf_counter()
+        batch = next(train_iter)
+        self._t1 = time.perf_counter()
+        self._previous_done = self._previous is None or self._previous.is_ready()
+        return batch
+
+    def dispatched(self, output: jax.Array) -> None:
+        self._previous = output
+
+    def end_step(self, step: int, batch_size: int, *, synced: bool) -> dict[str, float]:
+        """Account this step's host time. `synced`: its outputs are on the host (a log step), so
+        also the throughput since the last synchronization point and the data-wait fraction."""
+        now = time.perf_counter()
+        self.timer.step(self._t0, self._t1, now, self._previous_done)
+        if not synced:
+            return {}
+        out = {}
+        if (per_step := self.timer.synced(step, now)) is not None:
+            out["images_per_sec"] = batch_size / per_step
+        out["data_wait_fraction"] = self.timer.data_wait_fraction
+        return out
+
+    def restart(self, step: int) -> None:
+        """Evaluation or a save ran after `step`: the next interval starts now."""
+        self.timer.restart(step, time.perf_counter())
+
+
+def save_checkpoint(
+    ckpt: Checkpoints, step: int, state: Any, train_iter: Any, due: Due, timer: LoopTimer, logger: MetricLogger
+) -> bool:
+    """Save `step` when due (forced on the final step); the stall (how long the loop waits while
+    the asynchronous save snapshots the state) is logged. Returns whether a save started."""
+    if due.save:  # time the save alone, not the rest of this (asynchronously dispatched) step
+        jax.block_until_ready(state)
+    t_save = time.perf_counter()
+    saved = ckpt.save(step, state, train_iter, force=due.final)
+    if saved:
+        stall = time.perf_counter() - t_save
+        timer.checkpoint_stalls.append(stall)
+        logger.write(step, "checkpoint", {"stall_seconds": stall})
+    return saved
+
+
+def report(
+    config: ml_collections.ConfigDict,
+    task: Task,
+    fns: ModelFns,
+    state: dict[str, Any],
+    data: TrainData,
+    train_iter: Any,
+    summary: dict[str, float],
+    ckpt_dir: str,
+    workdir: str,
+    stopped: bool,
+) -> None:
+    """After training: the trained model's SPP (`spp_after_training`, not after a stop) and the
+    summary lines (process 0)."""
     spp_state = None
-    if config.get("spp_after_training") and not preempted.flag:
+    if config.get("spp_after_training") and not stopped:
         spp_state = host_copy(state)  # a collective (FSDP shards live on every process): all take part
-    if jax.process_index() == 0:
-        spp_path = None
-        if spp_state is not None:
-            spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
-        input_line = train_iter.input_summary() if hasattr(train_iter, "input_summary") else None
-        print_summary(workdir, ckpt.directory, summary, spp_path, task.summary_line(summary), input_line)
-    return summary
+    if jax.process_index() != 0:
+        return
+    spp_path = None
+    if spp_state is not None:
+        spp_path = draw_trained_spp(fns, spp_state, data.eval_batches, config.model.name, workdir)
+    input_line = train_iter.input_summary() if hasattr(train_iter, "input_summary") else None
+    print_summary(workdir, ckpt_dir, summary, spp_path, task.summary_line(summary), input_line)
 
 
-def write_model_card(config: ml_collections.ConfigDict, data: train_data.TrainData, workdir: str) -> None:
-    """`workdir/nf_model.json` (nf.inference.card) unless there: the model, classes and the eval
-    preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
-    if not (epath.Path(workdir) / CARD_FILE).exists():
-        source = {"kind": "nf-train"}
-        if config.get("init_from"):
-            source.update(init_from=config.init_from, init_from_params=config.get("init_from_params", "ema"))
-        card_from_config(config, data.num_classes, data.class_names, source).save(workdir)
+def write_model_card(config: ml_collections.ConfigDict, task: Task, data: TrainData, workdir: str) -> None:
+    """`workdir/nf_model.json` (nf.inference.card), unless there or the task has none: the model,
+    classes and the eval preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
+    if (epath.Path(workdir) / CARD_FILE).exists():
+        return
+    source = {"kind": "nf-train"}
+    if config.get("init_from"):
+        source.update(init_from=config.init_from, init_from_params=config.get("init_from_params", "ema"))
+    card = task.model_card(data.class_names, source)
+    if card is not None:
+        card.save(workdir)
 
 
 def draw_trained_spp(fns: ModelFns, state, eval_batches, name: str, workdir: str) -> str:
