@@ -412,8 +412,9 @@ def peer_setup(config: ml_collections.ConfigDict, batch_dir: str, num_classes: i
         # classifier, per-sample stochastic depth on the residual branches).
         "drop_rate": float(config.model.get("dropout", 0.0)),
         "drop_path_rate": float(config.model.get("stochastic_depth", 0.0)),
-        # On an accelerator timm runs on the GPU too (channels-last), with AMP when nf runs bfloat16.
-        "device": "cpu" if jax.default_backend() == "cpu" else "cuda",
+        # On a GPU timm runs there too (channels-last), with AMP when nf runs bfloat16; PyTorch has
+        # no TPU device here, so anything but a GPU keeps timm on the CPU.
+        "device": "cuda" if jax.default_backend() == "gpu" else "cpu",
         "amp": config.model.get("dtype", "") == "bfloat16",
     }
 
