@@ -100,14 +100,14 @@ def _conv_case(index):
     return opts, (x, w, proj), _vjp_all(ref, proj, x, w)
 
 
-# Every k x k case runs through each of conv2d's k x k formulations (XLA conv forward with a
-# matmul kernel gradient, or one im2col matmul), whatever its size would pick; grouped cases
+# Every k x k case runs through each of conv2d's k x k formulations (XLA's own conv, or one
+# im2col matmul), whatever its size would pick; grouped cases
 # through both grouped formulations (a dense conv per group, by either k x k formulation, or the
 # narrow-group multiply-adds, kernel gradient in one batch chunk or one per image), whatever their
 # group width would pick.
 _PATHS = {
-    "xla_fwd": dict(_LAX_FORWARD_MIN_PIXELS=0, _LAX_FORWARD_MIN_PATCH=0, _SPLIT_MIN_GROUP_WIDTH=0),
-    "im2col": dict(_LAX_FORWARD_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
+    "xla": dict(_LAX_MIN_PIXELS=0, _LAX_MIN_PATCH=0, _SPLIT_MIN_GROUP_WIDTH=0),
+    "im2col": dict(_LAX_MIN_PIXELS=10**9, _SPLIT_MIN_GROUP_WIDTH=0),
     "narrow_groups": dict(_SPLIT_MIN_GROUP_WIDTH=10**9),
     "narrow_chunked": dict(_SPLIT_MIN_GROUP_WIDTH=10**9, _PATCH_CHUNK_BYTES=1),  # one image per chunk
 }
@@ -123,7 +123,7 @@ def _set_path(monkeypatch, path):
 def test_conv2d_matches_lax(index, path, monkeypatch):
     _, _, _, k, _, padding, _, groups = CONV_CASES[index]
     to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
-    if path != "xla_fwd" and (to_lax or (path.startswith("narrow") and groups == 1)):
+    if path != "xla" and (to_lax or (path.startswith("narrow") and groups == 1)):
         pytest.skip("not a formulation conv2d has for this case")
     if path == "im2col" and k == 1:
         pytest.skip("1x1 is always a matmul")
@@ -160,9 +160,9 @@ def _second_order_ref(groups, strides):
 @pytest.mark.parametrize(
     "path,groups,strides",
     [
-        ("xla_fwd", 1, 2),
+        ("xla", 1, 2),
         ("im2col", 1, 2),
-        ("xla_fwd", 2, 2),
+        ("xla", 2, 2),
         ("narrow_groups", 2, 2),
         ("narrow_groups", 2, 1),
         ("narrow_chunked", 2, 1),

@@ -5,14 +5,13 @@ and `max_pool` take the tuned paths below; on TPUs and GPUs, whose convolutions 
 path (and the only one that supports forward-mode `jax.jvp`), they are
 `lax.conv_general_dilated` and `lax.reduce_window` themselves.
 
-XLA:CPU runs convolution backward passes, above all the kernel gradient, far slower than the
-equivalent matmuls (jax 0.10.2). `conv2d` therefore routes each case to the fastest
-formulation measured by `tools/conv_microbench.py` (forward+backward on ResNet-50 shapes, and
-with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
+`conv2d` routes each case to the fastest formulation measured by `tools/conv_microbench.py`
+(forward+backward on ResNet-50 shapes, and with --family on NF-RegNet-B0 / NFNet-F0's grouped
+3x3 convs) and by whole train steps (`tools/benchmark.py`):
 
   1x1 (any stride/padding)        one 2-D matmul on the (sub-sampled) pixels
-  k x k, >= 256 output pixels     XLA conv forward and input gradient, kernel gradient as
-  and >= 64 patch channels        cache-sized im2col matmuls (custom VJP)
+  k x k, >= 64 output pixels      XLA's own conv (forward and both gradients)
+  and >= 64 patch channels
   k x k, fewer output pixels      im2col: concatenated taps, one matmul
   or narrow patches (RGB stems)
   groups, >= 32 channels/group    one of the above per group, outputs concatenated
@@ -22,6 +21,12 @@ with --family on NF-RegNet-B0 / NFNet-F0's grouped 3x3 convs):
                                   batched matmul per cache-sized batch chunk, a scan
   negative pads, mixed dtypes     lax.conv_general_dilated itself
 
+On a Zen 4 CPU (jax 0.10.2) XLA's kernel gradient of a k x k conv was several times slower than
+the same product as cache-sized im2col matmuls, and a custom VJP took that route; on Zen 5
+(AVX-512 at full width, 2x the matmul peak) XLA's is the faster one: with it the NF-ResNet-50
+train step (128px, batch 16) is 1.09-1.12x faster, NFNet-F0's (192px) 1.47x, with 17 % / 36 % less
+XLA temp memory and half the compile time, so conv2d no longer carries that path (the microbench
+keeps it as the `vjp_chunk` candidate, to re-measure on other CPUs).
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
 ~0.1 GFLOP/s forward+backward; its YNNPACK forward alone is ~3x slower than the multiply-adds);
@@ -54,17 +59,15 @@ Padding = str | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 _DN = ("NHWC", "HWIO", "NHWC")
-# k x k convs with at least this many output pixels per image run on XLA's own conv for the
-# forward and input gradient (fast: ~matmul speed) with a matmul kernel gradient; smaller
-# spatial extents (ResNet stages 3-4) are faster as one im2col matmul.
-_LAX_FORWARD_MIN_PIXELS = 256
+# k x k convs with at least this many output pixels per image run as XLA's own conv; smaller
+# spatial extents (NF-ResNet-50's last stage at 128px: 4x4) are faster as one im2col matmul.
+_LAX_MIN_PIXELS = 64
 # ... unless their patches are narrower than this (kh * kw * cin; a 3x3 stem on RGB: 27), where
 # im2col is faster: forward + kernel gradient of NF-RegNet-B0's stem (192px, 3 -> 36, batch 16)
 # 57 vs 66 ms, of NFNet-F0's (3 -> 16) 37 vs 50 ms.
-_LAX_FORWARD_MIN_PATCH = 64
-# Kernel-gradient patches are built this many bytes at a time, so they stay in cache.
+_LAX_MIN_PATCH = 64
+# Grouped kernel-gradient patches are built this many bytes at a time, so they stay in cache.
 _PATCH_CHUNK_BYTES = 4 << 20
-_MAX_PATCH_CHUNKS = 16  # the chunk loop is unrolled: bound it for big batches
 # Grouped convs with at least this many input channels per group run as one dense conv per
 # group; narrower ones by `_grouped_conv` (kh * kw * c multiply-adds per output). Measured
 # forward+backward at 192px (tools/conv_microbench.py --family): 128-wide (NFNet) groups per
@@ -145,8 +148,8 @@ def conv2d(
         return _conv_1x1(x, w, strides, pads)
     span = tuple((k - 1) * d + 1 for k, d in zip(khw, dilation))  # the dilated kernel's extent
     oh, ow = (_out_size(x.shape[i + 1] + sum(pads[i]), span[i], strides[i]) for i in range(2))
-    if oh * ow >= _LAX_FORWARD_MIN_PIXELS and khw[0] * khw[1] * x.shape[3] >= _LAX_FORWARD_MIN_PATCH:
-        return _conv_matmul_kernel_grad(x, w, strides, pads, dilation)
+    if oh * ow >= _LAX_MIN_PIXELS and khw[0] * khw[1] * x.shape[3] >= _LAX_MIN_PATCH:
+        return _lax_conv(x, w, strides, pads, dilation)
     return _im2col_conv(x, w, strides, pads, dilation)
 
 
@@ -413,39 +416,6 @@ def _grouped_kernel_grad(x, dy, khw, strides, pads, dilation, groups) -> jax.Arr
 
 
 _grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_matmul_kernel_grad(x, w, strides, pads, dilation):
-    """lax's conv, whose forward and input gradient are fast; the kernel gradient is ours."""
-    return _lax_conv(x, w, strides, pads, dilation)
-
-
-def _conv_matmul_kernel_grad_fwd(x, w, strides, pads, dilation):
-    return _lax_conv(x, w, strides, pads, dilation), (x, w)
-
-
-def _conv_matmul_kernel_grad_bwd(strides, pads, dilation, res, g):
-    """XLA's input gradient (a conv, fast); kernel gradient as patches^T @ g, in batch chunks.
-
-    XLA:CPU computes the kernel gradient as a conv with a g-sized window, ~5-15x slower than
-    the matmul; chunking keeps each chunk's patches (kh*kw times the input) cache-resident.
-    """
-    x, w = res
-    kh, kw, c, o = w.shape
-    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, pads, dilation), x)[1](g)[0]
-    xp = _pad(x, pads)
-    n, oh, ow, _ = g.shape
-    step = max(1, _PATCH_CHUNK_BYTES // (oh * ow * kh * kw * c * x.dtype.itemsize), -(-n // _MAX_PATCH_CHUNKS))
-    dw = jnp.zeros((kh * kw * c, o), jnp.float32) if n == 0 else None
-    for b in range(0, n, step):
-        p = _patches(xp[b : b + step], (kh, kw), strides, (oh, ow), dilation).reshape(-1, kh * kw * c)
-        part = jnp.matmul(p.T, g[b : b + step].reshape(-1, o), preferred_element_type=jnp.float32)
-        dw = part if dw is None else dw + part  # f32 sum, so bf16 chunks lose nothing
-    return dx, dw.reshape(w.shape).astype(w.dtype)
-
-
-_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
 
 
 # ----------------------------------------------------------------------------- max pooling
