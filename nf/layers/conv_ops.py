@@ -24,9 +24,9 @@ path (and the only one that supports forward-mode `jax.jvp`), they are
 On a Zen 4 CPU (jax 0.10.2) XLA's kernel gradient of a k x k conv was several times slower than
 the same product as cache-sized im2col matmuls, and a custom VJP took that route; on Zen 5
 (AVX-512 at full width, 2x the matmul peak) XLA's is the faster one: with it the NF-ResNet-50
-train step (128px, batch 16) is 1.09-1.12x faster, NFNet-F0's (192px) 1.47x, with 17 % / 36 % less
-XLA temp memory and half the compile time, so conv2d no longer carries that path (the microbench
-keeps it as the `vjp_chunk` candidate, to re-measure on other CPUs).
+train step (128px, batch 16) is 1.04-1.13x faster, NFNet-F0's (192px) 1.47x, with 25 % / 36 % less
+XLA temp memory and under half the compile time, so conv2d no longer carries that path (the
+microbench keeps it as the `vjp_chunk` candidate, to re-measure on other CPUs).
 Dilated k x k convs take the same paths (the taps are spaced by the dilation).
 XLA:CPU's grouped convolution is 5-200x slower than these (NF-RegNet's 8-wide groups at
 ~0.1 GFLOP/s forward+backward; its YNNPACK forward alone is ~3x slower than the multiply-adds);
