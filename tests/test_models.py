@@ -493,6 +493,45 @@ def test_unrolled_stage_matches_scan(name, overrides, monkeypatch):
         np.testing.assert_allclose(unrolled, scanned, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["nf_resnet26", "nf_regnet_b0", "bn_resnet26"])
+def test_inference_copy_unstacks_short_stages_with_the_same_outputs(name):
+    """`inference_copy`: WS folded and each short stage's blocks as separate modules holding the
+    stacked parameters' slices; logits and SPP statistics as the stacked model's, original intact."""
+    from nf.models import inference_copy
+
+    overrides = (
+        {**SMALL, "depths": (1, 3)} if "resnet" in name else dict(widths=(16, 32), depths=(1, 3), num_classes=10)
+    )
+    model = create_model(name, rngs=nnx.Rngs(jax.random.key(3, impl="rbg")), **overrides)
+    # perturbed parameters: SkipInit's zero gains and the zero-initialised classifier would hide
+    # the residual branches and the logits
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+    leaves = [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    model = nnx.merge(graphdef, jax.tree.unflatten(tree, leaves), rest)
+    copy = inference_copy(model)
+
+    for stage, stage_copy in zip(model.stages, copy.stages, strict=True):
+        if stage.rest is None:
+            assert stage_copy.rest is None
+            continue
+        assert not isinstance(stage.rest, nnx.List)  # the original keeps its stacked parameters
+        assert isinstance(stage_copy.rest, nnx.List) and len(stage_copy.rest) == stage.depth - 1
+        stacked = jax.tree.leaves(nnx.state(stage.rest, nnx.BatchStat))
+        for i, block in enumerate(stage_copy.rest):
+            for a, b in zip(stacked, jax.tree.leaves(nnx.state(block, nnx.BatchStat)), strict=True):
+                np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(b))
+    assert n_params(copy) == n_params(model)
+
+    want_logits, want_stats = model(X, train=False, collect_stats=True)
+    got_logits, got_stats = copy(X, train=False, collect_stats=True)
+    assert float(jnp.std(want_logits)) > 1e-3
+    np.testing.assert_allclose(np.asarray(got_logits), np.asarray(want_logits), rtol=1e-5, atol=1e-5)
+    for k in want_stats:
+        np.testing.assert_allclose(np.asarray(got_stats[k]), np.asarray(want_stats[k]), rtol=1e-5, atol=1e-6)
+
+
 def test_model_families_do_not_import_heads_or_tasks():
     """Layering: nf.models (backbones) never imports nf.heads or nf.tasks; the tasks compose
     backbone + head above both (nf.tasks.dense)."""

@@ -78,8 +78,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from nf.layers import SkipGain, fold_ws
-from nf.models import list_models
+from nf.layers import SkipGain
+from nf.models import inference_copy, list_models, unstack_blocks
 from nf.models.stats import forward_macs, xla_flops
 from nf.tasks import TASKS, Task, get_task, task_class
 from nf.train.host_memory import peak_rss_bytes, release_freed_memory, reset_peak_rss, rss_bytes
@@ -568,11 +568,12 @@ def _time_inference(result: dict, config, x: np.ndarray, bs: int, peer: Peer | N
     log("inference: unfolded / folded / plain-conv forward ...")
     x = jnp.asarray(x)
     ws_model = set_skip_gains(make_task(config).build_model(), 1.0)
-    fwd: dict[str, Callable[[int], Any]] = {"folded": ForwardRunner(fold_ws(ws_model), x)}
+    # Short stages unstacked in all three (`unstack_blocks`), so they differ only in the WS.
+    fwd: dict[str, Callable[[int], Any]] = {"folded": ForwardRunner(inference_copy(ws_model), x)}
     if _COMPARE.value:
-        fwd["unfolded"] = ForwardRunner(ws_model, x)
+        fwd["unfolded"] = ForwardRunner(unstack_blocks(ws_model), x)
         try:
-            fwd["plain_conv"] = ForwardRunner(make_task(variant(config, ws=False)).build_model(), x)
+            fwd["plain_conv"] = ForwardRunner(unstack_blocks(make_task(variant(config, ws=False)).build_model()), x)
         except (TypeError, ValueError) as e:
             log(f"no ws=False variant: {e}")
     if peer is not None:

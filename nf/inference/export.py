@@ -1,6 +1,6 @@
 """Serialized StableHLO of a model's inference forward pass (`jax.export`), batch size symbolic.
 
-The Scaled WS kernels are folded first (nf.layers.fold_ws: W_hat computed once), and the weights
+The Scaled WS kernels are folded first (nf.models.inference_copy: W_hat computed once), and the weights
 are constants of the program, so the file alone computes `logits = f(images)` for NHWC float32
 images normalized as the card says (its JSON companion repeats the preprocessing):
 
@@ -20,20 +20,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nf.inference.card import ModelCard
-from nf.layers import fold_ws
 from nf.layers.conv_ops import lax_convs
+from nf.models import inference_copy
 
 
 def export_model(
     model: nnx.Module, image_size: int, platforms: Sequence[str] | None = None, batch_dim: str = "batch"
 ) -> jax.export.Exported:
-    """`jax.export` of `fold_ws(model)(x, train=False)` for x of shape (batch, px, px, 3) float32.
+    """`jax.export` of `inference_copy(model)(x, train=False)` (WS folded, short stages unstacked)
+    for x of shape (batch, px, px, 3) float32.
 
     `platforms` (e.g. ("cpu", "cuda", "tpu")) default to the current backend. Targets other than
     the CPU alone are traced with `lax.conv_general_dilated` for every conv (nf.layers.conv_ops
     routes grouped convs to CPU-specific formulations, slow on accelerators); the numbers agree
     up to float rounding."""
-    folded = fold_ws(model)
+    folded = inference_copy(model)
     graphdef, state = nnx.split(folded)
     state = jax.tree.map(jnp.asarray, state)
 

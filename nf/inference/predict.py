@@ -13,6 +13,7 @@ from flax import nnx
 from nf.data.sources import read_bytes
 from nf.data.transforms import EvalTransform, normalize
 from nf.inference.card import ModelCard, Preprocessing
+from nf.models import inference_copy
 
 
 def load_images(paths: Sequence[str], preprocessing: Preprocessing) -> np.ndarray:
@@ -52,7 +53,7 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(probabilities, classes)`, each (N, top_k), most probable first. Batches are padded to
     `batch_size`, so one program serves every batch."""
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(inference_copy(model))  # W_hat computed once, blocks unstacked
     k = min(top_k, int(jax.eval_shape(lambda x: nnx.merge(graphdef, state)(x), images[:1]).shape[-1]))
 
     @jax.jit

@@ -12,6 +12,7 @@ from nf.models.registry import (
     model_options,
 )
 from nf.models.resnet import ResNetV2
+from nf.models.stages import inference_copy, unstack_blocks
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
@@ -22,6 +23,8 @@ __all__ = [
     "NFRegNet",
     "ResNetV2",
     "create_model",
+    "inference_copy",
     "list_models",
     "model_options",
+    "unstack_blocks",
 ]
