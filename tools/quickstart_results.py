@@ -1,6 +1,6 @@
 """Run the README's main command (the quickstart) and record its figures with their provenance.
 
-    python tools/quickstart_results.py --workdir=runs/quickstart_fresh --json=tools/results/quickstart_cpu.json
+    python tools/quickstart_results.py --workdir=runs/quickstart --json=tools/results/quickstart_cpu.json
 
 Runs `nf-train --config=CONFIG --workdir=WORKDIR` (the console script beside this Python) in a
 fresh workdir, timing the whole command, and writes a JSON with the final EMA top-1, the wall time,
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
-_CONFIG = flags.DEFINE_string("config", "configs/quickstart.py", "The quickstart config, as the README names it.")
+_CONFIG = flags.DEFINE_string("config", "quickstart", "The quickstart config, as the README names it.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "A workdir without checkpoints (the run is timed).")
 _JSON = flags.DEFINE_string("json", "", "Where to write the results (nothing written if empty).")
 
