@@ -55,6 +55,15 @@ def train(config: str, workdir: Path, *overrides: str) -> None:
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
 
+def finished(workdir: Path, steps: int) -> bool:
+    """Whether `workdir` holds the evaluation at `steps` (the run is then reused without starting
+    the trainer; `steps` = 0: unknown, the trainer is started and stops at once if done)."""
+    metrics = workdir / "metrics.jsonl"
+    if not steps or not metrics.exists():
+        return False
+    return any(m["split"] == "eval" and m["step"] == steps for m in map(json.loads, metrics.read_text().splitlines()))
+
+
 def final_eval(workdir: Path) -> dict:
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [m for m in map(json.loads, lines) if m["split"] == "eval"][-1]
@@ -105,8 +114,10 @@ def main(argv) -> None:
             name = Path(config).stem + suffix
             pretrained, scratch = runs / name, runs / f"{name}_scratch"
             seeded = [f"--config.seed={seed}", *steps]
-            train(config, pretrained, f"--config.init_from={quickstart}", *seeded)
-            train(config, scratch, "--config.init_from=", *seeded)
+            if not finished(pretrained, _STEPS.value):
+                train(config, pretrained, f"--config.init_from={quickstart}", *seeded)
+            if not finished(scratch, _STEPS.value):
+                train(config, scratch, "--config.init_from=", *seeded)
             results[task] = {"pretrained": final_eval(pretrained), "scratch": final_eval(scratch)}
     summary = summarize(per_seed)
     seeds = ", ".join(map(str, per_seed))
