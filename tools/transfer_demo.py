@@ -1,6 +1,6 @@
 """Transfer demo on the bundled digit scenes: pretrained vs from-scratch, segmentation and depth.
 
-    python tools/transfer_demo.py [--runs=runs] [--steps=300] [--seed=0 --seed=1 --seed=2] [--json=FILE]
+    python tools/transfer_demo.py [--runs=runs] [--steps=300] [--seed=0 --seed=1 --seed=2] [--task=depth] [--json=FILE]
 
 1. trains the quickstart classifier (configs/quickstart.py) into RUNS/quickstart unless it has a
    checkpoint there already;
@@ -36,6 +36,7 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Fine-tuning steps of every dense run 
 _SEED = flags.DEFINE_multi_integer(
     "seed", [0], "Seed(s) of the dense runs (`--config.seed`); repeat the flag for several."
 )
+_TASKS = flags.DEFINE_multi_enum("task", ["segmentation", "depth"], ["segmentation", "depth"], "Which pairs to run.")
 _JSON = flags.DEFINE_string("json", "", "Write the results and their provenance to this file.")
 
 # (task, config, the metrics shown: (key, label, format))
@@ -75,12 +76,16 @@ def spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
 
 
+def chosen() -> dict:
+    return {task: TASKS[task] for task in TASKS if task in _TASKS.value}
+
+
 def summarize(per_seed: dict[int, dict]) -> dict:
     """Per task and metric: each run's values over the seeds, their spread, and the paired gain
     (pretrained - scratch at the same seed). The gain "exceeds the seed noise" when every paired
     gain has the same sign and the two runs' ranges over the seeds do not overlap."""
     out = {}
-    for task, (_, metrics) in TASKS.items():
+    for task, (_, metrics) in chosen().items():
         for key, _, _ in metrics:
             values = {
                 run: [per_seed[s][task][run][f"ema_{key}"] for s in per_seed] for run in ("pretrained", "scratch")
@@ -110,7 +115,7 @@ def main(argv) -> None:
     for seed in _SEED.value:
         suffix = f"_seed{seed}" if _SEED.present else ""  # without --seed: the configs' seed, plain folders
         results = per_seed[seed] = {}
-        for task, (config, _) in TASKS.items():
+        for task, (config, _) in chosen().items():
             name = Path(config).stem + suffix
             pretrained, scratch = runs / name, runs / f"{name}_scratch"
             seeded = [f"--config.seed={seed}", *steps]
@@ -123,7 +128,7 @@ def main(argv) -> None:
     seeds = ", ".join(map(str, per_seed))
     print(f"\nDigit scenes, final EMA evaluation at equal steps (pretrained = quickstart backbone; seeds {seeds}):")
     print(f"{'task':<14}{'metric':<11}{'pretrained':>20}{'scratch':>20}{'gain':>20}  beyond seed noise")
-    for task, (_, metrics) in TASKS.items():
+    for task, (_, metrics) in chosen().items():
         for key, label, fmt in metrics:
             s = summary[task][key]
             cells = [s["pretrained_spread"], s["scratch_spread"], s["gain"]]
@@ -131,14 +136,14 @@ def main(argv) -> None:
             verdict = ("yes" if s["gain_exceeds_seed_noise"] else "no") if len(per_seed) > 1 else "(one seed)"
             print(f"{task:<14}{label:<11}{cells[0]:>20}{cells[1]:>20}{cells[2]:>20}  {verdict}")
     last = per_seed[_SEED.value[-1]]
-    steps_done = ", ".join(f"{task} {last[task]['pretrained']['step']}" for task in TASKS)
+    steps_done = ", ".join(f"{task} {last[task]['pretrained']['step']}" for task in chosen())
     print(f"(mean ± sample std over the seeds; steps: {steps_done}; metrics.jsonl in {runs}/scenes_*)")
     if _JSON.value:
         record = {
             "command": " ".join(["python", "tools/transfer_demo.py", *sys.argv[1:]]),
             **provenance(),
             "seeds": list(per_seed),
-            "steps": {task: last[task]["pretrained"]["step"] for task in TASKS},
+            "steps": {task: last[task]["pretrained"]["step"] for task in chosen()},
             "noise_rule": "gain beyond seed noise: all paired gains of one sign, ranges over seeds apart",
             "summary": summary,
             "final_eval": {str(seed): r for seed, r in per_seed.items()},
