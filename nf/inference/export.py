@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.inference.card import ModelCard
+from nf.data.card import ModelCard
 from nf.layers.conv_ops import lax_convs
 from nf.models import inference_copy
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nf.data.card import ModelCard, Preprocessing
 from nf.data.sources import read_bytes
 from nf.data.transforms import EvalTransform, normalize
-from nf.inference.card import ModelCard, Preprocessing
 from nf.models import inference_copy
 
 

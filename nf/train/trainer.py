@@ -13,54 +13,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from etils import epath
 from flax import nnx
 
-from nf.inference.card import CARD_FILE
+from nf.data.card import CARD_FILE
+from nf.inference.evaluate import evaluate_params, global_batch_fn, make_eval_step
+from nf.models.pure import LeafInfo, ModelFns
 from nf.tasks import Task, TrainData, task_class
 from nf.train import config_schema, guard, host_memory, transfer
 from nf.train.checkpoint import Checkpoints
 from nf.train.distributed import StopSignal, host_copy
-from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
+from nf.train.optim import ema_update, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
 from nf.train.workdir_lock import WorkdirLock
 
 if TYPE_CHECKING:  # nf.train.metrics imports clu's writers (TensorFlow): loaded by the loop only
     from nf.train.metrics import LoopTimer, MetricLogger
-
-
-def _from_pure(template: nnx.State, pure: Any) -> nnx.State:
-    state = jax.tree.map(lambda x: x, template)  # fresh Variables; the template is not mutated
-    nnx.replace_by_pure_dict(state, pure)
-    return state
-
-
-class ModelFns:
-    """Pure functions of (params, model_state) around an NNX model's graph definition."""
-
-    def __init__(self, model: nnx.Module):
-        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        self.params_template, self.rest_template = nnx.eval_shape(lambda: (params, rest))
-        self.info = leaf_info(params)
-
-    def init_values(self, model: nnx.Module) -> tuple[Any, Any]:
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-
-    def apply(self, params, model_state, images, *, train: bool, key=None, collect_stats: bool = False):
-        model = nnx.merge(
-            self.graphdef, _from_pure(self.params_template, params), _from_pure(self.rest_template, model_state)
-        )
-        out = model(images, train=train, key=key, collect_stats=collect_stats)
-        return out, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-
-    def merged(self, params, model_state) -> nnx.Module:
-        return nnx.merge(
-            self.graphdef, _from_pure(self.params_template, params), _from_pure(self.rest_template, model_state)
-        )
 
 
 def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config, task: Task):
@@ -201,25 +171,6 @@ def setup_training(
     return TrainSetup(fns, schedule, tx, state, state_shard, step_fn, train_step, counters)
 
 
-def make_eval_step(fns: ModelFns, task: Task):
-    def eval_step(params, model_state, batch):
-        outputs, _ = fns.apply(params, model_state, batch["image"], train=False)
-        return task.eval_sums(outputs, batch)
-
-    return eval_step
-
-
-def evaluate_params(eval_step, params, model_state, eval_batches, to_global, task: Task) -> dict[str, float]:
-    """The task's metrics of one set of weights over one pass of the eval set (every example
-    once): per-batch sums added up on the host in float64 and finalized once."""
-    totals = None
-    for batch in eval_batches():
-        sums = eval_step(params, model_state, to_global(batch))
-        sums = jax.tree.map(lambda x: np.asarray(x).astype(np.float64), sums)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    return task.finalize(totals)
-
-
 def evaluate(eval_step, state, eval_batches, to_global, task: Task) -> dict[str, float]:
     """Raw and EMA metrics (`evaluate_params`), the EMA ones prefixed `ema_`."""
     results = {}
@@ -254,7 +205,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     if jax.process_index() == 0:  # after the checkpoint checks
         write_model_card(config, task, data, workdir)
 
-    to_global = global_batch_fn(mesh)
+    to_global = global_batch_fn(batch_sharding(mesh))
     train_step, counters = setup.train_step, setup.counters
     eval_step = jax.jit(make_eval_step(setup.fns, task))
 
@@ -351,12 +302,6 @@ def initial_state(config: ml_collections.ConfigDict, setup: TrainSetup, ckpt: Ch
         logging.info("Initializing the backbone from %s (%s weights)", config.init_from, source)
         return transfer.restore_backbone(config.init_from, source, setup.state, abstract, setup.fns.info)
     return setup.state
-
-
-def global_batch_fn(mesh: jax.sharding.Mesh) -> Callable[[dict], dict]:
-    """This process's batch -> global arrays sharded over the mesh's batch axes."""
-    shard = batch_sharding(mesh)
-    return lambda batch: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), batch)
 
 
 def start_logging(
@@ -480,7 +425,7 @@ def report(
 
 
 def write_model_card(config: ml_collections.ConfigDict, task: Task, data: TrainData, workdir: str) -> None:
-    """`workdir/nf_model.json` (nf.inference.card), unless there or the task has none: the model,
+    """`workdir/nf_model.json` (nf.data.card), unless there or the task has none: the model,
     classes and the eval preprocessing, so nf-eval / nf-predict / nf-export / init_from need no config."""
     if (epath.Path(workdir) / CARD_FILE).exists():
         return
