@@ -20,6 +20,7 @@ from flax import nnx
 
 from nf.data.card import CARD_FILE
 from nf.inference.evaluate import evaluate_params, global_batch_fn, make_eval_step
+from nf.layers import set_conv_impl
 from nf.models.pure import LeafInfo, ModelFns
 from nf.tasks import Task, TrainData, task_class
 from nf.train import config_schema, guard, host_memory, transfer
@@ -135,6 +136,8 @@ def setup_training(
     donated). `abstract=True` builds nothing in memory: the state is ShapeDtypeStructs with their
     shardings, enough to lower and compile the step (`tools/benchmark.py --compile_only_models`)."""
     model = nnx.eval_shape(task.build_model) if abstract else task.build_model()
+    if config.get("conv_impl", "auto") != "auto":  # e.g. "lax": a TPU's compile on a CPU host
+        model = set_conv_impl(model, config.conv_impl)
     fns = ModelFns(model)
     params, model_state = fns.init_values(model)
     del model
