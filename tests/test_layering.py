@@ -8,6 +8,7 @@ below it, never one above:
 (`nf/__init__.py` holds only the version.) Every import counts, also those inside functions and
 under `TYPE_CHECKING`, and the module graph has no cycle: importing `nf.x.y` also runs the
 package `nf.x`'s `__init__`, so that counts as an import of `nf.x` too (except from inside `nf.x`).
+No module imports another's private (`_name`) names.
 """
 
 from __future__ import annotations
@@ -138,6 +139,23 @@ def test_no_import_points_up():
 def test_no_import_cycle():
     found = cycles(import_graph())
     assert found == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def private_imports(source: str) -> list[str]:
+    """`module.name` of each private name (`_x`) imported from an `nf` module."""
+    return [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nf")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+
+
+def test_no_private_name_is_imported_across_modules():
+    found = {module_name(p): private_imports(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+    assert {m: names for m, names in found.items() if names} == {}
+    assert private_imports("from nf.data.scenes import SIZE, _glyph\n") == ["nf.data.scenes._glyph"]
 
 
 def test_the_checks_find_what_they_look_for():

@@ -1,4 +1,4 @@
-"""Model statistics shared by `tools/model_stats.py`, `tools/benchmark.py` and the tests.
+"""Model statistics shared by `nf-model-stats`, `tools/benchmark.py` and the tests.
 
 - `count_params`: number of `nnx.Param` scalars, from an abstract model (`nnx.eval_shape`: no
   parameter memory is allocated).
