@@ -11,7 +11,7 @@ Sources:
 
 * `ImageFolderSource(root)`: `root/<class>/<image>` (the ImageNet `train/<wnid>/*.JPEG` layout).
   Classes are the sub-folder names sorted by name; label = position in that sorted list.
-* `ArrayRecordImageSource(dir)`: shards written by `tools/make_arrayrecord.py` (format below),
+* `ArrayRecordImageSource(dir)`: shards written by `nf-make-arrayrecord` (format below),
   read through `grain.sources.ArrayRecordDataSource`.
 
 ArrayRecord record format ("NFI1", no TensorFlow, no pickle): one record per image, little-endian
@@ -64,7 +64,7 @@ def decode_record(record: bytes) -> dict[str, Any]:
     if len(record) < _HEADER.size or record[:4] != RECORD_MAGIC:
         raise DataSourceError(
             f"ArrayRecord entry is not an NFI1 image record (starts with {bytes(record[:4])!r}); "
-            "shards must be written by tools/make_arrayrecord.py"
+            "shards must be written by nf-make-arrayrecord"
         )
     _, label, n = _HEADER.unpack_from(record)
     start = _HEADER.size
@@ -218,11 +218,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     if not directory.is_dir():
         raise DataSourceError(
             f"ArrayRecord directory {str(directory)!r} does not exist; expected the output of "
-            "`python tools/make_arrayrecord.py --src=IMAGE_FOLDER --dst=DIR`"
+            "`nf-make-arrayrecord --src=IMAGE_FOLDER --dst=DIR`"
         )
     if not meta_path.exists():
         raise DataSourceError(
-            f"{str(meta_path)!r} is missing; expected a directory written by tools/make_arrayrecord.py "
+            f"{str(meta_path)!r} is missing; expected a directory written by nf-make-arrayrecord "
             f"(it holds {len(list(directory.iterdir()))} entries)"
         )
     meta = json.loads(meta_path.read_text())
@@ -232,7 +232,7 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 class ArrayRecordImageSource:
-    """ArrayRecord shards from `tools/make_arrayrecord.py` as a source of {"image", "label", "path"}.
+    """ArrayRecord shards from `nf-make-arrayrecord` as a source of {"image", "label", "path"}.
 
     Args:
       directory: the `--dst` directory (holds `metadata.json` and the shards).
@@ -256,7 +256,7 @@ class ArrayRecordImageSource:
         if len(self._source) != meta["num_records"]:
             raise DataSourceError(
                 f"ArrayRecord directory {self.directory!r}: shards hold {len(self._source)} records but "
-                f"metadata.json says {meta['num_records']}; rewrite it with tools/make_arrayrecord.py"
+                f"metadata.json says {meta['num_records']}; rewrite it with nf-make-arrayrecord"
             )
 
     @property
