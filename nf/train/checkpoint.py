@@ -15,6 +15,7 @@ from etils import epath
 
 from nf.train import checkpoint_health
 from nf.train.checkpoint_health import DATA_FILE
+from nf.train.checkpoint_health import first_line as _first_line
 
 
 def path_str(path) -> str:
@@ -46,11 +47,6 @@ def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], 
 def shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
     """{path_str: shape} of a tree's leaves (arrays, ShapeDtypeStructs or orbax metadata)."""
     return {path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text[:300]}"
 
 
 class CheckpointDamagedError(RuntimeError):
