@@ -81,7 +81,9 @@ def model_name(name: str) -> str:
     """timm's model name (optionally with its pretrained tag, 'eca_nfnet_l0.ra2_in1k') -> nf's."""
     base = name.split(".")[0]
     if base not in TIMM_CHECKPOINTS:
-        raise ValueError(f"Unknown timm NF checkpoint {name!r}; released: {sorted(TIMM_CHECKPOINTS)}")
+        raise ValueError(
+            f"Unknown timm NF checkpoint {name!r}; released: {sorted(TIMM_CHECKPOINTS)} (nf-import --list)"
+        )
     return TIMM_CHECKPOINTS[base]["nf_name"]
 
 

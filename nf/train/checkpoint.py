@@ -16,11 +16,7 @@ from etils import epath
 from nf.inference.checkpoint import check_shapes, shape_map
 from nf.train import checkpoint_health
 from nf.train.checkpoint_health import DATA_FILE
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text[:300]}"
+from nf.train.checkpoint_health import first_line as _first_line
 
 
 class CheckpointDamagedError(RuntimeError):
