@@ -31,6 +31,7 @@ from nf.data.sources import (
     write_arrayrecord,
 )
 from nf.data.textured_digits import prepare_textured_digits
+from nf.data.tfds_source import TfdsImageSource
 from nf.data.transforms import (
     INCEPTION_CROP_AREA,
     INCEPTION_CROP_ASPECT,
@@ -57,6 +58,7 @@ __all__ = [
     "NYUMatSource",
     "NYUPairSource",
     "RandAugment",
+    "TfdsImageSource",
     "TrainTransform",
     "VOCSource",
     "decode_image",

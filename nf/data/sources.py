@@ -275,10 +275,14 @@ class ArrayRecordImageSource:
         return f"ArrayRecordImageSource(directory={self.directory!r}, len={len(self)}, num_classes={self.num_classes})"
 
 
-def open_source(path: str | os.PathLike, classes: Sequence[str] | None = None):
-    """An `ArrayRecordImageSource` if `path` holds `metadata.json`, else an `ImageFolderSource`."""
-    if (Path(path) / METADATA_FILE).exists():
-        source = ArrayRecordImageSource(path)
+def open_source(path: str | os.PathLike, classes: Sequence[str] | None = None, tfds_data_dir: str | None = None):
+    """A `TfdsImageSource` for `"tfds:NAME:SPLIT"` (prepared under `tfds_data_dir`), an
+    `ArrayRecordImageSource` if `path` holds `metadata.json`, else an `ImageFolderSource`."""
+    from nf.data.tfds_source import TFDS_PREFIX, open_tfds_source
+
+    tfds_spec = str(path).startswith(TFDS_PREFIX)
+    if tfds_spec or (Path(path) / METADATA_FILE).exists():
+        source = open_tfds_source(str(path), tfds_data_dir) if tfds_spec else ArrayRecordImageSource(path)
         if classes is not None and list(classes) != source.classes:
             raise DataSourceError(
                 f"{str(path)!r} was written with classes {source.classes[:5]}..., not the requested ones"

@@ -63,9 +63,10 @@ class Classification(Task):
         `data.eval_crop`) crop at `data.eval_image_size` for evaluation."""
         cfg = config.data
         prepare(cfg, workdir)
-        train_source = nf_data.open_source(resolve(cfg.train, workdir))
+        tfds_dir = cfg.get("tfds_data_dir") or None  # for "tfds:NAME:SPLIT" sources (nf.data.tfds_source)
+        train_source = nf_data.open_source(resolve(cfg.train, workdir), tfds_data_dir=tfds_dir)
         classes = getattr(train_source, "classes", None)
-        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes)
+        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes, tfds_data_dir=tfds_dir)
         common = pipeline_common(config) | {"num_classes": train_source.num_classes}
 
         def train_iter():

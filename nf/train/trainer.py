@@ -23,6 +23,7 @@ from nf.inference.card import CARD_FILE
 from nf.tasks import Task, TrainData, task_class
 from nf.train import config_schema, guard, host_memory, transfer
 from nf.train.checkpoint import Checkpoints
+from nf.train.console import TrainConsole
 from nf.train.distributed import StopSignal, host_copy
 from nf.train.optim import LeafInfo, ema_update, leaf_info, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, batch_sharding, make_mesh, replicated, train_state_shardings
@@ -263,7 +264,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         host_memory.release_freed_memory()  # the eval step's compile (first time) leaves freed heap
         return results
 
-    logger = MetricLogger(workdir)
+    console = TrainConsole(config.total_steps, config.batch_size, start, enabled=jax.process_index() == 0)
+    logger = MetricLogger(workdir, console=console.write)
     hooks = start_logging(config, logger, workdir, start)
     preempted = StopSignal()
     last_eval: dict[str, float] = {}

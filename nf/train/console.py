@@ -1,0 +1,157 @@
+"""What `nf-train` and `nf-eval` print for people: one line per log step (step, loss, task
+metrics, images/s, ETA), one per evaluation, the final summary, and progress while evaluating.
+
+Library INFO chatter (absl, Orbax, JAX, grain, TensorFlow's C++ log) is hidden unless asked for
+with absl's verbosity flag (`-v 0` / `--verbosity=0`: INFO; `-v 1`: debug); warnings and errors
+always show. The machine-readable record of a run stays `metrics.jsonl` and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
+
+# Python loggers of the libraries whose INFO lines bury the training progress.
+LIBRARY_LOGGERS = ("absl", "orbax", "jax", "jaxlib", "grain", "tensorflow", "clu")
+# Train scalars the loop adds to the task's own (printed last, in their own format).
+LOOP_KEYS = ("loss", "grad_norm", "learning_rate", "images_per_sec", "data_wait_fraction", "skipped_steps")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Unless `verbose`, show only WARNING and above from the Python loggers (absl's handler sits
+    on the root logger, so its level covers every library) and TensorFlow's C++ log."""
+    from absl import logging
+
+    if verbose:
+        return
+    # TensorFlow (only clu's summary writers use it): no INFO lines, no oneDNN notice (no TF compute here).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    logging.set_verbosity(logging.WARNING)
+    for name in LIBRARY_LOGGERS:
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def verbosity_requested() -> bool:
+    """Whether the command line set absl's `-v`/`--verbosity` (absl.app turns its default into
+    INFO, so its value alone cannot tell)."""
+    from absl import flags
+
+    return bool(flags.FLAGS["verbosity"].present)
+
+
+def duration(seconds: float) -> str:
+    """`1h02m`, `3m05s`, `42s`: short enough for a progress line."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _value(v: float) -> str:
+    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _scalars(values: Mapping[str, float], skip: tuple[str, ...] = ()) -> str:
+    return "  ".join(f"{k} {_value(float(v))}" for k, v in values.items() if k not in skip)
+
+
+class TrainConsole:
+    """The trainer's lines on stdout (process 0 only), fed `MetricLogger.write`'s scalars.
+
+    train: `step  50/600  loss 1.234  accuracy 0.8125  lr 0.04  1,002 img/s  ETA 1m32s`
+    eval:  `eval at step 200: top1 0.95  top5 0.99  loss 0.21  ema_top1 0.96 ...`
+    The ETA counts the remaining steps at the last measured images/s (the first log step, which
+    includes compilation, uses the wall time since the loop started); evaluations are not in it.
+    """
+
+    def __init__(
+        self, total_steps: int, batch_size: int, start_step: int, *, enabled: bool = True, out: TextIO | None = None
+    ):
+        self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
+        self.enabled = enabled
+        self.out = out
+        self._t0 = time.perf_counter()
+        width = len(str(total_steps))
+        self._step_format = f"{{:>{width}d}}/{total_steps}"
+        if start_step:
+            self._print(f"Resuming at step {start_step} of {total_steps}.")
+
+    def _print(self, line: str) -> None:
+        if self.enabled:
+            print(line, file=self.out or sys.stdout, flush=True)
+
+    def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+        """One line for a `train` or `eval` record; other records (checkpoint stalls) stay in the files."""
+        if split == "train":
+            self._print(self.train_line(step, scalars))
+        elif split == "eval":
+            self._print(f"eval at step {step}: {_scalars(scalars)}")
+
+    def train_line(self, step: int, scalars: Mapping[str, float]) -> str:
+        remaining = self.total_steps - step
+        ips = scalars.get("images_per_sec")
+        if ips:
+            eta = remaining * self.batch_size / ips
+        else:  # no clean interval yet: the wall time so far, compilation included
+            eta = remaining * (time.perf_counter() - self._t0) / max(step - self.start_step, 1)
+        parts = [f"step {self._step_format.format(step)}"]
+        if "loss" in scalars:
+            parts.append(f"loss {_value(float(scalars['loss']))}")
+        parts.append(_scalars(scalars, LOOP_KEYS))  # the task's own (accuracy, ...)
+        if scalars.get("skipped_steps"):
+            parts.append(f"skipped {int(scalars['skipped_steps'])} non-finite steps")
+        if "learning_rate" in scalars:
+            parts.append(f"lr {_value(float(scalars['learning_rate']))}")
+        if ips:
+            parts.append(f"{ips:,.0f} img/s")
+        parts.append(f"ETA {duration(eta)}")
+        return "  ".join(p for p in parts if p)
+
+
+class Progress:
+    """`done/total` of a long pass (images), with images/s and ETA, printed at most every
+    `every_s` seconds and once at the end: `nf-eval`'s lines while it runs."""
+
+    def __init__(
+        self, label: str, total: int, *, every_s: float = 10.0, out: TextIO | None = None, enabled: bool = True
+    ):
+        self.label, self.total, self.every_s, self.out, self.enabled = label, total, every_s, out, enabled
+        self.done = 0
+        self._t0 = self._last = time.perf_counter()
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self._t0, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = self.done / max(self.total, 1)
+        eta_text = f"ETA {duration(eta)}" if self.done < self.total and rate > 0 else f"took {duration(elapsed)}"
+        return f"{self.label}: {self.done:,}/{self.total:,} images ({pct:.0%})  {rate:,.1f} images/s  {eta_text}"
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.enabled and (now - self._last >= self.every_s or self.done >= self.total):
+            self._last = now
+            print(self.line(now), file=self.out or sys.stdout, flush=True)
+
+
+def with_progress(
+    batches: Callable[[], Iterator[dict]], label: str, total: int, count: Callable[[dict], int], **kwargs: Any
+) -> Callable[[], Iterator[dict]]:
+    """The batch factory `batches`, reporting `Progress` of each pass as it is consumed; `count`
+    gives a batch's real examples (eval batches are padded)."""
+
+    def factory() -> Iterator[dict]:
+        progress = Progress(label, total, **kwargs)
+        for batch in batches():
+            yield batch
+            progress.update(count(batch))
+
+    return factory
