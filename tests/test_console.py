@@ -69,6 +69,7 @@ def test_default_console_is_one_line_per_step_then_eval_and_summary(quiet_run):
     assert len(lines) <= STEPS + 2 + 8 + 6, "\n".join(lines)
 
 
+@pytest.mark.slow  # a second tiny trainer process
 def test_verbosity_flag_brings_back_the_library_info_lines(quiet_run, tiny_config_file, jax_cache_dir, tmp_path):
     """`-v 0` (absl's INFO) on a resumed run: the INFO lines of absl, Orbax and the trainer show,
     the step lines are still there, and the console says where it resumed."""
