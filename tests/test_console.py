@@ -17,7 +17,7 @@ from nf.train.console import Progress, TrainConsole, duration
 STEPS = 4
 # step  3/4  loss 2.31  accuracy 0.125  lr 0.0267  1,234 img/s  ETA 2s
 STEP_LINE = re.compile(
-    r"^step +(\d+)/(\d+)  loss (\S+)  accuracy (\S+)  lr (\S+)(?:  ([\d,]+) img/s)?  ETA (\d+h\d\dm|\d+m\d\ds|\d+s)$"
+    r"^step +(\d+)/(\d+)  loss (\S+)  accuracy (\S+)  lr (\S+)(?:  ([\d,]+) img/s)?  ETA (\d+h\d\dm|\d+m\d\ds|\d+s|--)$"
 )
 ABSL_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")  # absl's INFO line prefix
 
@@ -50,6 +50,7 @@ def test_default_console_is_one_line_per_step_then_eval_and_summary(quiet_run):
     assert [int(m.group(1)) for _, m in steps] == list(range(1, STEPS + 1)), "\n".join(lines)
     assert all(int(m.group(2)) == STEPS for _, m in steps)
     assert all(m.group(6) for _, m in steps[1:]), "every step after the first has a measured throughput"
+    assert steps[0][1].group(7) == "--" and not steps[0][1].group(6)  # the compiling step: no estimate
     assert steps[-1][1].group(7) == "0s"  # nothing left
     # The printed loss is the logged one (metrics.jsonl).
     import json
@@ -64,9 +65,10 @@ def test_default_console_is_one_line_per_step_then_eval_and_summary(quiet_run):
     assert any(line.startswith(f"Finished at step {STEPS}.") for line in lines)
     assert not [line for line in lines if ABSL_INFO.match(line)], "\n".join(lines)
     assert not [line for line in lines if "Traceback" in line]
-    # Short enough to read at a glance: the steps, 2 evals, the summary (<= 8 lines) and at most a
-    # few lines of native-library start-up notices.
-    assert len(lines) <= STEPS + 2 + 8 + 6, "\n".join(lines)
+    assert "JAX devices: [CpuDevice(id=0)] (process 0 of 1)" in lines, "\n".join(lines)
+    # Short enough to read at a glance: devices, the steps, 2 evals, the summary (<= 8 lines) and at
+    # most a few lines of native-library start-up notices.
+    assert len(lines) <= 1 + STEPS + 2 + 8 + 6, "\n".join(lines)
 
 
 @pytest.mark.slow  # a second tiny trainer process
@@ -85,7 +87,7 @@ def test_verbosity_flag_brings_back_the_library_info_lines(quiet_run, tiny_confi
     info = [line for line in lines if ABSL_INFO.match(line)]
     assert any("checkpoint_manager.py" in line for line in info), _tail(out)  # Orbax
     assert any("Resuming from" in line for line in info), _tail(out)  # nf's own INFO
-    assert f"Resuming at step {STEPS} of {STEPS + 1}." in lines
+    assert f"Resuming from {workdir / 'checkpoints'}/{STEPS}: step {STEPS} of {STEPS + 1}." in lines
     assert [int(m.group(1)) for line in lines if (m := STEP_LINE.match(line))] == [STEPS + 1]
 
 
@@ -98,9 +100,9 @@ def test_train_line_eta_is_the_remaining_steps_at_the_measured_rate():
     # 600 steps x 64 images / 640 images/s = 60 s
     assert out.getvalue() == "step  400/1000  loss 1.5  accuracy 0.5  lr 0.04  640 img/s  ETA 1m00s\n"
     assert [duration(s) for s in (0.4, 59.6, 61, 3600 + 125)] == ["0s", "1m00s", "1m01s", "1h02m"]
-    silent = io.StringIO()
-    TrainConsole(10, 8, 3, enabled=False, out=silent).write(4, "train", scalars)  # processes > 0
-    assert silent.getvalue() == ""
+    other = io.StringIO()  # a process > 0: only where it resumed from (every process says it)
+    TrainConsole(10, 8, 3, checkpoints="w/checkpoints", enabled=False, out=other).write(4, "train", scalars)
+    assert other.getvalue() == "Resuming from w/checkpoints/3: step 3 of 10.\n"
 
 
 def test_progress_counts_images_and_predicts_the_end():

@@ -109,7 +109,7 @@ def test_full_disk_during_a_save_is_one_error_then_resumes(small_disk, tiny_conf
     subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)  # space freed
     rc, out = _run(cmd, _env(jax_cache_dir), tmp_path / "resumed.log")
     assert rc == 0, _tail(out)
-    assert "Resuming at step 4 of 8." in out
+    assert f"Resuming from {workdir / 'checkpoints'}/4: step 4 of 8." in out
     second = {int(m.group(1)): m.group(2) for line in out.splitlines() if (m := STEP_LINE.match(line))}
     assert sorted(second) == [5, 6, 7, 8] and all(second[s] == first[s] for s in second)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]

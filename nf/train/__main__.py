@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
@@ -61,7 +61,7 @@ def main(argv):
         with WorkdirLock(_WORKDIR.value, enabled=jax.process_index() == 0):
             from nf.train.trainer import train_and_evaluate
 
-            logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+            print(console.devices_line(), flush=True)  # every process: which devices it drives
             with watchdog.watch_workers(_WORKDIR.value, _WORKER_TIMEOUT.value):
                 train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Exception as e:

@@ -67,12 +67,19 @@ class TrainConsole:
 
     train: `step  50/600  loss 1.234  accuracy 0.8125  lr 0.04  1,002 img/s  ETA 1m32s`
     eval:  `eval at step 200: top1 0.95  top5 0.99  loss 0.21  ema_top1 0.96 ...`
-    The ETA counts the remaining steps at the last measured images/s (the first log step, which
-    includes compilation, uses the wall time since the loop started); evaluations are not in it.
+    The ETA counts the remaining steps at the last measured images/s (none on the first log step,
+    whose interval includes compilation); evaluations are not in it.
     """
 
     def __init__(
-        self, total_steps: int, batch_size: int, start_step: int, *, enabled: bool = True, out: TextIO | None = None
+        self,
+        total_steps: int,
+        batch_size: int,
+        start_step: int,
+        *,
+        checkpoints: str | None = None,
+        enabled: bool = True,
+        out: TextIO | None = None,
     ):
         self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
         self.enabled = enabled
@@ -80,8 +87,9 @@ class TrainConsole:
         self._t0 = time.perf_counter()
         width = len(str(total_steps))
         self._step_format = f"{{:>{width}d}}/{total_steps}"
-        if start_step:
-            self._print(f"Resuming at step {start_step} of {total_steps}.")
+        if start_step:  # every process says it (in a multi-process run they must agree)
+            where = f"{checkpoints}/{start_step}: " if checkpoints else ""
+            print(f"Resuming from {where}step {start_step} of {total_steps}.", file=self.out or sys.stdout, flush=True)
 
     def _print(self, line: str) -> None:
         if self.enabled:
@@ -95,12 +103,9 @@ class TrainConsole:
             self._print(f"eval at step {step}: {_scalars(scalars)}")
 
     def train_line(self, step: int, scalars: Mapping[str, float]) -> str:
-        remaining = self.total_steps - step
         ips = scalars.get("images_per_sec")
-        if ips:
-            eta = remaining * self.batch_size / ips
-        else:  # no clean interval yet: the wall time so far, compilation included
-            eta = remaining * (time.perf_counter() - self._t0) / max(step - self.start_step, 1)
+        # No measured interval yet (the first log step, compilation included): no ETA rather than a wrong one.
+        eta = duration((self.total_steps - step) * self.batch_size / ips) if ips else "--"
         parts = [f"step {self._step_format.format(step)}"]
         if "loss" in scalars:
             parts.append(f"loss {_value(float(scalars['loss']))}")
@@ -111,8 +116,20 @@ class TrainConsole:
             parts.append(f"lr {_value(float(scalars['learning_rate']))}")
         if ips:
             parts.append(f"{ips:,.0f} img/s")
-        parts.append(f"ETA {duration(eta)}")
+        parts.append(f"ETA {eta}")
         return "  ".join(p for p in parts if p)
+
+
+def devices_line() -> str:
+    """This process's devices (all of them up to 8, else how many of which kind), for the console."""
+    import jax
+
+    devices = jax.devices()
+    shown = str(devices) if len(devices) <= 8 else f"{len(devices)} x {devices[0].device_kind}"
+    line = f"JAX devices: {shown} (process {jax.process_index()} of {jax.process_count()})"
+    if jax.process_count() > 1:
+        line = f"Process {jax.process_index()} of {jax.process_count()} joined the JAX cluster. {line}"
+    return line
 
 
 class Progress:

@@ -264,7 +264,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         host_memory.release_freed_memory()  # the eval step's compile (first time) leaves freed heap
         return results
 
-    console = TrainConsole(config.total_steps, config.batch_size, start, enabled=jax.process_index() == 0)
+    console = TrainConsole(
+        config.total_steps, config.batch_size, start, checkpoints=ckpt.directory, enabled=jax.process_index() == 0
+    )
     logger = MetricLogger(workdir, console=console.write)
     hooks = start_logging(config, logger, workdir, start)
     preempted = StopSignal()
