@@ -84,7 +84,6 @@ class TrainConsole:
         self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
         self.enabled = enabled
         self.out = out
-        self._t0 = time.perf_counter()
         width = len(str(total_steps))
         self._step_format = f"{{:>{width}d}}/{total_steps}"
         if start_step:  # every process says it (in a multi-process run they must agree)
