@@ -115,7 +115,7 @@ def test_pipeline_over_tfds_resumes_exactly(tfds_dir):
     source = nf_data.open_source("tfds:nf_test_animals:train", tfds_data_dir=str(tfds_dir))
 
     def pipeline():
-        return nf_data.make_pipeline(source, train=True, batch_size=4, image_size=8, seed=3, hflip=True)
+        return nf_data.make_pipeline(source, nf_data.ClassificationTrain(8), nf_data.LoaderSettings(4, seed=3))
 
     it = pipeline()
     seen = [next(it) for _ in range(3)]

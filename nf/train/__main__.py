@@ -1,5 +1,8 @@
 """`python -m nf.train --config=configs/quickstart.py --workdir=DIR` (also `nf-train`).
 
+`--config` takes a file (`FILE.py[:ARG]`) or the name of a config packaged with nf (`quickstart`,
+`nfnet_imagenet:f3`; `nf.configs`), so an installed nf runs without a checkout.
+
 Prints one line per log step and evaluation, then a summary; library INFO lines (absl, Orbax,
 JAX, grain) only with `-v 0` / `--verbosity=0` (see `nf.train.console`). A workdir that cannot be
 written is refused before anything compiles; a full disk is reported once (`nf.train.disk_space`);
@@ -77,6 +80,11 @@ def main(argv):
 
 
 def run() -> None:
+    import sys
+
+    from nf.configs import resolve_argv
+
+    sys.argv = resolve_argv(sys.argv)  # --config=quickstart: a config packaged with nf, by name
     app.run(main)
 
 
