@@ -231,7 +231,22 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class ArrayRecordImageSource:
+class RecordFileSource:
+    """A classification source over a random-access reader of record files (`_source`): its
+    `classes` (in label order) and length; subclasses turn a stored record into the common one."""
+
+    classes: list[str]
+    _source: Any
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+
+class ArrayRecordImageSource(RecordFileSource):
     """ArrayRecord shards from `tools/make_arrayrecord.py` as a source of {"image", "label", "path"}.
 
     Args:
@@ -258,13 +273,6 @@ class ArrayRecordImageSource:
                 f"ArrayRecord directory {self.directory!r}: shards hold {len(self._source)} records but "
                 f"metadata.json says {meta['num_records']}; rewrite it with tools/make_arrayrecord.py"
             )
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
 
     def __getitem__(self, index) -> dict[str, Any]:
         record = decode_record(self._source[int(index)])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nf.data.sources import DataSourceError
+from nf.data.sources import DataSourceError, RecordFileSource
 
 TFDS_PREFIX = "tfds:"
 ARRAY_RECORD = "array_record"
@@ -55,7 +55,7 @@ def _one_feature(features, kind: type, what: str, where: str, required: bool = T
     )
 
 
-class TfdsImageSource:
+class TfdsImageSource(RecordFileSource):
     """A prepared TFDS dataset split (ArrayRecord files) as a source of {"image", "label", "path"}.
 
     Args:
@@ -114,13 +114,6 @@ class TfdsImageSource:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._source = self._open()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
 
     def __getitem__(self, index) -> dict[str, Any]:
         index = int(index)
