@@ -231,7 +231,22 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class ArrayRecordImageSource:
+class RecordFileSource:
+    """A classification source over a random-access reader of record files (`_source`): its
+    `classes` (in label order) and length; subclasses turn a stored record into the common one."""
+
+    classes: list[str]
+    _source: Any
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+
+class ArrayRecordImageSource(RecordFileSource):
     """ArrayRecord shards from `nf-make-arrayrecord` as a source of {"image", "label", "path"}.
 
     Args:
@@ -259,13 +274,6 @@ class ArrayRecordImageSource:
                 f"metadata.json says {meta['num_records']}; rewrite it with nf-make-arrayrecord"
             )
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
-
     def __getitem__(self, index) -> dict[str, Any]:
         record = decode_record(self._source[int(index)])
         record["path"] = f"{self.directory}::{record['path']}"
@@ -273,18 +281,6 @@ class ArrayRecordImageSource:
 
     def __repr__(self) -> str:
         return f"ArrayRecordImageSource(directory={self.directory!r}, len={len(self)}, num_classes={self.num_classes})"
-
-
-def open_source(path: str | os.PathLike, classes: Sequence[str] | None = None):
-    """An `ArrayRecordImageSource` if `path` holds `metadata.json`, else an `ImageFolderSource`."""
-    if (Path(path) / METADATA_FILE).exists():
-        source = ArrayRecordImageSource(path)
-        if classes is not None and list(classes) != source.classes:
-            raise DataSourceError(
-                f"{str(path)!r} was written with classes {source.classes[:5]}..., not the requested ones"
-            )
-        return source
-    return ImageFolderSource(path, classes=classes)
 
 
 def write_arrayrecord(

@@ -25,6 +25,7 @@ from nf import data as nf_data
 from nf.data.card import ModelCard, Preprocessing
 from nf.data.sources import METADATA_FILE
 from nf.inference.checkpoint import load_trees
+from nf.inference.progress import with_progress
 from nf.models.pure import ModelFns
 from nf.tasks import Classification, Task
 
@@ -118,10 +119,12 @@ def evaluate_workdir(
     fast_jpeg: bool | None = None,
     workers: int = 0,
     read_threads: int = 4,
+    progress_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 / loss of each of `weights` of `workdir` on `data` (default: the config's eval
     set), with the card's preprocessing at `image_size` (default the card's); returns a JSON-able
-    report with the throughput (images/s over whole passes, data pipeline included, compile not)."""
+    report with the throughput (images/s over whole passes, data pipeline included, compile not).
+    `progress_every_s`: print done/total images, images/s and ETA of each pass that often."""
     model, card, params, model_state = load_trees(workdir, tuple(weights), step, config)
     if data is None:
         if config is None:
@@ -160,8 +163,12 @@ def evaluate_workdir(
     seconds = 0.0
     for name in weights:
         p = jax.device_put(params[name], replicated)
+        passes = batches
+        if progress_every_s is not None:
+            real = lambda batch: int(np.sum(batch["mask"]))  # padded slots are masked out
+            passes = with_progress(batches, f"{name} weights", len(source), real, every_s=progress_every_s)
         t0 = time.perf_counter()
-        report["results"][name] = evaluate_params(eval_step, p, model_state, batches, to_global, task)
+        report["results"][name] = evaluate_params(eval_step, p, model_state, passes, to_global, task)
         seconds += time.perf_counter() - t0
     report["images_per_sec"] = len(source) * len(weights) / seconds
     return report

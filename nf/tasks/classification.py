@@ -65,9 +65,10 @@ class Classification(Task):
         `data.eval_crop`) crop at `data.eval_image_size` for evaluation."""
         cfg = config.data
         prepare(cfg, workdir)
-        train_source = nf_data.open_source(resolve(cfg.train, workdir))
+        tfds_dir = cfg.get("tfds_data_dir") or None  # for "tfds:NAME:SPLIT" sources (nf.data.tfds_source)
+        train_source = nf_data.open_source(resolve(cfg.train, workdir), tfds_data_dir=tfds_dir)
         classes = getattr(train_source, "classes", None)
-        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes)
+        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes, tfds_data_dir=tfds_dir)
         num_classes, corrupt = train_source.num_classes, on_corrupt(config)
         augment = nf_data.ClassificationTrain(
             cfg.image_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +16,7 @@ from absl import logging
 from etils import epath
 
 from nf.inference.checkpoint import check_shapes, shape_map
-from nf.train import checkpoint_health
+from nf.train import checkpoint_health, disk_space
 from nf.train.checkpoint_health import DATA_FILE
 from nf.train.checkpoint_health import first_line as _first_line
 
@@ -57,6 +59,8 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if background else None
         self._pending: Future | None = None
+        self._saving: tuple[int, int] | None = None  # (step, estimated bytes) of the last save started
+        self._disk_full = False
 
     def latest_step(self) -> int | None:
         self._join()
@@ -70,8 +74,13 @@ class Checkpoints:
         if not (force or self.due(step)):
             return False
         self._join()  # one save at a time, in step order; re-raises a failed background save
+        needed = disk_space.checkpoint_estimate(self.directory, self.manager.latest_step(), state)
+        if jax.process_index() == 0:
+            disk_space.warn_if_short(self.directory, step, needed)
+        self._saving = (step, needed)
         if self._worker is None:
-            return self._save(step, state, data_iter)
+            with self._disk_full_as_one_error():
+                return self._save(step, state, data_iter)
         snapshot = jax.device_put(state, may_alias=False)  # a buffer copy: same shardings, nothing to compile
         iterator = _IteratorSnapshot(data_iter.get_state()) if data_iter is not None else None
         self._pending = self._worker.submit(self._save, step, snapshot, iterator)
@@ -86,7 +95,26 @@ class Checkpoints:
     def _join(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            with self._disk_full_as_one_error():
+                pending.result()
+
+    @contextlib.contextmanager
+    def _disk_full_as_one_error(self):
+        """ENOSPC from a save (raised by Orbax here or by its threads) -> one `DiskFullError`
+        naming the workdir, the bytes needed and free and the last intact step; the failed save's
+        temporary folder is removed (it is never read and only takes space)."""
+        try:
+            yield
+        except Exception as e:
+            if not disk_space.is_disk_full(e) or self._disk_full:
+                raise
+            self._disk_full = True
+            step, needed = self._saving or (None, 0)
+            if step is not None and jax.process_index() == 0:
+                disk_space.remove_unfinished_save(self.directory, step)
+            raise disk_space.DiskFullError(
+                errno.ENOSPC, disk_space.disk_full_message(self.directory, step, needed)
+            ) from e
 
     def check_compatible(self, step: int, abstract_state: Any, saved: Any = None) -> None:
         """Fail, naming the differing parameter paths, when the saved state has another architecture
@@ -211,11 +239,13 @@ class Checkpoints:
 
     def wait(self) -> None:
         self._join()
-        self.manager.wait_until_finished()
+        with self._disk_full_as_one_error():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         try:
-            self.wait()
+            if not self._disk_full:  # after a full disk, reported once: nothing more to wait for
+                self.wait()
         finally:
             if self._worker is not None:
                 self._worker.shutdown()

@@ -47,6 +47,7 @@ KEYS: dict[str, float | None] = {
     "data.path": None,
     "data.train": None,
     "data.eval": None,
+    "data.tfds_data_dir": None,  # where "tfds:NAME:SPLIT" datasets are prepared (nf.data.tfds_source)
     "data.train_split": None,
     "data.eval_split": None,
     "data.mask_dir": None,

@@ -24,6 +24,7 @@ from nf.models.pure import ModelFns
 from nf.tasks import Task, TrainData, task_class
 from nf.train import config_schema, guard, host_memory, transfer
 from nf.train.checkpoint import Checkpoints
+from nf.train.console import TrainConsole
 from nf.train.distributed import StopSignal
 from nf.train.report import report, write_model_card
 from nf.train.sharding import batch_sharding, make_mesh
@@ -77,7 +78,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         host_memory.release_freed_memory()  # the eval step's compile (first time) leaves freed heap
         return results
 
-    logger = MetricLogger(workdir)
+    console = TrainConsole(
+        config.total_steps, config.batch_size, start, checkpoints=ckpt.directory, enabled=jax.process_index() == 0
+    )
+    logger = MetricLogger(workdir, console=console.write)
     hooks = start_logging(config, logger, workdir, start)
     preempted = StopSignal()
     last_eval: dict[str, float] = {}
