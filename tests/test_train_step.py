@@ -97,9 +97,7 @@ class Reference:
 
     def step(self, t: int, grads: dict[str, np.ndarray]) -> float:
         opt = self.opt
-        lr = ref_learning_rate(
-            t, opt.lr, self.config.batch_size, self.config.total_steps, opt.warmup_steps, opt.end_lr
-        )
+        lr = ref_learning_rate(t, opt.lr, self.config.batch_size, self.config.total_steps, opt.warmup_steps, opt.end_lr)
         decay = min(opt.ema_decay, (1 + t) / (10 + t))
         for k, w in self.params.items():
             stack, classifier = self.leaves[k]
@@ -132,7 +130,10 @@ def leaf_facts(model: nnx.Module) -> dict[str, tuple[int, bool]]:
             is_leaf=lambda x: isinstance(x, nnx.Variable),
         )
     )
-    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, tuple))[0]}
+    return {
+        jax.tree_util.keystr(p): v
+        for p, v in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, tuple))[0]
+    }
 
 
 def assert_close_per_leaf(got: dict, want: dict, before: dict, rtol: float, what: str) -> None:
