@@ -92,7 +92,7 @@ def test_center_crop_is_deepmind(tmp_path, size, fmt, px):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-@pytest.mark.parametrize("px,crop_pct", [(16, 0.875), (15, 0.7), (16, 16 / 48)])
+@pytest.mark.parametrize("px,crop_pct", [(16, 0.875), (15, 0.7), (16, 0.84), (16, 16 / 48)])  # 0.84: offset 1.5
 def test_resize_crop_is_timms_squash(tmp_path, size, fmt, px, crop_pct):
     path = _write(tmp_path, size, fmt)
     got, want = _nf(path, px, eval_crop="resize_crop", crop_pct=crop_pct), timm_squash(path, px, crop_pct)
