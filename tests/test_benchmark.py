@@ -129,7 +129,7 @@ def test_benchmark_times_the_trainer_step_with_its_comparisons():
     assert (r["model"], r["task"], r["image_size"], r["batch_size"]) == ("nf_resnet26", "classification", 32, 2)
     assert np.isfinite(r["final_loss"]) and r["step_seconds"] > 0
     assert r["ws_overhead"] is not None and r["bn_model"] == "bn_resnet26" and r["nf_vs_bn_step_ratio"] > 0
-    assert r["folded_max_abs_diff"] <= 1e-4 * max(1.0, r["logits_max_abs"])
+    assert r["folded_max_abs_diff"] <= 1e-4 * max(1.0, r["logits_max_abs"])  # float32 rounding of the fold
     assert "timm_train_step_seconds" not in r  # no peer asked for
 
 

@@ -118,20 +118,47 @@ def _set_path(monkeypatch, path):
         monkeypatch.setattr(cpu_kernels, name, value)
 
 
-@pytest.mark.parametrize("path", _PATHS)
-@pytest.mark.parametrize("index", range(len(CONV_CASES)), ids=[str(c) for c in CONV_CASES])
-def test_conv2d_matches_lax(index, path, monkeypatch):
-    _, _, _, k, _, padding, _, groups = CONV_CASES[index]
+def _has_path(case: tuple, path: str) -> bool:
+    """Whether conv2d has formulation `path` for `case`: negative padding always goes to lax, the
+    narrow-group formulations are for grouped convs only, and a 1x1 conv is always a matmul."""
+    _, _, _, k, _, padding, _, groups = case
     to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
     if path != "xla" and (to_lax or (path.startswith("narrow") and groups == 1)):
-        pytest.skip("not a formulation conv2d has for this case")
-    if path == "im2col" and k == 1:
-        pytest.skip("1x1 is always a matmul")
+        return False
+    return not (path == "im2col" and k == 1)
+
+
+_CASE_PATHS = [(i, path) for path in _PATHS for i, case in enumerate(CONV_CASES) if _has_path(case, path)]
+
+
+@pytest.mark.parametrize("index,path", _CASE_PATHS, ids=[f"{path}-{CONV_CASES[i]}" for i, path in _CASE_PATHS])
+def test_conv2d_matches_lax(index, path, monkeypatch):
     _set_path(monkeypatch, path)
     opts, (x, w, proj), want = _conv_case(index)
     got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
     for g, r in zip(got, want):  # y, dx, dw
         _assert_close(g, r)
+
+
+# bfloat16 (the NFNet recipes' compute dtype) through each formulation: a 3x3 strided conv,
+# the 7x7 stem on odd sizes, a grouped one.
+_BF16_CASES = [(i, path) for i, path in _CASE_PATHS if i in (5, 13, 24)]
+
+
+@pytest.mark.parametrize("index,path", _BF16_CASES, ids=[f"{path}-{CONV_CASES[i]}" for i, path in _BF16_CASES])
+def test_conv2d_bfloat16_matches_lax(index, path, monkeypatch):
+    """Values and gradients in bf16, against lax in float32 on the same bf16-rounded operands.
+    Tolerance 2e-2 of max|value|: the output and each gradient are rounded to bf16 (2^-9
+    relative), and a formulation may round an intermediate (patches, partial sums) to bf16."""
+    _set_path(monkeypatch, path)
+    opts, (x, w, proj), _ = _conv_case(index)
+    x, w, proj = (a.astype(jnp.bfloat16) for a in (x, w, proj))
+    got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
+    ref = functools.partial(_ref_conv, **opts)
+    want = _vjp_all(ref, *(a.astype(jnp.float32) for a in (proj, x, w)))
+    for g, r in zip(got, want):  # y, dx, dw
+        assert g.dtype == jnp.bfloat16
+        _assert_close(np.asarray(g, np.float32), r, rtol=2e-2)
 
 
 def _both_orders(conv, groups=1):

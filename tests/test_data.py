@@ -383,8 +383,15 @@ def test_mixup_cutmix_label_mass_matches_mixed_area():
     src = IndexSource(40)
     b = next(_train(src, batch_size=16, mixup_alpha=0.2, cutmix=True))
     np.testing.assert_allclose(b["label_onehot"].sum(1), 1.0, rtol=1e-6)
-    assert (b["label_onehot"][np.arange(16), b["label"]] >= 0.0).all()
-    assert (b["label_onehot"] > 0).sum() > 16  # something was mixed
+    # Each row mixes its own example (whose class `label` still names) with its partner in the
+    # reversed half-batch (MixUp first half, CutMix second): all its mass is on those two classes.
+    labels, onehot = b["label"], b["label_onehot"]
+    assert len(set(labels.tolist())) == 16  # examples i of IndexSource have class i: all distinct
+    partner = np.concatenate([np.arange(8)[::-1], 8 + np.arange(8)[::-1]])
+    pair_mass = onehot[np.arange(16), labels] + onehot[np.arange(16), labels[partner]]
+    np.testing.assert_allclose(pair_mass, 1.0, rtol=1e-6)
+    assert (onehot[np.arange(16), labels] > 0).all()  # the named class is in its own mixture
+    assert (onehot > 0).sum() > 16  # something was mixed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -54,6 +54,11 @@ class Checkpoints:
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=True,
+            # In the background worker the step's directories are made before orbax returns: a
+            # failure there (the folder removed or replaced) then fails this save, re-raised at the
+            # next one. Orbax's asynchronous creation would leave the save waiting for a signal
+            # that never comes (orbax 0.12.8: the loop hangs at the next save).
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=not background),
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
