@@ -3,7 +3,7 @@
 Data (not downloaded for you): the labeled file nyu_depth_v2_labeled.mat (HDF5; standard split
 795 train / 654 test) at data/nyu_depth_v2_labeled.mat, or a folder of RGB + 16-bit depth PNG
 pairs with train.txt / test.txt lists (--config.data.path=FOLDER). The backbone comes from an
-ImageNet run of configs/nf_resnet50_imagenet.py (its EMA weights):
+ImageNet run of configs/resnet_imagenet.py:nf_resnet50 (its EMA weights):
 
     nf-train --config=configs/nyu_fcrn_nf_resnet50.py --workdir=runs/nyu_fcrn_nf_resnet50 \
         --config.init_from=runs/nf_resnet50_imagenet

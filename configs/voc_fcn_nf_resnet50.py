@@ -4,7 +4,7 @@ paper Appendix H; the MoCo/BYOL protocol).
 Data (not downloaded for you): the VOC 2012 folder with JPEGImages/, SegmentationClassAug/ (or
 SegmentationClass/ with --config.data.mask_dir=SegmentationClass) and
 ImageSets/Segmentation/{train_aug,val}.txt, at data/VOC2012 (or --config.data.path=...). The
-backbone comes from an ImageNet run of configs/nf_resnet50_imagenet.py (its EMA weights):
+backbone comes from an ImageNet run of configs/resnet_imagenet.py:nf_resnet50 (its EMA weights):
 
     nf-train --config=configs/voc_fcn_nf_resnet50.py --workdir=runs/voc_fcn_nf_resnet50 \
         --config.init_from=runs/nf_resnet50_imagenet

@@ -9,7 +9,7 @@
 #           --queued: through a queued resource (waits for capacity)
 #   setup   copy this checkout to every worker and `pip install` it there
 #   run     the same nf-train command on all workers, e.g.
-#           -- --config=configs/nf_resnet50_imagenet.py --workdir=gs://BUCKET/runs/r50
+#           -- --config=configs/resnet_imagenet.py:nf_resnet50 --workdir=gs://BUCKET/runs/r50
 #           (the workdir must be on gs://, shared by all workers); output goes to ~/nf-train.log
 #   logs    the last lines of ~/nf-train.log of every worker
 #   ssh     a shell on worker 0 (or run the arguments after -- on all workers)
@@ -134,7 +134,7 @@ case "${SUBCOMMAND}" in
       --command="pip install -U 'jax[tpu]' && pip install -e ~/${REMOTE_DIR}"
     ;;
   run)
-    ((${#EXTRA[@]})) || die "run needs nf-train arguments after --, e.g. -- --config=configs/nf_resnet50_imagenet.py --workdir=gs://BUCKET/runs/r50"
+    ((${#EXTRA[@]})) || die "run needs nf-train arguments after --, e.g. -- --config=configs/resnet_imagenet.py:nf_resnet50 --workdir=gs://BUCKET/runs/r50"
     workdir=""
     for arg in "${EXTRA[@]}"; do
       [[ "${arg}" == --workdir=* ]] && workdir="${arg#--workdir=}"

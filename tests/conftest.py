@@ -163,3 +163,43 @@ def classifier_run(digits_root, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("classifier") / "run"
     train_and_evaluate(quickstart_config(digits_root, CLASSIFIER_RUN), str(workdir))
     return workdir
+
+
+def _loader(kw: dict):
+    """Pops the `LoaderSettings` fields out of `kw` (the tests' keyword shorthand for pipelines)."""
+    from dataclasses import fields
+
+    from nf import data
+
+    return data.LoaderSettings(**{f.name: kw.pop(f.name) for f in fields(data.LoaderSettings) if f.name in kw})
+
+
+def classification_pipeline(source, *, train: bool, image_size: int, **kw):
+    """`nf.data.make_pipeline` for classification with keyword settings: `LoaderSettings` fields go
+    to the loader; the rest to `ClassificationTrain` (train) or to the trainer's eval
+    (`Preprocessing.nf(image_size, eval_crop, crop_padding)` in `ClassificationEval`)."""
+    from nf import data
+
+    loader = _loader(kw)
+    if train:
+        return data.make_pipeline(source, data.ClassificationTrain(image_size, **kw), loader)
+    crop = {name: kw.pop(key) for key, name in (("eval_crop", "crop"), ("crop_padding", "crop_padding")) if key in kw}
+    return data.make_pipeline(source, data.ClassificationEval(data.Preprocessing.nf(image_size, **crop), **kw), loader)
+
+
+def segmentation_pipeline(source, *, train: bool, crop_size, num_classes: int | None = None, **kw):
+    """`nf.data.make_pipeline` with a segmentation transform (keyword shorthand as above)."""
+    from nf import data
+
+    loader = _loader(kw)
+    transform = data.SegmentationTrainTransform if train else data.SegmentationEvalTransform
+    return data.make_pipeline(source, transform(crop_size, num_classes or source.num_classes, **kw), loader)
+
+
+def depth_pipeline(source, *, train: bool, **kw):
+    """`nf.data.make_pipeline` with a depth transform (keyword shorthand as above)."""
+    from nf import data
+
+    loader = _loader(kw)
+    transform = data.DepthTrainTransform if train else data.DepthEvalTransform
+    return data.make_pipeline(source, transform(**kw), loader)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +17,18 @@ from nf.train import recipes
 from nf.train.optim import learning_rate_schedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-REGNETS = [f"nf_regnet_b{i}_imagenet" for i in range(6)]
-NFNETS = [f"nfnet_f{i}_imagenet" for i in range(8)]
+REGNETS = [f"nf_regnet_imagenet:b{i}" for i in range(6)]
+NFNETS = [f"nfnet_imagenet:f{i}" for i in range(8)]
+RESNETS = ["resnet_imagenet:nf_resnet50", "resnet_imagenet:bn_resnet50"]
 NEW_KEYS: set[str] = set()  # every recipe has exactly the quickstart's keys
 
 
 def load(name: str):
-    """Parse --config=configs/<name>.py exactly as the `nf-train` entry point does."""
+    """Parse --config=configs/<file>.py[:<arg>] exactly as the `nf-train` entry point does."""
+    file, _, arg = name.partition(":")
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
-    fv(["nf-train", f"--config={CONFIGS / name}.py"])
+    fv(["nf-train", f"--config={CONFIGS / file}.py" + (f":{arg}" if arg else "")])
     return fv.config
 
 
@@ -46,7 +50,8 @@ def quickstart_keys():
 @pytest.mark.parametrize("name", REGNETS + NFNETS)
 def test_config_loads_with_the_trainer_keys(name, quickstart_keys):
     cfg = load(name)
-    model = name.removesuffix("_imagenet")
+    file, variant = name.split(":")
+    model = f"{file.removesuffix('_imagenet')}_{variant}"
     keys = _keys(cfg)
     assert quickstart_keys - keys <= {"model.depths", "model.widths", "model.stem_width", "model.skipinit"}
     assert keys - quickstart_keys == NEW_KEYS
@@ -68,8 +73,20 @@ def test_config_loads_with_the_trainer_keys(name, quickstart_keys):
     np.testing.assert_allclose(float(schedule(cfg.optimizer.warmup_steps)), base, rtol=1e-6)
     np.testing.assert_allclose(float(schedule(cfg.total_steps)), cfg.optimizer.end_lr, atol=1e-7)
     RandAugment(cfg.data.randaugment_layers, cfg.data.randaugment_magnitude)  # valid settings
-    doc = (CONFIGS / f"{name}.py").read_text()
-    assert f"nf-train --config=configs/{name}.py --workdir=" in doc and "Expected: " in doc
+    doc = (CONFIGS / f"{file}.py").read_text()
+    assert f"nf-train --config=configs/{file}.py:" in doc
+    assert re.search(rf"^    {variant} .*Expected: ", doc, re.M), f"{file}.py lists no expected result for {variant}"
+
+
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_config_is_the_table_1_recipe(name):
+    cfg = load(name)
+    model = name.split(":")[1]
+    assert cfg.model.name == model and cfg.batch_size == 1024 and cfg.total_steps == 1_281_167 * 90 // 1024
+    assert (cfg.model.stochastic_depth, cfg.model.dropout) == (0.1, 0.25)
+    assert (cfg.data.mixup_alpha, cfg.data.cutmix) == (0.0, False)
+    assert re.search(rf"^    {model} .*Expected: ", (CONFIGS / "resnet_imagenet.py").read_text(), re.M)
+    assert load("resnet_imagenet").model.name == "nf_resnet50"  # the default argument
 
 
 @pytest.mark.parametrize("level", range(6))
@@ -133,3 +150,44 @@ def test_trainer_data_uses_eval_image_size_and_randaugment(tmp_path):
         assert not np.array_equal(next(it)["image"], with_ra)
     finally:
         it.close()
+
+
+def test_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    from nf.configs import resolve, resolve_argv
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as for a user of an installed nf
+    packaged = Path(resolve("quickstart")).resolve()
+    assert packaged == (CONFIGS / "quickstart.py").resolve()
+    assert resolve("configs/nfnet_imagenet.py:f3") == f"{resolve('nfnet_imagenet')}:f3"
+    mine = tmp_path / "quickstart.py"
+    mine.write_text("def get_config(): ...\n")
+    assert resolve("quickstart.py") == "quickstart.py"  # an existing file wins over the packaged one
+    assert resolve("no_such_config:x") == "no_such_config:x"  # left for the flag to report
+    argv = resolve_argv(["nf-train", "--config", "nfnet_imagenet:f1", "--workdir=w", "--config.seed=1"])
+    assert argv[2] == f"{resolve('nfnet_imagenet')}:f1" and argv[3:] == ["--workdir=w", "--config.seed=1"]
+
+
+def test_a_wheel_install_carries_the_configs(tmp_path):
+    """The built wheel (not the checkout) holds the configs and `--config=NAME:ARG` parses there."""
+    import subprocess
+    import sys
+
+    repo = CONFIGS.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "whl", repo],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "whl").glob("*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel], check=True)
+    probe = (
+        "import sys; from absl import flags; import nf.train.__main__ as m; from nf.configs import resolve_argv;"
+        "argv = resolve_argv(['nf-train', '--config=nfnet_imagenet:f2', '--workdir=w']);"
+        "flags.FLAGS(argv); c = m._CONFIG.value; print(m.__file__, c.model.name, c.data.image_size)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    file, name, size = out.stdout.split()
+    assert file.startswith(str(site)) and (name, size) == ("nfnet_f2", "256")

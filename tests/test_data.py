@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from absl import flags
-from conftest import console_script
+from conftest import classification_pipeline, console_script
 from PIL import Image
 
 from nf import data
@@ -76,7 +76,7 @@ def _absl_flags_parsed():
 
 def _train(source, **kw):
     kw = {"train": True, "batch_size": 16, "image_size": 16, "seed": 0, **kw}
-    return data.make_pipeline(source, **kw)
+    return classification_pipeline(source, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_eval_covers_each_example_exactly_once_with_mask():
     src = IndexSource(n)
     seen, num_batches = [], set()
     for i in range(count):
-        it = data.make_pipeline(src, train=False, batch_size=bs, image_size=8, shard_index=i, shard_count=count)
+        it = classification_pipeline(src, train=False, batch_size=bs, image_size=8, shard_index=i, shard_count=count)
         batches = list(it)
         num_batches.add(len(batches))
         assert len(it) == len(batches)
@@ -245,7 +245,7 @@ def test_eval_covers_each_example_exactly_once_with_mask():
     assert num_batches == {2}  # ceil(ceil(23/3)/4): the same on every process
     assert sorted(seen) == list(range(n))
     # Eval order is deterministic and unshuffled.
-    it = data.make_pipeline(src, train=False, batch_size=bs, image_size=8)
+    it = classification_pipeline(src, train=False, batch_size=bs, image_size=8)
     assert next(it)["label"].tolist() == [0, 1, 2, 3]
 
 
@@ -418,7 +418,7 @@ def test_corrupt_images_skip_warns_and_counts(corrupt_folder, caplog):
     assert "broken.jpg" in caplog.text and "truncated.jpg" in caplog.text
     assert it.get_state()["num_skipped"] == 2
     caplog.clear()
-    ev = data.make_pipeline(src, train=False, batch_size=5, image_size=16, on_corrupt="skip")
+    ev = classification_pipeline(src, train=False, batch_size=5, image_size=16, on_corrupt="skip")
     masks = np.concatenate([b["mask"] for b in ev])
     assert masks.sum() == 10 and len(masks) == 15 and ev.num_skipped == 2
     assert "broken.jpg" in caplog.text
@@ -426,8 +426,8 @@ def test_corrupt_images_skip_warns_and_counts(corrupt_folder, caplog):
 
 def test_corrupt_images_error_names_the_file(corrupt_folder):
     src = data.ImageFolderSource(corrupt_folder)
-    ev = data.make_pipeline(src, train=False, batch_size=4, image_size=16, on_corrupt="error")
+    ev = classification_pipeline(src, train=False, batch_size=4, image_size=16, on_corrupt="error")
     with pytest.raises(data.CorruptImageError, match=r"truncated\.jpg.*on_corrupt='skip'"):
         list(ev)
     with pytest.raises(ValueError, match="on_corrupt"):
-        data.make_pipeline(src, train=False, batch_size=4, image_size=16, on_corrupt="ignore")
+        classification_pipeline(src, train=False, batch_size=4, image_size=16, on_corrupt="ignore")

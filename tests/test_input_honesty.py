@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import classification_pipeline
 from PIL import Image
 
 from nf import data
@@ -90,7 +91,7 @@ def test_pipeline_skips_by_name_and_counts_conversions(awkward_folder, caplog):
     src = data.ImageFolderSource(awkward_folder)
     assert "empty" in caplog.text and "1 of 3 classes have no images" in caplog.text
     assert len(src) == 10
-    ev = data.make_pipeline(src, train=False, batch_size=4, image_size=8, on_corrupt="skip")
+    ev = classification_pipeline(src, train=False, batch_size=4, image_size=8, on_corrupt="skip")
     masks = np.concatenate([b["mask"] for b in ev])
     assert masks.sum() == 7 and ev.num_skipped == 3
     for name in ("zero.jpg", "truncated.png", "notes.jpg"):

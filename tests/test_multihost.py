@@ -233,7 +233,7 @@ def tpu_sh(*args: str, path: str) -> subprocess.CompletedProcess:
 
 COMMON = ("--name=nf-pod", "--zone=us-central2-b", "--accelerator=v4-32", "--project=my-proj", "--dry-run")
 WHERE = ["--zone=us-central2-b", "--project=my-proj"]
-TRAIN = ["--config=configs/nf_resnet50_imagenet.py", "--workdir=gs://my-bucket/runs/r50"]
+TRAIN = ["--config=configs/resnet_imagenet.py:nf_resnet50", "--workdir=gs://my-bucket/runs/r50"]
 VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 SSH = [*VM, "ssh", "nf-pod", *WHERE, "--worker=all"]
 EXPECTED = {
@@ -247,7 +247,7 @@ EXPECTED = {
     "run": [
         [
             *SSH,
-            "--command=cd ~/nf && nohup nf-train --distributed=on --config=configs/nf_resnet50_imagenet.py "
+            "--command=cd ~/nf && nohup nf-train --distributed=on --config=configs/resnet_imagenet.py:nf_resnet50 "
             "--workdir=gs://my-bucket/runs/r50 > ~/nf-train.log 2>&1 &",
         ]
     ],

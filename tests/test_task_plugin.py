@@ -23,7 +23,7 @@ from nf import data as nf_data
 from nf.models import create_model
 from nf.tasks import TASKS, Classification, Task, TrainData, register_task
 from nf.tasks.base import example_mask, model_overrides
-from nf.tasks.data import pipeline_common, prepare, resolve
+from nf.tasks.data import loader_settings, prepare, resolve
 from nf.train.config_schema import ConfigKeyError, validate
 
 ODD = 1  # class index of `odd/` (nf.data.prepare_digit_parity: folders even/, odd/)
@@ -43,12 +43,13 @@ class DigitParity(Task):
         if list(train.classes) != ["even", "odd"]:
             raise ValueError(f"{cfg.train}: expected the folders even/ and odd/, found {train.classes}")
         test = nf_data.open_source(resolve(cfg.eval, workdir), classes=train.classes)
-        common, size = pipeline_common(config), cfg.image_size
+        augment = nf_data.ClassificationTrain(cfg.image_size, hflip=False)
+        evaluate = nf_data.ClassificationEval(nf_data.Preprocessing.nf(cfg.image_size))
         return TrainData(
             train.num_classes,
             len(train),
-            lambda: nf_data.make_pipeline(train, train=True, image_size=size, hflip=False, **common),
-            lambda: nf_data.make_pipeline(test, train=False, image_size=size, **common),
+            lambda: nf_data.make_pipeline(train, augment, loader_settings(config, train=True)),
+            lambda: nf_data.make_pipeline(test, evaluate, loader_settings(config, train=False)),
             list(train.classes),
         )
 

@@ -271,15 +271,10 @@ def independent_eval(config, state: dict[str, np.ndarray], part: str) -> dict[st
 
     train_source = nf_data.open_source(config.data.train)
     source = nf_data.open_source(config.data.eval, classes=train_source.classes)
-    it = nf_data.make_pipeline(
-        source,
-        train=False,
-        batch_size=config.batch_size,
-        image_size=config.data.image_size,
-        eval_crop=config.data.eval_crop,
-        crop_padding=config.data.crop_padding,
-        num_classes=10,
-    )
+    # The eval preprocessing written out from the config keys (not the task's own builder).
+    preprocessing = nf_data.Preprocessing.nf(config.data.image_size, config.data.eval_crop, config.data.crop_padding)
+    loader = nf_data.LoaderSettings(batch_size=config.batch_size)
+    it = nf_data.make_pipeline(source, nf_data.ClassificationEval(preprocessing, num_classes=10), loader)
     logits, labels = [], []
     for batch in it:
         out = np.asarray(forward(model_state, batch["image"]), np.float64)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.io
 from absl import flags
+from conftest import depth_pipeline, segmentation_pipeline
 from PIL import Image
 
 from nf import data
@@ -81,7 +82,7 @@ def test_voc_source_reads_palette_masks_and_eval_centre_crop(tmp_path):
     source = data.VOCSource(tmp_path, "train")
     assert len(source) == 2 and source.num_classes == 21
     assert Image.open(source[0]["label_path"]).mode == "P"
-    it = data.make_segmentation_pipeline(source, train=False, batch_size=4, crop_size=(24, 24))
+    it = segmentation_pipeline(source, train=False, batch_size=4, crop_size=(24, 24))
     (batch,) = list(it)
     assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (4, 24, 24) and batch["label"].dtype == np.int32
@@ -106,7 +107,7 @@ def test_voc_source_reads_palette_masks_and_eval_centre_crop(tmp_path):
     # Padding slots of the last batch: blank image, all-ignore label.
     assert (batch["label"][2:] == 255).all() and (batch["image"][2:] == 0).all()
     # Eval is deterministic.
-    _assert_equal([batch], list(data.make_segmentation_pipeline(source, train=False, batch_size=4, crop_size=24)))
+    _assert_equal([batch], list(segmentation_pipeline(source, train=False, batch_size=4, crop_size=24)))
 
 
 def test_voc_bad_inputs_name_the_files(tmp_path):
@@ -125,14 +126,14 @@ def test_voc_bad_inputs_name_the_files(tmp_path):
     _palette_png(bad, tmp_path / "SegmentationClass" / "2007_000000.png")
     source = data.VOCSource(tmp_path, "one", num_classes=5)
     for train in (True, False):
-        it = data.make_segmentation_pipeline(source, train=train, batch_size=1, crop_size=8)
+        it = segmentation_pipeline(source, train=train, batch_size=1, crop_size=8)
         with pytest.raises(data.AnnotationError) as e:
             next(it)
         assert "2007_000000.png" in str(e.value) and "[7, 30]" in str(e.value)
     # An RGB-colour mask (not class indices) is refused with its mode.
     Image.new("RGB", (8, 8)).save(tmp_path / "SegmentationClass" / "2007_000000.png")
     with pytest.raises(data.AnnotationError, match=r"2007_000000\.png has PIL mode 'RGB'"):
-        next(data.make_segmentation_pipeline(source, train=False, batch_size=1, crop_size=8))
+        next(segmentation_pipeline(source, train=False, batch_size=1, crop_size=8))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def test_nyu_png_pairs_read_millimetres_as_metres(tmp_path):
     (tmp_path / "nyu" / "list.csv").write_text("\n".join(lines))
     csv = data.open_nyu(tmp_path / "nyu" / "list.csv")
     assert len(csv) == 5 and csv[3]["depth_path"] == source[3]["depth_path"]
-    it = data.make_depth_pipeline(source, train=False, batch_size=2, image_size=(12, 16), resize_to=None)
+    it = depth_pipeline(source, train=False, batch_size=2, image_size=(12, 16), resize_to=None)
     batches = list(it)
     assert len(batches) == 3 and batches[-1]["mask"].tolist() == [True, False]
     depth = np.concatenate([b["depth"] for b in batches])[:5]
@@ -283,7 +284,7 @@ def test_nyu_bad_inputs_name_the_files(tmp_path):
     Image.fromarray(np.full((12, 16), 7, np.uint8)).save(tmp_path / "nyu" / "depth" / "1.png")  # 8-bit
     source = data.open_nyu(tmp_path / "nyu" / "train.txt")
     for train in (True, False):
-        it = data.make_depth_pipeline(source, train=train, batch_size=2, image_size=8, resize_to=None)
+        it = depth_pipeline(source, train=train, batch_size=2, image_size=8, resize_to=None)
         with pytest.raises(data.AnnotationError) as e:
             next(it)
         assert str(tmp_path / "nyu" / "depth" / "1.png") in str(e.value) and "mode 'L'" in str(e.value)
@@ -308,14 +309,14 @@ def test_depth_resize_nearest_and_centre_crop_against_slicing(tmp_path):
     path = tmp_path / "nyu.mat"
     rgb, depth = _make_mat(path, n=2, h=24, w=32)
     source = data.NYUMatSource(path)
-    it = data.make_depth_pipeline(source, train=False, batch_size=2, image_size=(10, 14), resize_to=(12, 16))
+    it = depth_pipeline(source, train=False, batch_size=2, image_size=(10, 14), resize_to=(12, 16))
     batch = next(it)
     # Nearest 2x downsampling takes the centre-right/bottom pixel of each 2x2 cell; then crop 10x14 of 12x16.
     np.testing.assert_array_equal(batch["depth"], depth[:, 1::2, 1::2][:, 1:11, 1:15])
     half = np.stack([np.asarray(Image.fromarray(x).resize((16, 12), Image.Resampling.BILINEAR)) for x in rgb])
     np.testing.assert_allclose(batch["image"], T.normalize(half[:, 1:11, 1:15]), atol=1e-5)
     with pytest.raises(ValueError, match="resize_to"):
-        data.make_depth_pipeline(source, train=False, batch_size=2, image_size=(10, 14), resize_to=(8, 16))
+        depth_pipeline(source, train=False, batch_size=2, image_size=(10, 14), resize_to=(8, 16))
 
 
 def test_depth_augmentations_change_only_the_image_except_flip(tmp_path):
@@ -394,22 +395,20 @@ def _ids(batch):
 def test_segmentation_pipeline_seeds_shards_and_eval_padding():
     src = IndexedSegSource(30)
     kw = {"train": True, "batch_size": 4, "crop_size": 8}
-    a, b, c = (_batches(data.make_segmentation_pipeline(src, seed=s, **kw), 3) for s in (0, 0, 1))
+    a, b, c = (_batches(segmentation_pipeline(src, seed=s, **kw), 3) for s in (0, 0, 1))
     _assert_equal(a, b)
     assert [_ids(x) for x in a] != [_ids(x) for x in c]
     assert not np.array_equal(a[0]["image"], c[0]["image"])
     shards = []
     for i in range(3):
-        it = data.make_segmentation_pipeline(src, num_epochs=1, shard_index=i, shard_count=3, **kw)
+        it = segmentation_pipeline(src, num_epochs=1, shard_index=i, shard_count=3, **kw)
         shards.append([k for batch in it for k in _ids(batch)])
     assert [len(s) for s in shards] == [8, 8, 8]
     flat = [k for s in shards for k in s]
     assert len(set(flat)) == len(flat)  # disjoint
     seen = []
     for i in range(2):
-        for batch in data.make_segmentation_pipeline(
-            src, train=False, batch_size=4, crop_size=8, shard_index=i, shard_count=2
-        ):
+        for batch in segmentation_pipeline(src, train=False, batch_size=4, crop_size=8, shard_index=i, shard_count=2):
             seen += [k for k, m in zip(_ids(batch), batch["mask"], strict=True) if m]
             assert (batch["label"][~batch["mask"]] == 255).all()
     assert sorted(seen) == list(range(30))
@@ -420,15 +419,15 @@ def test_iterator_state_resumes_identical_batches(tmp_path):
     _make_mat(path, n=20, h=12, w=16)
     source = data.open_nyu(path, "all")
     kw = {"train": True, "batch_size": 4, "image_size": (8, 12), "resize_to": None, "seed": 3}
-    it = data.make_depth_pipeline(source, **kw)
+    it = depth_pipeline(source, **kw)
     _batches(it, 2)
     state = it.get_state()
     expected = _batches(it, 4)
-    resumed = data.make_depth_pipeline(source, **kw)
+    resumed = depth_pipeline(source, **kw)
     resumed.set_state(state)
     _assert_equal(_batches(resumed, 4), expected)
     # A segmentation iterator's state does not restore into a depth pipeline silently.
-    seg = data.make_segmentation_pipeline(IndexedSegSource(20), train=True, batch_size=4, crop_size=8, seed=3)
+    seg = segmentation_pipeline(IndexedSegSource(20), train=True, batch_size=4, crop_size=8, seed=3)
     with pytest.raises(ValueError, match="task: checkpoint 'depth' vs now 'segmentation'"):
         seg.set_state(state)
 
@@ -439,8 +438,8 @@ def test_depth_pipeline_in_worker_processes_matches_in_process(tmp_path):
     _make_mat(path, n=16, h=12, w=16)
     source = data.open_nyu(path, "all")
     kw = {"train": True, "batch_size": 4, "image_size": (8, 12), "resize_to": None, "seed": 1}
-    expected = _batches(data.make_depth_pipeline(source, **kw), 5)
-    it = data.make_depth_pipeline(source, worker_count=2, **kw)
+    expected = _batches(depth_pipeline(source, **kw), 5)
+    it = depth_pipeline(source, worker_count=2, **kw)
     try:
         _assert_equal(_batches(it, 5), expected)
     finally:
@@ -466,8 +465,8 @@ def test_digit_scenes_files_load_with_the_loaders(scenes_dir):
     nyu = data.open_nyu(scenes_dir / "nyu", "train")
     assert len(nyu) == 12 and len(data.open_nyu(scenes_dir / "nyu", "test")) == 4
     assert Image.open(nyu[0]["depth_path"]).mode == "I;16"
-    seg = next(data.make_segmentation_pipeline(voc, train=True, batch_size=4, crop_size=64))
-    dep = next(data.make_depth_pipeline(nyu, train=True, batch_size=4, image_size=64, resize_to=None))
+    seg = next(segmentation_pipeline(voc, train=True, batch_size=4, crop_size=64))
+    dep = next(depth_pipeline(nyu, train=True, batch_size=4, image_size=64, resize_to=None))
     assert seg["image"].shape == dep["image"].shape == (4, 64, 64, 3)
     assert set(np.unique(seg["label"])) <= {*range(11), 255}
     assert dep["depth"].min() >= 1.0 and dep["depth"].max() < 7.0

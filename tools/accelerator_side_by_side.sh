@@ -24,5 +24,5 @@ run() {
   echo "$name: exit $?"
   tail -n 3 "$out/$name.log"
 }
-run r50_224 --config=configs/nf_resnet50_imagenet.py --image_size=224 --batch_size=256
-run f0_192 --config=configs/nfnet_f0_imagenet.py --image_size=192 --batch_size=256
+run r50_224 --config=configs/resnet_imagenet.py:nf_resnet50 --image_size=224 --batch_size=256
+run f0_192 --config=configs/nfnet_imagenet.py:f0 --image_size=192 --batch_size=256

@@ -2,7 +2,7 @@
 peak, and side by side with timm.
 
     python tools/benchmark.py --model=nf_resnet50 --image_size=128 --batch_size=16 --json
-    python tools/benchmark.py --config=configs/nfnet_f0_imagenet.py --batch_size=16 --image_size=192
+    python tools/benchmark.py --config=configs/nfnet_imagenet.py:f0 --batch_size=16 --image_size=192
     python tools/benchmark.py --task=segmentation --model=nf_resnet50 --image_size=128 --batch_size=16
     python tools/benchmark.py --model=nf_resnet50 --peer=timm --peer_python=/work/peer/bin/python
 

@@ -11,18 +11,22 @@ from collections.abc import Callable
 import ml_collections
 
 
-def load_config(path: str | None) -> ml_collections.ConfigDict | None:
-    """`get_config()` of an ml_collections config file (as `nf-train --config=FILE` reads it)."""
-    if not path:
+def load_config(spec: str | None) -> ml_collections.ConfigDict | None:
+    """`get_config([ARG])` of an ml_collections config `FILE[:ARG]` or a packaged config's name (as
+    `nf-train --config=...` reads it)."""
+    if not spec:
         return None
+    from nf.configs import resolve
+
+    path, sep, arg = resolve(spec).partition(":")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config={path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("nf_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        raise FileNotFoundError(f"--config={spec!r} does not exist (a file, or a packaged config's name)")
+    module_spec = importlib.util.spec_from_file_location("nf_cli_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"--config={path!r} defines no get_config()")
-    return module.get_config()
+        raise ValueError(f"--config={spec!r} defines no get_config()")
+    return module.get_config(arg) if sep else module.get_config()
 
 
 def prepare_runtime() -> None:

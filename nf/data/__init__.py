@@ -1,26 +1,32 @@
 """Input pipelines: grain sources, numpy/PIL transforms, deterministic checkpointable batches.
 
+One way for every task: `make_pipeline(source, transform, loader)`, where `loader` is the
+`LoaderSettings` all tasks share and `transform` says what an example becomes (train or eval).
+
 from nf import data
 source = data.ImageFolderSource(data.prepare_digits("data/digits") / "train")
-it = data.make_pipeline(source, train=True, batch_size=128, image_size=32, seed=0)
+loader = data.LoaderSettings(batch_size=128, seed=0)
+it = data.make_pipeline(source, data.ClassificationTrain(image_size=32), loader)
 batch = next(it)  # {"image", "label", "label_onehot", "mask"}: see nf.data.classification
+evals = data.make_pipeline(source, data.ClassificationEval(data.Preprocessing.nf(32)), loader)
 
 Dense prediction (nf.data.segmentation, nf.data.depth):
-it = data.make_segmentation_pipeline(data.VOCSource(root, "train"), train=True, batch_size=16, crop_size=513)
+it = data.make_pipeline(data.VOCSource(root, "train"), data.SegmentationTrainTransform(513, 21), loader)
 batch = next(it)  # {"image", "label" (255 = ignore), "mask"}
-it = data.make_depth_pipeline(data.open_nyu(path, "train"), train=True, batch_size=16)
+it = data.make_pipeline(data.open_nyu(path, "train"), data.DepthTrainTransform(), loader)
 batch = next(it)  # {"image", "depth" (metres, 0 = invalid), "mask"}
 """
 
-from nf.data.batching import DataIterator
-from nf.data.classification import make_dataset, make_pipeline
+from nf.data.batching import DataIterator, LoaderSettings, PipelineTransform, make_pipeline
+from nf.data.classification import ClassificationEval, ClassificationTrain
 from nf.data.dense import AnnotationError
-from nf.data.depth import make_depth_pipeline
+from nf.data.depth import DepthEvalTransform, DepthTrainTransform
 from nf.data.digits import prepare_digit_parity, prepare_digits
 from nf.data.nyu import NYUMatSource, NYUPairSource, open_nyu
+from nf.data.preprocessing import Preprocessing
 from nf.data.randaugment import RandAugment
 from nf.data.scenes import prepare_digit_scenes
-from nf.data.segmentation import make_segmentation_pipeline
+from nf.data.segmentation import SegmentationEvalTransform, SegmentationTrainTransform
 from nf.data.sources import (
     ArrayRecordImageSource,
     DataSourceError,
@@ -49,24 +55,30 @@ __all__ = [
     "INCEPTION_CROP_ASPECT",
     "AnnotationError",
     "ArrayRecordImageSource",
+    "ClassificationEval",
+    "ClassificationTrain",
     "CorruptImageError",
     "DataIterator",
     "DataSourceError",
+    "DepthEvalTransform",
+    "DepthTrainTransform",
     "EvalTransform",
     "ImageFolderSource",
+    "LoaderSettings",
     "NYUMatSource",
     "NYUPairSource",
+    "PipelineTransform",
+    "Preprocessing",
     "RandAugment",
+    "SegmentationEvalTransform",
+    "SegmentationTrainTransform",
     "TrainTransform",
     "VOCSource",
     "decode_image",
     "decode_record",
     "denormalize",
     "encode_record",
-    "make_dataset",
-    "make_depth_pipeline",
     "make_pipeline",
-    "make_segmentation_pipeline",
     "mix_batch",
     "normalize",
     "open_nyu",

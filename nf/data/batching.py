@@ -1,8 +1,14 @@
 """The task-independent batching engine: a source -> host-local numpy batches, deterministic and
 checkpointable (grain `MapDataset`, so every batch is a pure function of its index).
 
-    it = make_iterator(source, transform, finalize, train=True, batch_size=128, seed=0,
-                       shard_index=jax.process_index(), shard_count=jax.process_count())
+    loader = LoaderSettings(batch_size=128, seed=0, shard_index=jax.process_index(),
+                            shard_count=jax.process_count())
+    it = make_pipeline(source, transform, loader)
+
+`transform` is a task's `PipelineTransform` (what each example and batch becomes, train or eval:
+`nf.data.classification.ClassificationTrain`/`ClassificationEval`, the segmentation and depth
+transforms); `loader` is the `LoaderSettings` every task shares (which examples, in what order,
+on which process, with how much parallelism).
 
 * train: source -> global shuffle(seed) per epoch -> repeat(num_epochs or forever) -> the task's
   per-example `transform` seeded by (seed, global example index) -> this process's share
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grain
 import numpy as np
@@ -43,6 +50,75 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Which examples a process reads, in what order, with how much parallelism: the settings every
+    task's pipeline shares (what an example becomes is the task's `PipelineTransform`).
+
+    Attributes:
+      batch_size: per-process batch size.
+      seed: the example order, augmentation and MixUp/CutMix are functions of (seed, index). Pass the
+        same seed on every process (the global shuffle is shared; shards differ by shard_index).
+      num_epochs: train only; None repeats forever. Eval is always one pass.
+      shard_index, shard_count: this process and the number of processes (jax.process_index(),
+        jax.process_count()); each process sees a disjoint share of every epoch.
+      worker_count: grain worker processes (0: in this process, with `read_threads` threads).
+      prefetch: batches buffered ahead (per worker when worker_count > 0).
+      read_threads: background threads per process computing batches (in each worker when
+        worker_count > 0), overlapping the train step; PIL decodes without the GIL.
+      drop_remainder: train with finite num_epochs: drop the last partial batch.
+    """
+
+    batch_size: int
+    seed: int = 0
+    num_epochs: int | None = None
+    shard_index: int = 0
+    shard_count: int = 1
+    worker_count: int = 0
+    prefetch: int = 2
+    read_threads: int = 1
+    drop_remainder: bool = True
+
+    def __post_init__(self):
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("shard_count", self.shard_count)
+        if _check_positive_int("seed", self.seed, minimum=0) >= 2**32:
+            raise ValueError(f"seed must be < 2**32, got {self.seed}")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard_index must be in [0, shard_count={self.shard_count}), got {self.shard_index}")
+        if self.num_epochs is not None:
+            _check_positive_int("num_epochs", self.num_epochs)
+        _check_positive_int("worker_count", self.worker_count, minimum=0)
+        _check_positive_int("prefetch", self.prefetch)
+        _check_positive_int("read_threads", self.read_threads)
+
+    def order(self) -> dict[str, int]:
+        """The settings that decide which examples form which batch (the iterator's fingerprint)."""
+        return {
+            "batch_size": int(self.batch_size),
+            "seed": int(self.seed),
+            "shard_index": int(self.shard_index),
+            "shard_count": int(self.shard_count),
+        }
+
+
+class PipelineTransform(Protocol):
+    """What a task's input pipeline does to examples and batches (train or eval)."""
+
+    train: bool  # shuffled, augmented, repeated (True) or one padded, masked pass (False)
+
+    def example_map(self) -> grain.transforms.RandomMap | grain.transforms.Map:
+        """Source record -> one example dict holding `mask` (bool) and `_corrupt` (int32) besides its
+        data; a `RandomMap` (train, seeded by the global example index) or a `Map` (eval), turning a
+        `{"padding": True}` record into a blank, mask-False example of the same shapes."""
+
+    def batch_map(self, source, loader: LoaderSettings) -> grain.transforms.MapWithIndex | None:
+        """`finalize(batch_index, batch)` for stacked batches, or None."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Task-specific entries of the iterator's fingerprint (resuming with others raises)."""
 
 
 class _ReplaceCorrupt(grain.MapDataset):
@@ -97,53 +173,35 @@ class _EvalShard:
 def build_batches(
     source,
     transform: grain.transforms.RandomMap | grain.transforms.Map,
-    finalize: grain.transforms.MapWithIndex | None = None,
+    finalize: grain.transforms.MapWithIndex | None,
     *,
     train: bool,
-    batch_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    drop_remainder: bool = True,
+    loader: LoaderSettings,
 ) -> grain.MapDataset:
-    """The task-independent pipeline (module docstring) as a grain `MapDataset` of batches.
-
-    `transform` maps a source record to one example dict holding `mask` (bool) and `_corrupt`
-    (int32) besides its data; it is a `RandomMap` (train: seeded by the global example index) or
-    a `Map` (eval), and must turn a `{"padding": True}` record into a blank, mask-False example of
-    the same shapes. `finalize(batch_index, batch)` (optional) post-processes stacked batches.
-    Classification, segmentation and depth all go through here.
-    """
-    batch_size = _check_positive_int("batch_size", batch_size)
-    shard_count = _check_positive_int("shard_count", shard_count)
-    seed = _check_positive_int("seed", seed, minimum=0)
-    if seed >= 2**32:
-        raise ValueError(f"seed must be < 2**32, got {seed}")
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
-    if num_epochs is not None:
-        num_epochs = _check_positive_int("num_epochs", num_epochs)
+    """The task-independent pipeline (module docstring) as a grain `MapDataset` of batches: `transform`
+    and `finalize` are a `PipelineTransform`'s `example_map()` and `batch_map(...)`."""
+    batch_size, num_epochs = loader.batch_size, loader.num_epochs
+    shard_index, shard_count = loader.shard_index, loader.shard_count
     n = len(source)
     if n == 0:
         raise ValueError(f"{source!r} is empty")
     if train:
-        ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+        ds = grain.MapDataset.source(source).shuffle(seed=loader.seed).repeat(num_epochs)
         # Augment before sharding: the randomness is keyed by the global example index.
-        ds = ds.random_map(transform, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+        ds = ds.random_map(transform, seed=int(np.random.SeedSequence([loader.seed, 1]).generate_state(1)[0]))
         if n * (num_epochs or 1) < shard_count:
             raise ValueError(f"{n} examples cannot be split over shard_count={shard_count} processes")
         per_process = len(ds) // shard_count if num_epochs is not None else sys.maxsize
         ds = ds[shard_index::shard_count]
         if num_epochs is not None:
             ds = ds[:per_process]  # same number of examples (so of batches) in every process
-            if drop_remainder and per_process < batch_size:
+            if loader.drop_remainder and per_process < batch_size:
                 raise ValueError(
                     f"batch_size={batch_size} is larger than the {per_process} examples per process "
                     f"({n} examples x {num_epochs} epochs / {shard_count} processes) and drop_remainder=True"
                 )
         ds = _ReplaceCorrupt(ds)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.batch(batch_size, drop_remainder=loader.drop_remainder)
     else:
         per_process = -(-n // shard_count)
         padded = -(-per_process // batch_size) * batch_size
@@ -321,73 +379,22 @@ class DataIterator(grain.DatasetIterator):
         return f"DataIterator(next_batch={self._next_batch}, workers={self._worker_count})"
 
 
-def open_iterator(
-    batches: grain.MapDataset,
-    *,
-    num_examples: int,
-    train: bool,
-    batch_size: int,
-    seed: int,
-    shard_index: int,
-    shard_count: int,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    read_threads: int = 1,
-    **fingerprint: Any,
-) -> DataIterator:
-    """A `DataIterator` over `build_batches` output, fingerprinted by the settings that decide the
-    example order (plus any task-specific `fingerprint` entries, e.g. the crop size)."""
-    fingerprint = {
-        "train": bool(train),
-        "num_examples": int(num_examples),
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "shard_index": int(shard_index),
-        "shard_count": int(shard_count),
-        **fingerprint,
-    }
-    return DataIterator(
-        batches, worker_count=worker_count, prefetch=prefetch, read_threads=read_threads, fingerprint=fingerprint
-    )
+def make_pipeline(source, transform: PipelineTransform, loader: LoaderSettings) -> DataIterator:
+    """Every task's input pipeline: `source` read as `loader` says, each example and batch made by
+    `transform` (a `PipelineTransform`); returns the checkpointable iterator of numpy batch dicts.
 
-
-def make_iterator(
-    source,
-    transform: grain.transforms.RandomMap | grain.transforms.Map,
-    finalize: grain.transforms.MapWithIndex | None = None,
-    *,
-    train: bool,
-    batch_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    drop_remainder: bool = True,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    read_threads: int = 1,
-    **fingerprint: Any,
-) -> DataIterator:
-    """`build_batches` + `open_iterator`: any task's checkpointable iterator from its transform."""
-    order = {"seed": seed, "shard_index": shard_index, "shard_count": shard_count}
+    The iterator's fingerprint is the loader's `order()`, the dataset size, train/eval and the
+    transform's own entries.
+    """
+    train = bool(transform.train)
     batches = build_batches(
-        source,
-        transform,
-        finalize,
-        train=train,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        **order,
+        source, transform.example_map(), transform.batch_map(source, loader), train=train, loader=loader
     )
-    return open_iterator(
+    fingerprint = {"train": train, "num_examples": len(source), **loader.order(), **transform.fingerprint()}
+    return DataIterator(
         batches,
-        num_examples=len(source),
-        train=train,
-        batch_size=batch_size,
-        worker_count=worker_count,
-        prefetch=prefetch,
-        read_threads=read_threads,
-        **order,
-        **fingerprint,
+        worker_count=loader.worker_count,
+        prefetch=loader.prefetch,
+        read_threads=loader.read_threads,
+        fingerprint=fingerprint,
     )

@@ -1,10 +1,11 @@
 """The classification input pipeline (paper App. A): Inception crop + flip, MixUp/CutMix,
 RandAugment, eval crops; batched by the engine in `nf.data.batching`.
 
-    it = make_pipeline(source, train=True, batch_size=128, image_size=32, seed=0,
-                       shard_index=jax.process_index(), shard_count=jax.process_count(),
-                       worker_count=2)
+    loader = LoaderSettings(batch_size=128, seed=0, shard_index=jax.process_index(),
+                            shard_count=jax.process_count(), worker_count=2)
+    it = make_pipeline(source, ClassificationTrain(image_size=32), loader)
     batch = next(it)
+    evals = make_pipeline(source, ClassificationEval(Preprocessing.nf(32)), loader)
 
 Batch format (every batch, train and eval; B = per-process `batch_size`, C = `num_classes`):
 
@@ -28,12 +29,15 @@ in batch), and normalization. Eval: one padded pass with the eval crop.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import grain
 import numpy as np
 
 from nf.data import transforms as T
-from nf.data.batching import DataIterator, build_batches, open_iterator
+from nf.data.batching import LoaderSettings
+from nf.data.preprocessing import Preprocessing
 from nf.data.randaugment import RandAugment
 
 
@@ -92,183 +96,112 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         }
 
 
-def make_dataset(
-    source,
-    *,
-    train: bool,
-    batch_size: int,
-    image_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_classes: int | None = None,
-    mixup_alpha: float = 0.0,
-    cutmix: bool = False,
-    randaugment_layers: int = 0,
-    randaugment_magnitude: float = 0.0,
-    drop_remainder: bool = True,
-    eval_crop: str = "center_crop",
-    crop_padding: int = T.CROP_PADDING,
-    crop_pct: float | None = None,
-    interpolation: str = "bicubic",
-    mean: Sequence[float] = tuple(T.MEAN_RGB),
-    std: Sequence[float] = tuple(T.STDDEV_RGB),
-    crop_area_range: tuple[float, float] = T.INCEPTION_CROP_AREA,
-    crop_aspect_range: tuple[float, float] = T.INCEPTION_CROP_ASPECT,
-    hflip: bool = True,
-    on_corrupt: str = "error",
-    fast_jpeg: bool = True,
-) -> grain.MapDataset:
-    """The classification pipeline as a grain `MapDataset` of batches (module docstring); no iteration yet."""
-    if mixup_alpha < 0:
-        raise ValueError(f"mixup_alpha must be >= 0 (0 turns MixUp off), got {mixup_alpha}")
+@dataclass(frozen=True)
+class ClassificationTrain:
+    """The training examples of the ImageNet recipes (paper App. A): Inception crop + flip per
+    example; one-hot targets, MixUp/CutMix, RandAugment and normalization per batch.
+
+    Attributes:
+      image_size: output side px.
+      num_classes: defaults to the source's `num_classes`.
+      crop_area_range, crop_aspect_range, hflip: the Inception crop and the flip.
+      mixup_alpha, cutmix: MixUp ratio ~ Beta(mixup_alpha, mixup_alpha) (0: off); CutMix on/off;
+        both on: half the batch each (paper App. A).
+      randaugment_layers, randaugment_magnitude: RandAugment (`nf.data.randaugment`) with this many
+        random ops per image (0: off) at this magnitude (10-scale), applied after MixUp/CutMix on the
+        uint8-rounded images, before normalization (the NFNet recipe).
+      mean, std: per-channel normalization on the 0..255 scale (default ImageNet's).
+      on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming the
+        file, counts it (`it.num_skipped`) and replaces it by the next good image.
+      fast_jpeg: decode large JPEGs at a reduced DCT scale when the crop allows (never below px).
+    """
+
+    image_size: int
+    num_classes: int | None = None
+    crop_area_range: tuple[float, float] = T.INCEPTION_CROP_AREA
+    crop_aspect_range: tuple[float, float] = T.INCEPTION_CROP_ASPECT
+    hflip: bool = True
+    mixup_alpha: float = 0.0
+    cutmix: bool = False
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 0.0
+    mean: tuple[float, ...] = tuple(T.MEAN_RGB)
+    std: tuple[float, ...] = tuple(T.STDDEV_RGB)
+    on_corrupt: str = "error"
+    fast_jpeg: bool = True
+    train: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0 (0 turns MixUp off), got {self.mixup_alpha}")
+        RandAugment(self.randaugment_layers, self.randaugment_magnitude)  # validates both
+
+    def example_map(self) -> T.TrainTransform:
+        return T.TrainTransform(
+            self.image_size,
+            area_range=tuple(self.crop_area_range),
+            aspect_range=tuple(self.crop_aspect_range),
+            hflip=self.hflip,
+            on_corrupt=self.on_corrupt,
+            fast_jpeg=self.fast_jpeg,
+        )
+
+    def batch_map(self, source, loader: LoaderSettings) -> _FinalizeBatch:
+        randaugment = RandAugment(self.randaugment_layers, self.randaugment_magnitude)
+        return _FinalizeBatch(
+            _num_classes(self.num_classes, source),
+            loader.seed,
+            loader.shard_index,
+            self.mixup_alpha,
+            self.cutmix,
+            randaugment if randaugment.num_layers else None,
+            self.mean,
+            self.std,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True)
+class ClassificationEval:
+    """The evaluation examples: a model's eval `Preprocessing` (its crop, resampling and
+    normalization: the model card's, so training, nf-eval and nf-predict read one definition).
+
+    `fast_jpeg` (reduced-DCT JPEG decoding, never below px) defaults to on for the trainer's own
+    preprocessing (kind "nf") and off for imported weights (their published numbers). Records that
+    cannot be read raise naming the file, or with on_corrupt="skip" are masked out and counted.
+    """
+
+    preprocessing: Preprocessing
+    num_classes: int | None = None
+    on_corrupt: str = "error"
+    fast_jpeg: bool | None = None
+    train: ClassVar[bool] = False
+
+    def example_map(self) -> T.EvalTransform:
+        p = self.preprocessing
+        return T.EvalTransform(
+            p.image_size,
+            eval_crop=p.crop,
+            crop_pct=p.crop_pct,
+            interpolation=p.interpolation,
+            on_corrupt=self.on_corrupt,
+            fast_jpeg=p.kind == "nf" if self.fast_jpeg is None else self.fast_jpeg,
+        )
+
+    def batch_map(self, source, loader: LoaderSettings) -> _FinalizeBatch:
+        p = self.preprocessing
+        num_classes = _num_classes(self.num_classes, source)
+        return _FinalizeBatch(num_classes, loader.seed, loader.shard_index, 0.0, False, None, p.mean, p.std)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {}
+
+
+def _num_classes(num_classes: int | None, source) -> int:
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None)
         if num_classes is None:
             raise ValueError(f"{source!r} has no `num_classes`; pass num_classes=")
-    randaugment = RandAugment(randaugment_layers, randaugment_magnitude)  # validated in eval too
-    if not (train and randaugment.num_layers):
-        randaugment = None
-    finalize = _FinalizeBatch(
-        num_classes, seed, shard_index, mixup_alpha if train else 0.0, cutmix and train, randaugment, mean, std
-    )
-    if train:
-        transform = T.TrainTransform(
-            image_size,
-            area_range=crop_area_range,
-            aspect_range=crop_aspect_range,
-            hflip=hflip,
-            on_corrupt=on_corrupt,
-            fast_jpeg=fast_jpeg,
-        )
-    else:
-        transform = T.EvalTransform(
-            image_size,
-            eval_crop=eval_crop,
-            crop_padding=crop_padding,
-            crop_pct=crop_pct,
-            interpolation=interpolation,
-            on_corrupt=on_corrupt,
-            fast_jpeg=fast_jpeg,
-        )
-    return build_batches(
-        source,
-        transform,
-        finalize,
-        train=train,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        drop_remainder=drop_remainder,
-    )
-
-
-def make_pipeline(
-    source,
-    *,
-    train: bool,
-    batch_size: int,
-    image_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    read_threads: int = 1,
-    num_classes: int | None = None,
-    mixup_alpha: float = 0.0,
-    cutmix: bool = False,
-    randaugment_layers: int = 0,
-    randaugment_magnitude: float = 0.0,
-    drop_remainder: bool = True,
-    eval_crop: str = "center_crop",
-    crop_padding: int = T.CROP_PADDING,
-    crop_pct: float | None = None,
-    interpolation: str = "bicubic",
-    mean: Sequence[float] = tuple(T.MEAN_RGB),
-    std: Sequence[float] = tuple(T.STDDEV_RGB),
-    crop_area_range: Sequence[float] = T.INCEPTION_CROP_AREA,
-    crop_aspect_range: Sequence[float] = T.INCEPTION_CROP_ASPECT,
-    hflip: bool = True,
-    on_corrupt: str = "error",
-    fast_jpeg: bool = True,
-) -> DataIterator:
-    """Builds the input pipeline and returns its (checkpointable) iterator of numpy batch dicts.
-
-    Args:
-      source: a random-access source of {"image": bytes, "label": int, "path": str} records
-        (`nf.data.ImageFolderSource`, `nf.data.ArrayRecordImageSource`) with `num_classes`.
-      train: training (shuffled, augmented, repeated) or evaluation (one padded pass) pipeline.
-      batch_size: per-process batch size.
-      image_size: output side px.
-      seed: data order, augmentation and MixUp/CutMix are functions of (seed, index). Pass the
-        same seed on every process (the global shuffle is shared; shards differ by shard_index).
-      num_epochs: train only; None repeats forever. Eval is always one pass.
-      shard_index, shard_count: this process and the number of processes (jax.process_index(),
-        jax.process_count()); each process sees a disjoint share of every epoch.
-      worker_count: grain worker processes (0: in this process, with `read_threads` threads).
-      prefetch: batches buffered ahead (per worker when worker_count > 0).
-      read_threads: background threads per process computing batches (in each worker when
-        worker_count > 0). Batches are computed off the main thread, overlapping the train step;
-        more threads help mostly for large JPEGs (PIL decodes without the GIL).
-      num_classes: defaults to `source.num_classes`.
-      mixup_alpha, cutmix: train only. MixUp ratio ~ Beta(mixup_alpha, mixup_alpha) (0: off);
-        CutMix on/off; both on: half the batch each (paper App. A).
-      randaugment_layers, randaugment_magnitude: train only. RandAugment (`nf.data.randaugment`)
-        with this many random ops per image (0: off) at this magnitude (10-scale), applied after
-        MixUp/CutMix on the uint8-rounded images, before normalization (the NFNet recipe).
-      drop_remainder: train with finite num_epochs: drop the last partial batch.
-      eval_crop: "center_crop" (NF-RegNet), "resize_crop" (NFNet) or "resize_short_crop" (timm),
-        see `transforms.EvalTransform`.
-      crop_padding: eval crops px of px + crop_padding (default 32; 0: the whole image).
-      crop_pct, interpolation: eval only; the crop fraction (overrides crop_padding) and the
-        resampling filter (`transforms.INTERPOLATIONS`).
-      mean, std: per-channel normalization on the 0..255 scale (default ImageNet's).
-      crop_area_range, crop_aspect_range, hflip: train augmentation (Inception crop + flip).
-      on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming
-        the file, counts it (`it.num_skipped`) and replaces it (train) or masks it out (eval).
-      fast_jpeg: decode large JPEGs at a reduced DCT scale when the crop allows (never below px).
-    """
-    batches = make_dataset(
-        source,
-        train=train,
-        batch_size=batch_size,
-        image_size=image_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        num_classes=num_classes,
-        mixup_alpha=mixup_alpha,
-        cutmix=cutmix,
-        randaugment_layers=randaugment_layers,
-        randaugment_magnitude=randaugment_magnitude,
-        drop_remainder=drop_remainder,
-        eval_crop=eval_crop,
-        crop_padding=crop_padding,
-        crop_pct=crop_pct,
-        interpolation=interpolation,
-        mean=tuple(mean),
-        std=tuple(std),
-        crop_area_range=tuple(crop_area_range),
-        crop_aspect_range=tuple(crop_aspect_range),
-        hflip=hflip,
-        on_corrupt=on_corrupt,
-        fast_jpeg=fast_jpeg,
-    )
-    return open_iterator(
-        batches,
-        num_examples=len(source),
-        train=train,
-        batch_size=batch_size,
-        seed=seed,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        worker_count=worker_count,
-        prefetch=prefetch,
-        read_threads=read_threads,
-    )
+    return num_classes

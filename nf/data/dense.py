@@ -150,11 +150,22 @@ class DenseTransform:
     target_key: str
     target_fill: float
     target_dtype: Any
+    task: str  # the iterator fingerprint's "task" entry
+    train: bool  # a `PipelineTransform` (nf.data.batching): train or eval examples
 
     def __init__(self, size: int | Sequence[int], on_corrupt: str):
         self.size = as_hw(size)
         T.check_choice("on_corrupt", on_corrupt, T.ON_CORRUPT)
         self.on_corrupt = on_corrupt
+
+    def example_map(self) -> DenseTransform:
+        return self
+
+    def batch_map(self, source, loader) -> None:
+        return None  # examples are normalized one by one (module docstring); batches are final
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"task": self.task}
 
     def _blank(self, corrupt: bool) -> dict[str, Any]:
         target = np.full(self.size, self.target_fill, self.target_dtype)

@@ -24,7 +24,6 @@ import numpy as np
 
 from nf.data import dense as D
 from nf.data import transforms as T
-from nf.data.batching import DataIterator, make_iterator
 
 NYU_IMAGE_SIZE = (228, 304)  # (height, width) of the FCRN crop
 NYU_RESIZE_TO = (240, 320)  # half of the 480x640 NYU frames
@@ -80,6 +79,7 @@ def color_jitter(
 
 class _DepthTransform(D.DenseTransform):
     target_key, target_fill, target_dtype = "depth", 0.0, np.float32
+    task = "depth"
 
     def __init__(self, image_size, resize_to, on_corrupt: str):
         super().__init__(image_size, on_corrupt)
@@ -112,6 +112,8 @@ class DepthTrainTransform(_DepthTransform, grain.transforms.RandomMap):
         whose size differs from its image always raises `AnnotationError`.
     """
 
+    train = True
+
     def __init__(
         self,
         image_size: int | Sequence[int] = NYU_IMAGE_SIZE,
@@ -139,6 +141,8 @@ class DepthTrainTransform(_DepthTransform, grain.transforms.RandomMap):
 class DepthEvalTransform(_DepthTransform, grain.transforms.Map):
     """Resize + centre crop only (deterministic)."""
 
+    train = False
+
     def __init__(
         self,
         image_size: int | Sequence[int] = NYU_IMAGE_SIZE,
@@ -154,52 +158,3 @@ class DepthEvalTransform(_DepthTransform, grain.transforms.Map):
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
         return self._example(record, None)
-
-
-def make_depth_pipeline(
-    source,
-    *,
-    train: bool,
-    batch_size: int,
-    image_size: int | Sequence[int] = NYU_IMAGE_SIZE,
-    resize_to: int | Sequence[int] | None = NYU_RESIZE_TO,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    read_threads: int = 1,
-    hflip: bool = True,
-    color: bool = True,
-    drop_remainder: bool = True,
-    on_corrupt: str = "error",
-) -> DataIterator:
-    """Depth batches (module docstring) from a source of {"image", "depth", "path", "depth_path"}
-    records (`nf.data.open_nyu`): "image" encoded bytes or uint8 (H, W, 3); "depth" a 16-bit PNG
-    in mm or float metres (H, W).
-
-    Sharding, seeding, workers, eval padding and the checkpointable iterator are those of the
-    classification pipeline (`nf.data.make_pipeline`, whose arguments of the same name mean the same).
-    """
-    if train:
-        transform = DepthTrainTransform(
-            image_size, resize_to=resize_to, hflip=hflip, color=color, on_corrupt=on_corrupt
-        )
-    else:
-        transform = DepthEvalTransform(image_size, resize_to=resize_to, on_corrupt=on_corrupt)
-    return make_iterator(
-        source,
-        transform,
-        train=train,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        drop_remainder=drop_remainder,
-        worker_count=worker_count,
-        prefetch=prefetch,
-        read_threads=read_threads,
-        task="depth",
-    )

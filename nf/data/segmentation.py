@@ -22,11 +22,11 @@ import numpy as np
 
 from nf.data import dense as D
 from nf.data import transforms as T
-from nf.data.batching import DataIterator, make_iterator
 
 
 class _SegmentationTransform(D.DenseTransform):
     target_key, target_fill, target_dtype = "label", D.IGNORE_LABEL, np.int32
+    task = "segmentation"
 
     def __init__(self, crop_size: int | Sequence[int], num_classes: int, on_corrupt: str):
         super().__init__(crop_size, on_corrupt)
@@ -53,6 +53,8 @@ class SegmentationTrainTransform(_SegmentationTransform, grain.transforms.Random
       on_corrupt: "error" or "skip" for undecodable files (as in classification); bad mask
         values or mismatched sizes always raise `AnnotationError`.
     """
+
+    train = True
 
     def __init__(
         self,
@@ -91,6 +93,8 @@ class SegmentationTrainTransform(_SegmentationTransform, grain.transforms.Random
 class SegmentationEvalTransform(_SegmentationTransform, grain.transforms.Map):
     """Deterministic centre crop (padded evenly with 0 / label 255 when smaller) at `crop_size`."""
 
+    train = False
+
     def __init__(self, crop_size: int | Sequence[int], num_classes: int, *, on_corrupt: str = "error"):
         super().__init__(crop_size, num_classes, on_corrupt)
 
@@ -100,56 +104,3 @@ class SegmentationEvalTransform(_SegmentationTransform, grain.transforms.Map):
 
     def map(self, record: dict[str, Any]) -> dict[str, Any]:
         return self._example(record, None)
-
-
-def make_segmentation_pipeline(
-    source,
-    *,
-    train: bool,
-    batch_size: int,
-    crop_size: int | Sequence[int],
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    read_threads: int = 1,
-    num_classes: int | None = None,
-    scale_range: Sequence[float] = (0.5, 2.0),
-    hflip: bool = True,
-    drop_remainder: bool = True,
-    on_corrupt: str = "error",
-) -> DataIterator:
-    """Segmentation batches (module docstring) from a source of {"image", "label", "path", "label_path"}
-    records (`nf.data.VOCSource`); "image"/"label" are encoded files or uint8 arrays.
-
-    Sharding, seeding, workers, eval padding and the checkpointable iterator are those of the
-    classification pipeline (`nf.data.make_pipeline`, whose arguments of the same name mean the
-    same). `num_classes` defaults to `source.num_classes`.
-    """
-    if num_classes is None:
-        num_classes = getattr(source, "num_classes", None)
-        if num_classes is None:
-            raise ValueError(f"{source!r} has no `num_classes`; pass num_classes=")
-    if train:
-        transform = SegmentationTrainTransform(
-            crop_size, num_classes, scale_range=scale_range, hflip=hflip, on_corrupt=on_corrupt
-        )
-    else:
-        transform = SegmentationEvalTransform(crop_size, num_classes, on_corrupt=on_corrupt)
-    return make_iterator(
-        source,
-        transform,
-        train=train,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        drop_remainder=drop_remainder,
-        worker_count=worker_count,
-        prefetch=prefetch,
-        read_threads=read_threads,
-        task="segmentation",
-    )

@@ -22,7 +22,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nf import data as nf_data
-from nf.data.card import ModelCard, Preprocessing
+from nf.data.card import ModelCard
+from nf.data.preprocessing import Preprocessing
 from nf.data.sources import METADATA_FILE
 from nf.inference.checkpoint import load_trees
 from nf.models.pure import ModelFns
@@ -97,24 +98,11 @@ def eval_batches(
     """A factory of one-pass eval iterators with `preprocessing` (the trainer's eval pipeline).
     `fast_jpeg` (reduced-DCT JPEG decoding) defaults to on for the trainer's own preprocessing
     ("nf", as the trainer evaluates) and off for imported weights (their published numbers)."""
-    p = preprocessing
-    fast = p.kind == "nf" if fast_jpeg is None else fast_jpeg
+    transform = nf_data.ClassificationEval(preprocessing, fast_jpeg=fast_jpeg)
+    loader = nf_data.LoaderSettings(batch_size=batch_size, worker_count=workers, read_threads=read_threads)
 
     def batches():
-        return nf_data.make_pipeline(
-            source,
-            train=False,
-            batch_size=batch_size,
-            image_size=p.image_size,
-            eval_crop=p.crop,
-            crop_pct=p.crop_pct,
-            interpolation=p.interpolation,
-            mean=p.mean,
-            std=p.std,
-            fast_jpeg=fast,
-            worker_count=workers,
-            read_threads=read_threads,
-        )
+        return nf_data.make_pipeline(source, transform, loader)
 
     return batches
 

@@ -10,19 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nf.data.card import ModelCard, Preprocessing
+from nf.data.card import ModelCard
+from nf.data.classification import ClassificationEval
+from nf.data.preprocessing import Preprocessing
 from nf.data.sources import read_bytes
-from nf.data.transforms import EvalTransform, normalize
+from nf.data.transforms import normalize
 from nf.models import inference_copy
 
 
 def load_images(paths: Sequence[str], preprocessing: Preprocessing) -> np.ndarray:
     """Files -> float32 (N, px, px, 3) model inputs: the eval crop and normalization of
-    `preprocessing` (the same EvalTransform as nf-eval); unreadable files fail naming the file."""
+    `preprocessing` (the same eval transform as nf-eval); unreadable files fail naming the file."""
     p = preprocessing
-    transform = EvalTransform(
-        p.image_size, eval_crop=p.crop, crop_pct=p.crop_pct, interpolation=p.interpolation, fast_jpeg=p.kind == "nf"
-    )
+    transform = ClassificationEval(p).example_map()
     images = []
     for path in paths:
         example = transform.map({**read_bytes(path, "image"), "label": 0, "path": path})  # raises naming the file

@@ -15,9 +15,10 @@ from flax import nnx
 
 from nf import data as nf_data
 from nf.data.card import ModelCard, card_from_config
+from nf.data.preprocessing import nf_preprocessing
 from nf.models.registry import create_model_from_dict
 from nf.tasks.base import Task, random_images
-from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
+from nf.tasks.data import TrainData, loader_settings, on_corrupt, prepare, resolve
 
 
 def targets(batch: dict[str, jax.Array], num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
@@ -67,32 +68,25 @@ class Classification(Task):
         train_source = nf_data.open_source(resolve(cfg.train, workdir))
         classes = getattr(train_source, "classes", None)
         eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes)
-        common = pipeline_common(config) | {"num_classes": train_source.num_classes}
+        num_classes, corrupt = train_source.num_classes, on_corrupt(config)
+        augment = nf_data.ClassificationTrain(
+            cfg.image_size,
+            num_classes,
+            crop_area_range=tuple(cfg.get("crop_area_range", nf_data.INCEPTION_CROP_AREA)),
+            hflip=cfg.get("hflip", True),
+            mixup_alpha=cfg.get("mixup_alpha", 0.0),
+            cutmix=cfg.get("cutmix", False),
+            randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off
+            randaugment_magnitude=cfg.get("randaugment_magnitude", 0.0),
+            on_corrupt=corrupt,
+        )
+        evaluate = nf_data.ClassificationEval(nf_preprocessing(cfg), num_classes, on_corrupt=corrupt)  # the card's
 
         def train_iter():
-            return nf_data.make_pipeline(
-                train_source,
-                train=True,
-                image_size=cfg.image_size,
-                mixup_alpha=cfg.get("mixup_alpha", 0.0),
-                cutmix=cfg.get("cutmix", False),
-                randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off
-                randaugment_magnitude=cfg.get("randaugment_magnitude", 0.0),
-                crop_area_range=tuple(cfg.get("crop_area_range", nf_data.INCEPTION_CROP_AREA)),
-                hflip=cfg.get("hflip", True),
-                **loader_options(cfg),
-                **common,
-            )
+            return nf_data.make_pipeline(train_source, augment, loader_settings(config, train=True))
 
         def eval_batches():
-            return nf_data.make_pipeline(
-                eval_source,
-                train=False,
-                image_size=cfg.get("eval_image_size") or cfg.image_size,  # test px; defaults to the train px
-                eval_crop=cfg.get("eval_crop", "center_crop"),
-                crop_padding=cfg.get("crop_padding", 32),
-                **common,
-            )
+            return nf_data.make_pipeline(eval_source, evaluate, loader_settings(config, train=False))
 
         names = list(classes) if classes else None
         return TrainData(train_source.num_classes, len(train_source), train_iter, eval_batches, names)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import ml_collections
@@ -43,18 +42,19 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         PREPARERS[cfg.prepare](resolve(cfg.root, workdir))  # no-op when already prepared
 
 
-def pipeline_common(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """This process's shard and batch size, the seed and the loader settings every pipeline shares."""
-    cfg = config.data
-    return dict(
+def loader_settings(config: ml_collections.ConfigDict, *, train: bool) -> nf_data.LoaderSettings:
+    """This process's `LoaderSettings` (its shard, its share of `config.batch_size`, the seed); the
+    training loader also takes `data.workers` processes and `data.prefetch` batches ahead."""
+    parallel = dict(worker_count=config.data.get("workers", 0), prefetch=config.data.get("prefetch", 2))
+    return nf_data.LoaderSettings(
+        batch_size=config.batch_size // jax.process_count(),
         seed=config.seed,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-        batch_size=config.batch_size // jax.process_count(),
-        on_corrupt=cfg.get("on_corrupt", "error"),
+        **(parallel if train else {}),
     )
 
 
-def loader_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The training loader's parallelism: `data.workers` processes, `data.prefetch` batches ahead."""
-    return dict(worker_count=cfg.get("workers", 0), prefetch=cfg.get("prefetch", 2))
+def on_corrupt(config: ml_collections.ConfigDict) -> str:
+    """`data.on_corrupt`: "error" (default) or "skip" for files that cannot be decoded."""
+    return config.data.get("on_corrupt", "error")

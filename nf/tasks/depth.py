@@ -17,7 +17,7 @@ from flax import nnx
 
 from nf import data as nf_data
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
-from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
+from nf.tasks.data import TrainData, loader_settings, on_corrupt, prepare, resolve
 from nf.tasks.dense import depth_model
 
 BERHU_C = 0.2  # c = 0.2 * max |e| over the batch's valid pixels
@@ -91,22 +91,15 @@ class Depth(Task):
             split: nf_data.open_nyu(root, cfg[key]) for split, key in (("train", "train_split"), ("eval", "eval_split"))
         }
         resize_to = tuple(cfg.resize_to) if cfg.get("resize_to") else None
-        sizes = dict(image_size=tuple(cfg.image_size), resize_to=resize_to)
-        common = pipeline_common(config)
+        sizes = dict(image_size=tuple(cfg.image_size), resize_to=resize_to, on_corrupt=on_corrupt(config))
+        augment = nf_data.DepthTrainTransform(hflip=cfg.get("hflip", True), color=cfg.get("color", True), **sizes)
+        evaluate = nf_data.DepthEvalTransform(**sizes)
 
         def train_iter():
-            return nf_data.make_depth_pipeline(
-                sources["train"],
-                train=True,
-                hflip=cfg.get("hflip", True),
-                color=cfg.get("color", True),
-                **loader_options(cfg),
-                **sizes,
-                **common,
-            )
+            return nf_data.make_pipeline(sources["train"], augment, loader_settings(config, train=True))
 
         def eval_batches():
-            return nf_data.make_depth_pipeline(sources["eval"], train=False, **sizes, **common)
+            return nf_data.make_pipeline(sources["eval"], evaluate, loader_settings(config, train=False))
 
         return TrainData(None, len(sources["train"]), train_iter, eval_batches)
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from nf import data as nf_data
 from nf.tasks.base import Batch, Task, example_mask, model_overrides, random_images
-from nf.tasks.data import TrainData, loader_options, pipeline_common, prepare, resolve
+from nf.tasks.data import TrainData, loader_settings, on_corrupt, prepare, resolve
 from nf.tasks.dense import segmentation_model
 
 IGNORE_LABEL = 255
@@ -92,23 +92,22 @@ class Segmentation(Task):
             )
             for split, key in (("train", "train_split"), ("eval", "eval_split"))
         }
-        common = pipeline_common(config)
+        corrupt = on_corrupt(config)
+        augment = nf_data.SegmentationTrainTransform(
+            cfg.crop_size,
+            cfg.num_classes,
+            scale_range=tuple(cfg.get("scale_range", (0.5, 2.0))),
+            hflip=cfg.get("hflip", True),
+            on_corrupt=corrupt,
+        )
+        crop = cfg.get("eval_crop_size") or cfg.crop_size
+        evaluate = nf_data.SegmentationEvalTransform(crop, cfg.num_classes, on_corrupt=corrupt)
 
         def train_iter():
-            return nf_data.make_segmentation_pipeline(
-                sources["train"],
-                train=True,
-                crop_size=cfg.crop_size,
-                scale_range=tuple(cfg.get("scale_range", (0.5, 2.0))),
-                hflip=cfg.get("hflip", True),
-                **loader_options(cfg),
-                **common,
-            )
+            return nf_data.make_pipeline(sources["train"], augment, loader_settings(config, train=True))
 
         def eval_batches():
-            return nf_data.make_segmentation_pipeline(
-                sources["eval"], train=False, crop_size=cfg.get("eval_crop_size") or cfg.crop_size, **common
-            )
+            return nf_data.make_pipeline(sources["eval"], evaluate, loader_settings(config, train=False))
 
         return TrainData(cfg.num_classes, len(sources["train"]), train_iter, eval_batches)
 

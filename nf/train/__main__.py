@@ -1,5 +1,8 @@
 """`python -m nf.train --config=configs/quickstart.py --workdir=DIR` (also `nf-train`).
 
+`--config` takes a file (`FILE.py[:ARG]`) or the name of a config packaged with nf (`quickstart`,
+`nfnet_imagenet:f3`; `nf.configs`), so an installed nf runs without a checkout.
+
 Multi-process (every process runs the same command; see `nf.train.distributed`):
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; on Cloud TPU pods nothing
 extra (detected), or `--distributed=on` to require it.
@@ -48,6 +51,11 @@ def main(argv):
 
 
 def run() -> None:
+    import sys
+
+    from nf.configs import resolve_argv
+
+    sys.argv = resolve_argv(sys.argv)  # --config=quickstart: a config packaged with nf, by name
     app.run(main)
 
 

@@ -1,11 +1,12 @@
 """ImageNet training recipes of the NF papers (paper App. A) as trainer configs.
 
-The files `configs/nf_regnet_b{0..5}_imagenet.py` and `configs/nfnet_f{0..7}_imagenet.py` each call
-one builder here, so the recipe lives in one place:
+The configs `configs/resnet_imagenet.py`, `configs/nf_regnet_imagenet.py` and
+`configs/nfnet_imagenet.py` each call one builder here with the variant after ':'
+(`--config=configs/nfnet_imagenet.py:f3`), so the recipe lives in one place:
 
     from nf.train import recipes
-    def get_config():
-        return recipes.nfnet_imagenet("f0")
+    def get_config(variant="f0"):
+        return recipes.nfnet_imagenet(variant)
 
 The key structure is that of `configs/quickstart.py` (plus `data.eval_image_size` and the
 RandAugment keys). Image sizes and dropout come from the model registry (paper App. C, NFNet paper).
