@@ -3,11 +3,16 @@
 The subpackages of `nf`, lowest first (`LAYERS`); a module imports its own layer and the layers
 below it, never one above:
 
-    layers < signal < models < heads < data < tasks < inference < pretrained < train < experiments < cli < configs
+    layers < signal < models < heads < data < tasks < inference < pretrained < train < configs
+           < experiments < cli
 
-(`nf/__init__.py` holds only the version.) Every import counts, also those inside functions and
-under `TYPE_CHECKING`, and the module graph has no cycle: importing `nf.x.y` also runs the
-package `nf.x`'s `__init__`, so that counts as an import of `nf.x` too (except from inside `nf.x`).
+(`nf/__init__.py` holds only the version; `nf.configs` is the repository's configs/ folder, whose
+configs use nf.train.recipes.) A package's `__main__` (`python -m nf.train`, the `nf-train` script)
+is a command line like those of nf.cli: it ranks with them at the top, and nothing imports it.
+
+Every import counts, also those inside functions and under `TYPE_CHECKING`, and the module graph
+has no cycle: importing `nf.x.y` also runs the package `nf.x`'s `__init__`, so that counts as an
+import of `nf.x` too (except from inside `nf.x`).
 No module imports another's private (`_name`) names.
 """
 
@@ -30,9 +35,9 @@ LAYERS = (
     "inference",
     "pretrained",
     "train",
+    "configs",
     "experiments",
     "cli",
-    "configs",
 )
 
 Graph = dict[str, list[tuple[str, int]]]  # module -> [(imported module, line)]
@@ -83,6 +88,8 @@ def rank(module: str) -> int:
     layer = layer_of(module)
     if layer is None:
         return -1
+    if module.endswith(".__main__"):
+        return len(LAYERS) - 1  # a command line, as nf.cli's
     assert layer in LAYERS, f"{module}: layer {layer!r} is not in LAYERS {LAYERS}; place it in the order"
     return LAYERS.index(layer)
 

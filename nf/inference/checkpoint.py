@@ -26,7 +26,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from nf.data.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
+from nf.data.card import CARD_FILE, ModelCard, card_from_config
+from nf.data.preprocessing import ModelCardError
 from nf.models.pure import model_trees, with_values
 
 WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item

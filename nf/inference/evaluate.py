@@ -22,7 +22,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nf import data as nf_data
-from nf.data.card import ModelCard, Preprocessing
+from nf.data.card import ModelCard
+from nf.data.preprocessing import Preprocessing
 from nf.data.sources import METADATA_FILE
 from nf.inference.checkpoint import load_trees
 from nf.inference.progress import with_progress

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.data.card import Preprocessing
+from nf.data.preprocessing import Preprocessing
 from nf.models import MODELS
 from nf.pretrained.catalog import DEEPMIND_CHECKPOINTS
 from nf.pretrained.convert import ParamFiller, build, stage_of

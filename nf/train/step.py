@@ -121,7 +121,7 @@ def setup_training(
 ) -> TrainSetup:
     """config -> model, optimizer, sharded train state and the jitted train step (the state is
     donated). `abstract=True` builds nothing in memory: the state is ShapeDtypeStructs with their
-    shardings, enough to lower and compile the step (`tools/benchmark.py --compile_only_models`)."""
+    shardings, enough to lower and compile the step (`tools/compile_time.py`)."""
     model = nnx.eval_shape(task.build_model) if abstract else task.build_model()
     if config.get("conv_impl", "auto") != "auto":  # e.g. "lax": a TPU's compile on a CPU host
         model = set_conv_impl(model, config.conv_impl)
