@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from test_train import _env, _run, _tail
 
-from nf.train.console import Progress, TrainConsole, duration
+from nf.inference.progress import Progress, duration
+from nf.train.console import TrainConsole
 
 STEPS = 4
 # step  3/4  loss 2.31  accuracy 0.125  lr 0.0267  1,234 img/s  ETA 2s

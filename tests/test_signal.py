@@ -1,5 +1,5 @@
 """Signal propagation at init (paper §3-4, Fig. 1-2, 8-9; paper §3): statistics, SPP checks
-against the paper's analytic expectations, and the tools/spp.py CLI.
+against the paper's analytic expectations, and the nf-spp console script.
 
 Models are small: 8 blocks per stage, width 128 in every stage, so every model's parameter
 initialisers share their compilations; the NF and BN checks use the four stages of a ResNet, the
@@ -11,12 +11,12 @@ import functools
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import console_script
 from flax import nnx
 
 from nf.layers import SkipGain
@@ -273,7 +273,7 @@ def test_load_images(tmp_path):
 def run_tool(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "spp.py"), *args],
+        [*console_script("nf-spp"), *args],
         capture_output=True,
         text=True,
         env=env,

@@ -11,7 +11,7 @@ Sources:
 
 * `ImageFolderSource(root)`: `root/<class>/<image>` (the ImageNet `train/<wnid>/*.JPEG` layout).
   Classes are the sub-folder names sorted by name; label = position in that sorted list.
-* `ArrayRecordImageSource(dir)`: shards written by `tools/make_arrayrecord.py` (format below),
+* `ArrayRecordImageSource(dir)`: shards written by `nf-make-arrayrecord` (format below),
   read through `grain.sources.ArrayRecordDataSource`.
 
 ArrayRecord record format ("NFI1", no TensorFlow, no pickle): one record per image, little-endian
@@ -39,16 +39,14 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from nf.data.source_base import DataSourceError, RecordFileSource
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 RECORD_MAGIC = b"NFI1"
 _HEADER = struct.Struct("<4sIH")  # magic, label, path length
 METADATA_FILE = "metadata.json"
 SHARD_PATTERN = "images.array_record-{index:05d}-of-{count:05d}"
-
-
-class DataSourceError(ValueError):
-    """A data source could not be built from what is on disk (message says where and why)."""
 
 
 def encode_record(image: bytes, label: int, path: str) -> bytes:
@@ -64,7 +62,7 @@ def decode_record(record: bytes) -> dict[str, Any]:
     if len(record) < _HEADER.size or record[:4] != RECORD_MAGIC:
         raise DataSourceError(
             f"ArrayRecord entry is not an NFI1 image record (starts with {bytes(record[:4])!r}); "
-            "shards must be written by tools/make_arrayrecord.py"
+            "shards must be written by nf-make-arrayrecord"
         )
     _, label, n = _HEADER.unpack_from(record)
     start = _HEADER.size
@@ -218,11 +216,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     if not directory.is_dir():
         raise DataSourceError(
             f"ArrayRecord directory {str(directory)!r} does not exist; expected the output of "
-            "`python tools/make_arrayrecord.py --src=IMAGE_FOLDER --dst=DIR`"
+            "`nf-make-arrayrecord --src=IMAGE_FOLDER --dst=DIR`"
         )
     if not meta_path.exists():
         raise DataSourceError(
-            f"{str(meta_path)!r} is missing; expected a directory written by tools/make_arrayrecord.py "
+            f"{str(meta_path)!r} is missing; expected a directory written by nf-make-arrayrecord "
             f"(it holds {len(list(directory.iterdir()))} entries)"
         )
     meta = json.loads(meta_path.read_text())
@@ -231,23 +229,8 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class RecordFileSource:
-    """A classification source over a random-access reader of record files (`_source`): its
-    `classes` (in label order) and length; subclasses turn a stored record into the common one."""
-
-    classes: list[str]
-    _source: Any
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-
 class ArrayRecordImageSource(RecordFileSource):
-    """ArrayRecord shards from `tools/make_arrayrecord.py` as a source of {"image", "label", "path"}.
+    """ArrayRecord shards from `nf-make-arrayrecord` as a source of {"image", "label", "path"}.
 
     Args:
       directory: the `--dst` directory (holds `metadata.json` and the shards).
@@ -271,7 +254,7 @@ class ArrayRecordImageSource(RecordFileSource):
         if len(self._source) != meta["num_records"]:
             raise DataSourceError(
                 f"ArrayRecord directory {self.directory!r}: shards hold {len(self._source)} records but "
-                f"metadata.json says {meta['num_records']}; rewrite it with tools/make_arrayrecord.py"
+                f"metadata.json says {meta['num_records']}; rewrite it with nf-make-arrayrecord"
             )
 
     def __getitem__(self, index) -> dict[str, Any]:

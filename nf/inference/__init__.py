@@ -6,7 +6,7 @@ prediction and export.
     logits = model(images, train=False)
 """
 
-from nf.inference.card import (
+from nf.data.card import (
     CARD_FILE,
     ModelCard,
     ModelCardError,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.inference.card import Preprocessing
+from nf.data.card import Preprocessing
 from nf.models import MODELS
 from nf.pretrained.convert import ParamFiller, build, stage_of
 from nf.pretrained.unpickle import load_haiku_params

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.inference.card import Preprocessing
+from nf.data.card import Preprocessing
 from nf.models import NFNet, NFRegNet, ResNetV2
 from nf.pretrained.catalog import TIMM_CHECKPOINTS
 from nf.pretrained.convert import ParamFiller, block_slot, build

@@ -14,9 +14,10 @@ import optax
 from flax import nnx
 
 from nf import data as nf_data
+from nf.data.card import ModelCard, card_from_config
 from nf.data.preprocessing import nf_preprocessing
-from nf.inference.card import ModelCard, card_from_config
-from nf.tasks.base import Task, model_overrides, random_images
+from nf.models.registry import create_model_from_dict
+from nf.tasks.base import Task, random_images
 from nf.tasks.data import TrainData, loader_settings, on_corrupt, prepare, resolve
 
 
@@ -92,7 +93,7 @@ class Classification(Task):
         return TrainData(train_source.num_classes, len(train_source), train_iter, eval_batches, names)
 
     def model_card(self, class_names: list[str] | None, source: Mapping[str, Any]) -> ModelCard:
-        """The model, classes and the eval preprocessing (nf.inference.card)."""
+        """The model, classes and the eval preprocessing (nf.data.card)."""
         return card_from_config(self.config, self.num_classes, class_names, source)
 
     def synthetic_batch(self, batch_size, image_size, channels, seed=0):
@@ -102,11 +103,7 @@ class Classification(Task):
         return {"image": images, "label": rng.integers(0, self.num_classes, batch_size, dtype=np.int32)}
 
     def build_model(self) -> nnx.Module:
-        from nf.models import create_model
-
-        return create_model(
-            self.config.model.name, seed=self.config.seed, num_classes=self.num_classes, **model_overrides(self.config)
-        )
+        return create_model_from_dict(self.config.model, seed=self.config.seed, num_classes=self.num_classes)
 
     def loss(self, outputs, batch):
         value = loss(outputs, batch, self.config.optimizer.label_smoothing)

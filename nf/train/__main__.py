@@ -82,7 +82,7 @@ def main(argv):
 def run() -> None:
     import sys
 
-    from nf.configs import resolve_argv
+    from nf.train.config_files import resolve_argv
 
     sys.argv = resolve_argv(sys.argv)  # --config=quickstart: a config packaged with nf, by name
     app.run(main)

@@ -15,39 +15,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from nf.inference.checkpoint import check_shapes, shape_map
 from nf.train import checkpoint_health, disk_space
 from nf.train.checkpoint_health import DATA_FILE
-
-
-def path_str(path) -> str:
-    """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
-    while the live state has int keys for list entries (nnx.List stages)."""
-    keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    return "".join(f"['{k}']" for k in keys)
-
-
-def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
-    """Fail, naming the paths, unless `saved` ({path: shape}) holds every wanted path with its shape
-    and nothing else; `hint` says what to do."""
-    missing = sorted(set(wanted) - set(saved))
-    extra = sorted(set(saved) - set(wanted))
-    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
-    if missing or extra or differ:
-        lines = [f"{where} holds another model than the one built:"]
-        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
-            if keys:
-                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
-        if differ:
-            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
-            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
-        lines.append(hint)
-        raise ValueError("\n".join(lines))
-
-
-def shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{path_str: shape} of a tree's leaves (arrays, ShapeDtypeStructs or orbax metadata)."""
-    return {path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _first_line(e: Exception) -> str:

@@ -1,5 +1,5 @@
-"""What `nf-train` and `nf-eval` print for people: one line per log step (step, loss, task
-metrics, images/s, ETA), one per evaluation, the final summary, and progress while evaluating.
+"""What `nf-train` prints for people: one line per log step (step, loss, task metrics, images/s,
+ETA), one per evaluation, and the final summary (`nf-eval`'s progress: `nf.inference.progress`).
 
 Library INFO chatter (absl, Orbax, JAX, grain, TensorFlow's C++ log) is hidden unless asked for
 with absl's verbosity flag (`-v 0` / `--verbosity=0`: INFO; `-v 1`: debug); warnings and errors
@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import TextIO
+
+from nf.inference.progress import duration
 
 # Python loggers of the libraries whose INFO lines bury the training progress.
 LIBRARY_LOGGERS = ("absl", "orbax", "jax", "jaxlib", "grain", "tensorflow", "clu")
@@ -42,16 +43,6 @@ def verbosity_requested() -> bool:
     from absl import flags
 
     return bool(flags.FLAGS["verbosity"].present)
-
-
-def duration(seconds: float) -> str:
-    """`1h02m`, `3m05s`, `42s`: short enough for a progress line."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _value(v: float) -> str:
@@ -129,45 +120,3 @@ def devices_line() -> str:
     if jax.process_count() > 1:
         line = f"Process {jax.process_index()} of {jax.process_count()} joined the JAX cluster. {line}"
     return line
-
-
-class Progress:
-    """`done/total` of a long pass (images), with images/s and ETA, printed at most every
-    `every_s` seconds and once at the end: `nf-eval`'s lines while it runs."""
-
-    def __init__(
-        self, label: str, total: int, *, every_s: float = 10.0, out: TextIO | None = None, enabled: bool = True
-    ):
-        self.label, self.total, self.every_s, self.out, self.enabled = label, total, every_s, out, enabled
-        self.done = 0
-        self._t0 = self._last = time.perf_counter()
-
-    def line(self, now: float) -> str:
-        elapsed = max(now - self._t0, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        pct = self.done / max(self.total, 1)
-        eta_text = f"ETA {duration(eta)}" if self.done < self.total and rate > 0 else f"took {duration(elapsed)}"
-        return f"{self.label}: {self.done:,}/{self.total:,} images ({pct:.0%})  {rate:,.1f} images/s  {eta_text}"
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self._last >= self.every_s or self.done >= self.total):
-            self._last = now
-            print(self.line(now), file=self.out or sys.stdout, flush=True)
-
-
-def with_progress(
-    batches: Callable[[], Iterator[dict]], label: str, total: int, count: Callable[[dict], int], **kwargs: Any
-) -> Callable[[], Iterator[dict]]:
-    """The batch factory `batches`, reporting `Progress` of each pass as it is consumed; `count`
-    gives a batch's real examples (eval batches are padded)."""
-
-    def factory() -> Iterator[dict]:
-        progress = Progress(label, total, **kwargs)
-        for batch in batches():
-            yield batch
-            progress.update(count(batch))
-
-    return factory
