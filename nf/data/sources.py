@@ -39,16 +39,14 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from nf.data.source_base import DataSourceError, RecordFileSource
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 RECORD_MAGIC = b"NFI1"
 _HEADER = struct.Struct("<4sIH")  # magic, label, path length
 METADATA_FILE = "metadata.json"
 SHARD_PATTERN = "images.array_record-{index:05d}-of-{count:05d}"
-
-
-class DataSourceError(ValueError):
-    """A data source could not be built from what is on disk (message says where and why)."""
 
 
 def encode_record(image: bytes, label: int, path: str) -> bytes:
@@ -229,21 +227,6 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != "NFI1":
         raise DataSourceError(f"{str(meta_path)!r}: unknown record format {meta.get('format')!r} (expected 'NFI1')")
     return meta
-
-
-class RecordFileSource:
-    """A classification source over a random-access reader of record files (`_source`): its
-    `classes` (in label order) and length; subclasses turn a stored record into the common one."""
-
-    classes: list[str]
-    _source: Any
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
 
 
 class ArrayRecordImageSource(RecordFileSource):

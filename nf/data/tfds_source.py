@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nf.data.sources import DataSourceError, RecordFileSource
+from nf.data.source_base import DataSourceError, RecordFileSource
 
 TFDS_PREFIX = "tfds:"
 ARRAY_RECORD = "array_record"

@@ -1,5 +1,4 @@
-"""Progress of a long pass over batches (`nf-eval`'s lines while it runs): done/total images,
-images/s and ETA, printed at most every few seconds."""
+"""Progress of a long pass for people (`nf-eval`): done/total images, images/s and ETA."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What `nf-train` and `nf-eval` print for people: one line per log step (step, loss, task
-metrics, images/s, ETA), one per evaluation, the final summary, and progress while evaluating.
+"""What `nf-train` prints for people: one line per log step (step, loss, task metrics, images/s,
+ETA), one per evaluation, and the final summary (`nf-eval`'s progress: `nf.inference.progress`).
 
 Library INFO chatter (absl, Orbax, JAX, grain, TensorFlow's C++ log) is hidden unless asked for
 with absl's verbosity flag (`-v 0` / `--verbosity=0`: INFO; `-v 1`: debug); warnings and errors
