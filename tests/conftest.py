@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.py"
+
+
+def console_script(name: str) -> list[str]:
+    """The command that runs the console script `name` (pyproject's [project.scripts]) as its
+    installed launcher does: its entry point with `sys.argv[0]` = `name`, in this Python."""
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][name]
+    module, _, attr = target.partition(":")
+    code = f"import sys; from {module} import {attr}; sys.argv[0] = {name!r}; sys.exit({attr}())"
+    return [sys.executable, "-c", code]
+
 
 # The smallest network that still has a transition block and a scanned (stacked) block: one stage
 # of depth 2. 16 px images (total stride 8), batch 16, 12 steps; log every step.

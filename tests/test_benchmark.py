@@ -1,5 +1,6 @@
 """tools/benchmark.py times nf-train's own step (`nf.train.trainer.setup_training`) on each task's
-synthetic batch; the timm side by side runs only where a peer Python is given ($NF_PEER_PYTHON)."""
+synthetic batch; the timm side by side runs only where a peer Python is given ($NF_PEER_PYTHON).
+tools/compile_time.py compiles the step of several models (tools/state_bytes.py: test_multihost)."""
 
 from __future__ import annotations
 
@@ -100,9 +101,9 @@ def test_setup_training_abstract_state_matches_the_real_one():
     )
 
 
-def run_benchmark(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_benchmark(*args: str, env: dict | None = None, tool: str = "benchmark") -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
-    cmd = [sys.executable, "tools/benchmark.py", *args]
+    cmd = [sys.executable, f"tools/{tool}.py", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -128,8 +129,22 @@ def test_benchmark_times_the_trainer_step_with_its_comparisons():
     assert (r["model"], r["task"], r["image_size"], r["batch_size"]) == ("nf_resnet26", "classification", 32, 2)
     assert np.isfinite(r["final_loss"]) and r["step_seconds"] > 0
     assert r["ws_overhead"] is not None and r["bn_model"] == "bn_resnet26" and r["nf_vs_bn_step_ratio"] > 0
-    assert r["folded_max_abs_diff"] <= 1e-4 * max(1.0, r["logits_max_abs"])
+    assert r["folded_max_abs_diff"] <= 1e-4 * max(1.0, r["logits_max_abs"])  # float32 rounding of the fold
     assert "timm_train_step_seconds" not in r  # no peer asked for
+
+
+@pytest.mark.slow
+def test_compile_time_compiles_each_models_step_relative_to_the_first():
+    """Each model's abstract train step lowers and compiles; seconds are reported relative to the
+    first model's, and lowering is part of the compile time."""
+    args = ("--models=nf_resnet26,nf_resnet101", "--image_size=32", "--batch_size=2", "--json")
+    out = run_benchmark(*args, tool="compile_time")
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(r["compile_seconds"]) == ["nf_resnet26", "nf_resnet101"] and r["batch_size"] == 2
+    assert r["compile_ratio"]["nf_resnet26"] == 1.0
+    assert 0 < r["lower_seconds"]["nf_resnet26"] < r["compile_seconds"]["nf_resnet26"]
+    assert run_benchmark("--json", tool="compile_time").returncode != 0  # --models is required
 
 
 def test_peer_needs_a_python():

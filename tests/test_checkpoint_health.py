@@ -69,10 +69,17 @@ def _truncate_arrays(step_dir: Path) -> None:
                 _truncate(Path(root) / name)
 
 
+# Damage to orbax's files is named as orbax reports it (read through its public API, never by its
+# file names); the test damages the files orbax 0.12 writes.
 DAMAGES = {
-    "truncated _sharding": (lambda d: _truncate(d / "state" / "_sharding"), "_sharding is unreadable"),
-    "truncated _METADATA": (lambda d: _truncate(d / "state" / "_METADATA"), "_METADATA is unreadable"),
-    "emptied state/": (_empty_state, "state/_METADATA is missing"),
+    "truncated step metadata": (
+        lambda d: _truncate(d / "_CHECKPOINT_METADATA"),
+        "orbax cannot read the step's metadata (ValueError",
+    ),
+    "truncated _sharding": (lambda d: _truncate(d / "state" / "_sharding"), "/state cannot be read: ValueError"),
+    "truncated _METADATA": (lambda d: _truncate(d / "state" / "_METADATA"), "/state cannot be read: JSONDecodeError"),
+    "emptied state/": (_empty_state, "/state cannot be read: FileNotFoundError"),
+    "missing array index": (lambda d: (d / "state" / "manifest.ocdbt").unlink(), "/state cannot be read: ValueError"),
     "missing data/": (lambda d: shutil.rmtree(d / "data"), "data (the input iterator's position) is missing"),
     "truncated data file": (
         lambda d: _truncate(d / "data" / "process_0-of-1.json"),
@@ -127,7 +134,7 @@ def test_no_intact_step_fails_listing_what_was_found_and_changes_nothing(tmp_pat
         _restore(directory)
     msg = str(e.value)
     assert f"No checkpoint in {directory} can be restored" in msg
-    assert "step 2: " in msg and "_sharding is unreadable" in msg
+    assert "step 2: " in msg and "2/state cannot be read: ValueError" in msg and "_sharding" in msg
     assert "step 1: " in msg and "data (the input iterator's position) is missing" in msg
     assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) == before
 

@@ -1,6 +1,6 @@
 """The console scripts of pyproject.toml: every entry point imports and is callable (each in its
 own interpreter, as an installed script runs; absl flags of different tools share names), and
-the thin `python tools/x.py` wrappers still reach the moved code."""
+tools/ holds no wrapper of one."""
 
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ def test_every_console_script_imports_and_is_callable():
         assert proc.returncode == 0, f"{name} ({entries[name]}): {err[-2000:]}"
 
 
-def test_moved_tools_keep_their_checkout_wrappers():
+def test_tools_hold_no_wrappers_of_console_scripts():
+    """The CLIs are console scripts (the tests run them as such); tools/ keeps no checkout copy."""
     for tool, script in MOVED_TOOLS.items():
-        text = (REPO / "tools" / f"{tool}.py").read_text()
-        assert f"from nf.cli.{tool} import run" in text
         assert scripts()[script] == f"nf.cli.{tool}:run"
+    targets = {target.partition(":")[0] for target in scripts().values()}
+    wrappers = [
+        p.name for p in (REPO / "tools").glob("*.py") if any(f"from {t} import" in p.read_text() for t in targets)
+    ]
+    assert wrappers == []

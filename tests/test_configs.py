@@ -153,7 +153,7 @@ def test_trainer_data_uses_eval_image_size_and_randaugment(tmp_path):
 
 
 def test_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
-    from nf.configs import resolve, resolve_argv
+    from nf.train.config_files import resolve, resolve_argv
 
     monkeypatch.chdir(tmp_path)  # no configs/ folder here, as for a user of an installed nf
     packaged = Path(resolve("quickstart")).resolve()
@@ -182,7 +182,7 @@ def test_a_wheel_install_carries_the_configs(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel], check=True)
     probe = (
-        "import sys; from absl import flags; import nf.train.__main__ as m; from nf.configs import resolve_argv;"
+        "from absl import flags; import nf.train.__main__ as m; from nf.train.config_files import resolve_argv;"
         "argv = resolve_argv(['nf-train', '--config=nfnet_imagenet:f2', '--workdir=w']);"
         "flags.FLAGS(argv); c = m._CONFIG.value; print(m.__file__, c.model.name, c.data.image_size)"
     )

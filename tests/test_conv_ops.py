@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nf.layers import conv_ops
+from nf.layers import conv_ops, cpu_kernels, set_conv_impl
 from nf.layers.conv_ops import conv2d, max_pool
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -115,23 +115,50 @@ _PATHS = {
 
 def _set_path(monkeypatch, path):
     for name, value in _PATHS[path].items():
-        monkeypatch.setattr(conv_ops, name, value)
+        monkeypatch.setattr(cpu_kernels, name, value)
 
 
-@pytest.mark.parametrize("path", _PATHS)
-@pytest.mark.parametrize("index", range(len(CONV_CASES)), ids=[str(c) for c in CONV_CASES])
-def test_conv2d_matches_lax(index, path, monkeypatch):
-    _, _, _, k, _, padding, _, groups = CONV_CASES[index]
+def _has_path(case: tuple, path: str) -> bool:
+    """Whether conv2d has formulation `path` for `case`: negative padding always goes to lax, the
+    narrow-group formulations are for grouped convs only, and a 1x1 conv is always a matmul."""
+    _, _, _, k, _, padding, _, groups = case
     to_lax = not isinstance(padding, str) and min(map(min, padding)) < 0
     if path != "xla" and (to_lax or (path.startswith("narrow") and groups == 1)):
-        pytest.skip("not a formulation conv2d has for this case")
-    if path == "im2col" and k == 1:
-        pytest.skip("1x1 is always a matmul")
+        return False
+    return not (path == "im2col" and k == 1)
+
+
+_CASE_PATHS = [(i, path) for path in _PATHS for i, case in enumerate(CONV_CASES) if _has_path(case, path)]
+
+
+@pytest.mark.parametrize("index,path", _CASE_PATHS, ids=[f"{path}-{CONV_CASES[i]}" for i, path in _CASE_PATHS])
+def test_conv2d_matches_lax(index, path, monkeypatch):
     _set_path(monkeypatch, path)
     opts, (x, w, proj), want = _conv_case(index)
     got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
     for g, r in zip(got, want):  # y, dx, dw
         _assert_close(g, r)
+
+
+# bfloat16 (the NFNet recipes' compute dtype) through each formulation: a 3x3 strided conv,
+# the 7x7 stem on odd sizes, a grouped one.
+_BF16_CASES = [(i, path) for i, path in _CASE_PATHS if i in (5, 13, 24)]
+
+
+@pytest.mark.parametrize("index,path", _BF16_CASES, ids=[f"{path}-{CONV_CASES[i]}" for i, path in _BF16_CASES])
+def test_conv2d_bfloat16_matches_lax(index, path, monkeypatch):
+    """Values and gradients in bf16, against lax in float32 on the same bf16-rounded operands.
+    Tolerance 2e-2 of max|value|: the output and each gradient are rounded to bf16 (2^-9
+    relative), and a formulation may round an intermediate (patches, partial sums) to bf16."""
+    _set_path(monkeypatch, path)
+    opts, (x, w, proj), _ = _conv_case(index)
+    x, w, proj = (a.astype(jnp.bfloat16) for a in (x, w, proj))
+    got = _vjp_all(functools.partial(conv2d, **opts), proj, x, w)
+    ref = functools.partial(_ref_conv, **opts)
+    want = _vjp_all(ref, *(a.astype(jnp.float32) for a in (proj, x, w)))
+    for g, r in zip(got, want):  # y, dx, dw
+        assert g.dtype == jnp.bfloat16
+        _assert_close(np.asarray(g, np.float32), r, rtol=2e-2)
 
 
 def _both_orders(conv, groups=1):
@@ -176,22 +203,25 @@ def test_conv2d_second_order(path, groups, strides, monkeypatch):
         _assert_close(g, r, rtol=1e-4)
 
 
-def _grouped_lax_convs(backend, monkeypatch):
+def _grouped_lax_convs(backend, monkeypatch, impl="auto"):
     """feature_group_count of each grouped lax conv in conv2d's jaxpr on `backend`."""
     monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: backend)
     x, w = jnp.zeros((1, 8, 8, 16)), jnp.zeros((3, 3, 4, 16))
-    eqns = jax.make_jaxpr(functools.partial(conv2d, groups=4))(x, w).jaxpr.eqns
+    eqns = jax.make_jaxpr(functools.partial(conv2d, groups=4, impl=impl))(x, w).jaxpr.eqns
     return [e.params["feature_group_count"] for e in eqns if e.primitive.name == "conv_general_dilated"]
 
 
 def test_grouped_conv_dispatch(monkeypatch):
-    """XLA:CPU runs groups without its (slow) grouped conv; accelerators keep lax's; under
-    `lax_convs` (what the MAC count traces) every backend does."""
+    """XLA:CPU runs groups without its (slow) grouped conv; accelerators keep lax's; asked for
+    explicitly (what the MAC count and an accelerator's compile on a CPU host trace), "lax" is
+    lax's on every backend and "cpu" the CPU kernels on every backend."""
     assert _grouped_lax_convs("cpu", monkeypatch) == []
     assert _grouped_lax_convs("gpu", monkeypatch) == [4]
-    with conv_ops.lax_convs():
-        assert _grouped_lax_convs("cpu", monkeypatch) == [4]
-    assert _grouped_lax_convs("cpu", monkeypatch) == []
+    assert _grouped_lax_convs("cpu", monkeypatch, "lax") == [4]
+    assert _grouped_lax_convs("tpu", monkeypatch, "cpu") == []
+    assert [conv_ops.kernels(i) for i in conv_ops.CONV_IMPLS] == ["lax", "lax", "cpu"]  # on "tpu"
+    with pytest.raises(ValueError, match="valid"):
+        conv_ops.kernels("xla")
 
 
 def _ref_pool(x, window, stride, padding):
@@ -243,16 +273,19 @@ def _primitive_names(jaxpr) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["nf_resnet26", "nf_regnet_b0"])
-def test_accelerator_route_is_lax_and_supports_jvp(name, monkeypatch):
-    """On a non-CPU backend the model's convs and pools are lax's own ops (no custom VJP, no
-    im2col) and forward-mode autodiff runs through the whole model."""
+@pytest.mark.parametrize("backend", ["gpu", "cpu"])
+def test_accelerator_route_is_lax_and_supports_jvp(name, backend, monkeypatch):
+    """On a non-CPU backend, and wherever `set_conv_impl(model, "lax")` asks for it, the model's
+    convs and pools are lax's own ops (no custom VJP, no im2col) and forward-mode autodiff runs
+    through the whole model."""
     from flax import nnx
 
     from nf.models import create_model
 
-    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: "gpu")
-    assert not conv_ops.cpu_kernels()
+    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: backend)
     model = create_model(name, widths=(16, 32, 32, 64), depths=(1, 2, 1, 1), num_classes=3)
+    if backend == "cpu":
+        model = set_conv_impl(model, "lax")
     graphdef, params = nnx.split(model)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
     f = lambda x: nnx.merge(graphdef, params)(x, train=False)
@@ -263,10 +296,28 @@ def test_accelerator_route_is_lax_and_supports_jvp(name, monkeypatch):
     tangent = jax.jit(lambda x, v: jax.jvp(f, (x,), (v,))[1])(x, v)
     reverse = jax.jit(lambda x, v: jnp.tensordot(jax.jacrev(f)(x), v, axes=v.ndim))(x, v)  # J v, reverse mode
     np.testing.assert_allclose(np.asarray(tangent), np.asarray(reverse), rtol=1e-4, atol=1e-5)
-    monkeypatch.setattr(conv_ops.jax, "default_backend", lambda: "cpu")
-    assert conv_ops.cpu_kernels()
-    with conv_ops.lax_convs():
-        assert not conv_ops.cpu_kernels()
+
+
+def test_set_conv_impl_reaches_every_conv_and_the_stem_pool():
+    """`set_conv_impl` changes what the model traces (every conv, and the ResNet stem's max pool
+    with its conv), not its parameters or its outputs; the original model keeps its choice."""
+    from flax import nnx
+
+    from nf.layers import Conv
+    from nf.models import create_model
+
+    model = create_model("nf_resnet26", widths=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_classes=3)
+    lax_model = set_conv_impl(model, "lax")
+    impls = lambda m: {n.conv_impl for _, n in nnx.iter_graph(m) if isinstance(n, Conv)}
+    assert impls(model) == {"auto"} and impls(lax_model) == {"lax"}
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    names = lambda m: _primitive_names(jax.make_jaxpr(lambda x: m(x, train=False))(x).jaxpr)
+    assert "custom_vjp_call" in names(model) and "reduce_window_max" not in names(model)  # CPU kernels
+    assert "custom_vjp_call" not in names(lax_model) and "reduce_window_max" in names(lax_model)
+    _assert_close(lax_model(x, train=False), model(x, train=False), rtol=1e-4)
+    assert jax.tree.all(jax.tree.map(lambda a, b: a is b, nnx.state(model), nnx.state(lax_model)))
+    with pytest.raises(ValueError, match="valid"):
+        set_conv_impl(model, "xla")
 
 
 @pytest.mark.parametrize("method", conv_ops.GROUPED_FORMULATIONS)

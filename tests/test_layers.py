@@ -120,6 +120,7 @@ def test_standardize_weight_epsilon_floors_fan_in_times_var():
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got[..., 0], 0.0, atol=1e-4)  # only float32 rounding of the mean
     t = tiny.astype(np.float64)
+    # 1e-3: float32 cancellation in W - mean(W) of a channel whose spread is ~1e-6 of its values
     np.testing.assert_allclose(got[..., 1], (t - t.mean()) * 1.5 / math.sqrt(1e-4), rtol=1e-3, atol=1e-7)
     # Floored, the channel is NOT rescaled to unit norm (sum of squares = fan_in*var/1e-4 * gain^2).
     assert np.sum(got[..., 1] ** 2) < 0.5 * 1.5**2
@@ -200,7 +201,9 @@ def test_ws_conv_after_gamma_relu_preserves_unit_variance_and_zero_mean():
     does not remove the mean (mean shift)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (16, 18, 18, 64))
     h = scaled_activation("relu")(x)
-    np.testing.assert_allclose(float(jnp.var(h)), 1.0, atol=0.02)
+    np.testing.assert_allclose(
+        float(jnp.var(h)), 1.0, atol=0.02
+    )  # sampling error of 330k draws, and gamma's own MC error
     assert abs(float(jnp.mean(h)) - GAMMA["relu"] / math.sqrt(2 * math.pi)) < 0.02
     ws = ScaledWSConv(64, 32, 3, padding="VALID", rngs=nnx.Rngs(1))  # VALID: no zero-padded borders
     # paper §4.2-4.3 init: raw W ~ N(0, 1/fan_in), gain 1, bias 0
@@ -211,6 +214,7 @@ def test_ws_conv_after_gamma_relu_preserves_unit_variance_and_zero_mean():
     channel_means = y.mean(axis=(0, 1, 2))
     assert abs(y.mean()) < 0.03
     assert np.mean(channel_means**2) < 0.01
+    # sampling error: 32 channels' variances, each over one random kernel (its rows' norms are exact)
     np.testing.assert_allclose(np.mean(y.var(axis=(0, 1, 2))), 1.0, atol=0.06)
     plain = Conv(64, 32, 3, padding="VALID", rngs=nnx.Rngs(1))
     y_plain = np.asarray(apply(plain, h), np.float64)

@@ -1,12 +1,12 @@
-"""Parameter / MAC counting (nf.models.stats) and the tools/model_stats.py CLI."""
+"""Parameter / MAC counting (nf.models.stats) and the nf-model-stats console script."""
 
 import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
+from conftest import console_script
 
 from nf.models import RESNET_DEPTHS, create_model
 from nf.models.stats import count_params, forward_macs
@@ -95,12 +95,7 @@ def test_nfnet_f0_reference_figures():
 
 
 def test_model_stats_cli_json():
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "tools", "model_stats.py"),
-        "--models=nf_resnet26,nf_regnet_b0",
-        "--json",
-    ]
+    cmd = [*console_script("nf-model-stats"), "--models=nf_resnet26,nf_regnet_b0", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, timeout=600).stdout
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["nf_resnet26", "nf_regnet_b0"]

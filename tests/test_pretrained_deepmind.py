@@ -15,16 +15,16 @@ from nf.models import create_model
 from nf.pretrained import deepmind, import_weights
 from nf.pretrained.unpickle import load_haiku_params
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "deepmind")  # provenance: fixtures/README.md
 TINY = os.path.join(FIXTURES, "deepmind_nfnet_tiny")
 TINY_ARCH = dict(widths=(256,) * 4, depths=(1,) * 4)  # how the reference made the file
+# The import achieves 3.2e-7 of max|logit| (float32 rounding of a different order of operations);
+# the wrong GELU (erf instead of tanh) gives 3.9e-4. timm's fixtures use the same bound.
+LOGIT_TOL = 2e-5
 
 
 def _fixture(name: str) -> str:
-    path = os.path.join(TINY, name)
-    if not os.path.exists(path):
-        pytest.skip(f"shared fixture {path} not present")
-    return path
+    return os.path.join(TINY, name)
 
 
 def test_tiny_reference_logits_match():
@@ -34,7 +34,7 @@ def test_tiny_reference_logits_match():
     want = np.load(_fixture("logits.npy"))
     got = np.asarray(nnx.jit(lambda m, x: m(x, train=False))(model, x))  # one compile, not eager ops
     assert got.shape == want.shape == (2, 10)
-    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(got - want).max() <= LOGIT_TOL * np.abs(want).max()
 
 
 def test_every_parameter_comes_from_the_file():
@@ -143,7 +143,7 @@ def test_import_to_workdir_round_trip(tmp_path):
     x = np.load(_fixture("inputs.npy"))
     got = np.asarray(nnx.jit(lambda m, x: m(x, train=False))(model, x))
     want = np.load(_fixture("logits.npy"))
-    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(got - want).max() <= LOGIT_TOL * np.abs(want).max()
 
 
 def test_nf_import_command_refuses_a_malicious_file(tmp_path):

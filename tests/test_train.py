@@ -158,6 +158,21 @@ def read_events(workdir: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+def assert_same_as_reference(workdir: Path, reference_run: Path) -> None:
+    """The final checkpoint bit-identical to the uninterrupted run's and metrics.jsonl holding
+    exactly its lines (timing aside; an interrupted run also saved at its stop step)."""
+    want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
+    assert set(got) == set(want)
+    assert {k[0] for k in got} == {"step", "params", "opt_state", "ema"}  # model_state is empty
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+
+    def comparable(metrics):
+        return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics if m["split"] != "checkpoint"]
+
+    assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
+
+
 # ------------------------------------------------------------------------------------- fixtures
 
 
@@ -326,16 +341,7 @@ def test_resume_after_sigterm_is_bit_exact(reference_run, tiny_config_file, jax_
     assert rc == 0, _tail(out)
     assert f"Resuming from {workdir / 'checkpoints'}/{stopped}" in out
 
-    want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
-    assert set(got) == set(want)
-    assert {k[0] for k in got} == {"step", "params", "opt_state", "ema"}  # model_state is empty
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
-
-    def comparable(metrics):  # timing aside (the interrupted run also saved at its stop step)
-        return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics if m["split"] != "checkpoint"]
-
-    assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
+    assert_same_as_reference(workdir, reference_run)
 
 
 def _start(cmd, env, log: Path) -> subprocess.Popen:
@@ -476,6 +482,7 @@ def test_eight_devices_match_one_device(reference_run, tiny_config_file, jax_cac
     for m in _train(metrics):
         r = ref[m["step"]]
         assert m["learning_rate"] == pytest.approx(r["learning_rate"], rel=1e-6, abs=1e-12)
+        # float32 rounding: 8 devices sum the batch's gradients in another order than one
         assert m["loss"] == pytest.approx(r["loss"], rel=1e-4), m["step"]
         assert m["accuracy"] == pytest.approx(r["accuracy"], abs=1.01 / 16)  # at most a near-tie flip
         assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3), m["step"]
@@ -508,6 +515,63 @@ def _kill_when(kind: str, proc: subprocess.Popen, workdir: Path, rng) -> str:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return "killed"
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(reference_run, tiny_config_file, jax_cache_dir, tmp_path_factory) -> Path:
+    """The reference command with the post-training SPP on, killed with SIGKILL after its step-4
+    checkpoint (inside step 5 or later, no chance to save), then run again to the end."""
+    workdir = tmp_path_factory.mktemp("killed") / "run"
+    env, cmd = _env(jax_cache_dir), _cmd(tiny_config_file, workdir, "--config.spp_after_training=True")
+    log = workdir.parent / "first.log"
+    proc = _start(cmd, env, log)
+    try:
+        _wait_until(lambda: _last_train_step(workdir) >= 5 and 4 in checkpoint_steps(workdir), proc, log, "step 5")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _last_train_step(workdir)
+    assert killed_at < STEPS and not (workdir / "spp").exists()
+    rc, out = _run(cmd, env, workdir.parent / "second.log")
+    assert rc == 0, _tail(out)
+    assert f"Resuming from {workdir / 'checkpoints'}/" in out
+    return workdir
+
+
+def test_kill_9_once_resumes_bit_identically(killed_and_resumed, reference_run):
+    """The README's promise in the default run: kill -9, rerun the same command, get the
+    uninterrupted run (the long fault injection below is `slow`)."""
+    assert_same_as_reference(killed_and_resumed, reference_run)
+
+
+def test_spp_after_training_is_the_saved_ema_models(killed_and_resumed, tiny_config):
+    """workdir/spp/spp.json: `compute_spp` of the final checkpoint's EMA weights on the first
+    evaluation batch (not the raw weights', which differ)."""
+    from absl import flags
+
+    from nf.inference import load_model
+    from nf.signal import compute_spp
+    from nf.train.trainer import build_task
+
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags
+        flags.FLAGS.mark_as_parsed()
+    workdir = killed_and_resumed
+    assert (workdir / "spp" / "spp.png").stat().st_size > 0
+    saved = json.loads((workdir / "spp" / "spp.json").read_text())
+    assert list(saved) == ["nf_resnet26 (trained, EMA)"]
+    _, data = build_task(tiny_config(), str(workdir))
+    images = next(iter(data.eval_batches()))["image"]
+    ema, raw = (load_model(str(workdir), weights=w)[0] for w in ("ema", "raw"))
+    want, other = compute_spp(ema, images, train=False), compute_spp(raw, images, train=False)
+    got = saved["nf_resnet26 (trained, EMA)"]
+    assert got.keys() == want.keys() and len(got["stage_ends"]) == 1
+    for stat in want:
+        np.testing.assert_allclose(got[stat], want[stat], rtol=1e-6, err_msg=stat)
+    assert any(not np.allclose(other[s], want[s], rtol=1e-4) for s in want if s != "stage_ends")
 
 
 @pytest.mark.slow  # ~10 trainer starts from the compilation cache
@@ -550,15 +614,7 @@ def test_kill_9_at_random_moments_resumes_bit_identically(reference_run, tiny_co
     assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith(f"{damaged}.damaged-")]
     assert len(outcomes) >= 4 and "killed in a save" in outcomes, outcomes  # a fast machine finishes sooner
 
-    want, got = restore_state(reference_run, STEPS), restore_state(workdir, STEPS)
-    assert set(got) == set(want)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
-
-    def comparable(metrics):
-        return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics if m["split"] != "checkpoint"]
-
-    assert comparable(read_metrics(workdir)) == comparable(read_metrics(reference_run))
+    assert_same_as_reference(workdir, reference_run)
 
 
 def test_batch_not_divisible_by_devices(tiny_config_file, jax_cache_dir, tmp_path):
@@ -691,6 +747,7 @@ def test_gradient_accumulation_equals_the_full_batch_step(tiny_config):
         results[accum] = jax.jit(make_train_step(fns, tx, schedule, config, task))(state, batch)
     (s1, m1), (s4, m4) = results[1], results[4]
     assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+    # float32 rounding: the mean of 4 micro-batch means against one mean over the batch
     assert float(m4["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-4)
     for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s4["params"])):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
@@ -739,3 +796,41 @@ def test_checkpoint_holds_the_state_at_save_time(tmp_path, background):
     for key, value in expected.items():
         np.testing.assert_array_equal(np.asarray(restored["state"][key]), value)
     assert next(restored_iter) == 3  # the position at step 1's save, not the live one
+
+
+def test_a_failed_background_save_is_raised_at_the_next_save(tmp_path):
+    """A real failure in the background worker (the checkpoint folder replaced by a file after the
+    first save, as when a disk is unmounted): the save that fails returns at once, the next save
+    raises its error naming the step's path, and closing does not hang."""
+    import shutil
+
+    import grain
+    import jax.numpy as jnp
+
+    from nf.train.checkpoint import Checkpoints
+
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpoints(str(directory), save_every=1, background=True)
+    state, data_iter = {"w": jnp.arange(10.0)}, iter(grain.MapDataset.range(10).to_iter_dataset())
+    assert ckpt.save(1, state, data_iter)
+    ckpt.wait()  # the first save is written and committed
+    assert ckpt.latest_step() == 1
+    shutil.rmtree(directory)
+    directory.write_text("not a folder any more")
+    assert ckpt.save(2, state, data_iter)  # the failure happens in the worker
+
+    outcome: dict = {}
+
+    def third_save():  # in a daemon thread: a hang fails the test instead of blocking it forever
+        try:
+            outcome["saved"] = ckpt.save(3, state, data_iter)
+        except Exception as e:  # the error under test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=third_save, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the save after a failed background save hangs"
+    assert isinstance(outcome.get("error"), NotADirectoryError), outcome
+    assert f"{directory}/2." in str(outcome["error"])  # names step 2's folder
+    ckpt.close()

@@ -17,14 +17,14 @@ from absl import flags
 from conftest import CLASSIFIER_BACKBONE
 from flax import nnx
 
-from nf.heads import FastUpConv, HeadStyle, UpProjection
+from nf.heads import BACKBONE_KEY, FastUpConv, HeadStyle, UpProjection
 from nf.heads.fcn import skip_stages
 from nf.layers import Conv, ScaledWSConv
 from nf.models import create_model
 from nf.models.network import stage_dilations
 from nf.tasks import depth as depth_task
 from nf.tasks import segmentation as seg_task
-from nf.tasks.dense import BACKBONE_KEY, depth_model, segmentation_model
+from nf.tasks.dense import depth_model, segmentation_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(depths=(1, 1, 1, 2), widths=(8, 16, 16, 32), stem_width=8)  # the last stage is scanned

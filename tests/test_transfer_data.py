@@ -474,7 +474,7 @@ def test_digit_scenes_files_load_with_the_loaders(scenes_dir):
 
 def test_digit_scenes_masks_depth_and_occlusion_consistent(scenes_dir):
     # Familiar size: digit heights grow geometrically from 0.5 m (digit 0) to 1.5 m (digit 9).
-    np.testing.assert_allclose(scenes.DIGIT_HEIGHT, 0.5 * 3.0 ** (np.arange(10) / 9), atol=5e-4)
+    np.testing.assert_allclose(scenes.DIGIT_HEIGHT, 0.5 * 3.0 ** (np.arange(10) / 9), atol=5e-4)  # 3 decimals
     images, labels = scenes.load_digit_images()
     pool = data.digits.split_indices(labels)[0]
     for i in range(12):

@@ -5,7 +5,6 @@ peak, and side by side with timm.
     python tools/benchmark.py --config=configs/nfnet_imagenet.py:f0 --batch_size=16 --image_size=192
     python tools/benchmark.py --task=segmentation --model=nf_resnet50 --image_size=128 --batch_size=16
     python tools/benchmark.py --model=nf_resnet50 --peer=timm --peer_python=/work/peer/bin/python
-    python tools/benchmark.py --compile_only_models=nf_resnet50,nf_resnet288
 
 The step is `nf-train`'s: `nf.train.trainer.setup_training` builds the model (through the task),
 the optimizer recipe of the config (AGC when `optimizer.agc_clip` > 0, masked weight decay, SGD
@@ -37,69 +36,45 @@ One process measures:
           python3 -m venv peer && peer/bin/pip install torch==2.13.0 timm \
               --extra-index-url https://download.pytorch.org/whl/cpu
 Compared variants are timed in interleaved rounds (A B C, C B A, ...), so load on the machine
-affects them alike; every reported time is a median. `--compile_only_models` only lowers and
-compiles the train step of each listed model (abstract state: no memory) and reports the
-compile seconds relative to the first.
-
-`--fsdp_bytes=4` reports, without running the model, the per-device bytes of parameters,
-optimizer state and EMA of --model on 4 (fake CPU) devices, replicated versus FSDP over 4 (the
-trainer's own state and shardings, `setup_training(..., abstract=True)` on meshes data=4 and
-fsdp=4); `shard_shape` of each leaf's sharding gives its per-device size.
-
-    python tools/benchmark.py --model=nf_resnet50 --fsdp_bytes=4
+affects them alike; every reported time is a median. The config flags (--config, --model,
+--task, --image_size, --batch_size, --dtype, --json) are tools/bench_common.py's, shared with
+tools/compile_time.py (compile seconds of several models' steps) and tools/state_bytes.py
+(per-device state bytes, replicated vs FSDP).
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import json
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
-
-try:
-    import nf  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import bench_common as common
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 from nf.layers import SkipGain
 from nf.models import inference_copy, list_models, unstack_blocks
 from nf.models.stats import forward_macs, xla_flops
-from nf.tasks import TASKS, Task, get_task, task_class
 from nf.train.host_memory import peak_rss_bytes, release_freed_memory, reset_peak_rss, rss_bytes
 from nf.train.sharding import batch_sharding, make_mesh
 from nf.train.trainer import TrainSetup, setup_training
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-QUICKSTART = os.path.join(os.path.dirname(TOOLS), "configs", "quickstart.py")
-PEER_SCRIPT = os.path.join(TOOLS, "peer_timm.py")
+PEER_SCRIPT = os.path.join(common.TOOLS, "peer_timm.py")
 PEER_MODELS = {"nf_resnet50": "nf_resnet50", "nf_regnet_b0": "nf_regnet_b0", "nfnet_f0": "dm_nfnet_f0"}
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (default: quickstart recipe).")
-_MODEL = flags.DEFINE_string("model", "nf_resnet50", "Registered model to benchmark.")
-_TASK = flags.DEFINE_enum("task", "classification", sorted(TASKS), "The task whose model, loss and batch to time.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Input resolution.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Batch size of the train step and of inference.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (rounds) per variant.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before timing.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch (the parameters use config.seed).")
+STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (rounds) per variant.")
+WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant before timing.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic batch (the parameters use config.seed).")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square float32 matmul for the peak.")
 _MATMUL_REPEATS = flags.DEFINE_integer("matmul_repeats", 10, "Timed matmuls for the start-up peak.")
 _MATMUL_ROUND_REPEATS = flags.DEFINE_integer(
@@ -115,25 +90,11 @@ _FLOPS_COST = flags.DEFINE_enum(
     "unrolled step's unoptimized module only.",
 )
 _COMPARE = flags.DEFINE_bool("compare", True, "Also time the ws=False, folded-inference and bn_ variants.")
-_COMPILE_ONLY = flags.DEFINE_list(
-    "compile_only_models", [], "Only compile the train step of these models and report compile seconds."
-)
-_FSDP_BYTES = flags.DEFINE_integer(
-    "fsdp_bytes", 0, "N > 0: only report per-device state bytes, replicated vs FSDP over N fake CPU devices."
-)
-_COMPILE_REPEATS = flags.DEFINE_integer("compile_repeats", 1, "Interleaved compiles per model (median).")
-_PEER = flags.DEFINE_enum("peer", None, ["timm"], "Also time the matching timm model side by side.")
+PEER = flags.DEFINE_enum("peer", None, ["timm"], "Also time the matching timm model side by side.")
 _PEER_PYTHON = flags.DEFINE_string(
     "peer_python", None, "Python of the peer environment (torch + timm); default $NF_PEER_PYTHON."
 )
 _PEER_MODEL = flags.DEFINE_string("peer_model", None, "timm model name (default: PEER_MODELS[--model]).")
-_DTYPE = flags.DEFINE_enum(
-    "dtype",
-    None,
-    ["float32", "bfloat16"],
-    "Compute dtype of nf's model (config.model.dtype); the timm peer "
-    "then runs under bfloat16 autocast (AMP). Parameters and optimizer state stay float32 on both sides.",
-)
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -216,58 +177,12 @@ def bn_counterpart(name: str) -> str | None:
 # ----------------------------------------------------------------------------- config and train step
 
 
-def default_config(model: str) -> ml_collections.ConfigDict:
-    """The quickstart recipe on `model` with the registry's defaults (no model overrides)."""
-    spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.model = ml_collections.ConfigDict({"name": model, "dtype": ""})
-    config.total_steps = 10_000  # the schedule's horizon; the benchmark runs a handful of steps
-    return config
-
-
-def benchmark_config() -> ml_collections.ConfigDict:
-    """--config (or the default) with --model/--image_size/--batch_size/--task applied when given."""
-    given = _CONFIG.value is not None
-    config = copy.deepcopy(_CONFIG.value) if given else default_config(_MODEL.value)
-    with config.unlocked():
-        if flags.FLAGS["model"].present:
-            config.model.name = _MODEL.value
-        if flags.FLAGS["task"].present or not given:
-            config.task = _TASK.value
-        if flags.FLAGS["image_size"].present or not given:
-            config.data.image_size = _IMAGE_SIZE.value
-        if flags.FLAGS["batch_size"].present or not given:
-            config.batch_size = _BATCH_SIZE.value
-        if _DTYPE.value:
-            config.model.dtype = "" if _DTYPE.value == "float32" else _DTYPE.value
-    return config
-
-
-def variant(config: ml_collections.ConfigDict, **model: Any) -> ml_collections.ConfigDict:
-    """A copy of `config` with `config.model` entries replaced or added."""
-    out = copy.deepcopy(config)
-    with out.unlocked():
-        out.model.update(model)
-    return out
-
-
-def make_task(config: ml_collections.ConfigDict) -> Task:
-    """The config's task with the class count of its reference dataset."""
-    return get_task(config, task_class(config).benchmark_num_classes)
-
-
-def in_channels(task: Task) -> int:
-    return getattr(nnx.eval_shape(task.build_model), "in_channels", 3)
-
-
 class TrainRunner:
     """`nf-train`'s compiled step (`setup_training`) with its own donated, updated-in-place state."""
 
     def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]):
         mesh = make_mesh(config.mesh)
-        self.setup: TrainSetup = setup_training(config, make_task(config), mesh)
+        self.setup: TrainSetup = setup_training(config, common.make_task(config), mesh)
         shard = batch_sharding(mesh)
         self.batch = {k: jax.make_array_from_process_local_data(shard, v) for k, v in batch.items()}
         self.state, self.counters = self.setup.state, self.setup.counters
@@ -300,21 +215,6 @@ class TrainRunner:
         else:
             out["model"] = out["lowered_unrolled"]
         return out
-
-
-def compile_train_step_abstract(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Lower + compile the trainer's step of `config` on its abstract state (nothing allocated)."""
-    mesh = make_mesh(config.mesh)
-    task = make_task(config)
-    setup = setup_training(config, task, mesh, abstract=True)
-    batch = jax.eval_shape(lambda: task.synthetic_batch(config.batch_size, config.data.image_size, in_channels(task)))
-    shard = batch_sharding(mesh)
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shard), batch)
-    start = time.perf_counter()
-    lowered = setup.train_step.lower(setup.state, batch, setup.counters)
-    lower_s = time.perf_counter() - start
-    lowered.compile()
-    return {"lower_seconds": lower_s, "compile_seconds": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -422,21 +322,17 @@ def peer_setup(config: ml_collections.ConfigDict, batch_dir: str, num_classes: i
 # ----------------------------------------------------------------------------- main
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run_benchmark() -> dict[str, Any]:
-    config = benchmark_config()
+    config = common.benchmark_config()
     name, size, bs = config.model.name, config.data.image_size, config.batch_size
-    task = make_task(config)
+    task = common.make_task(config)
     result: dict[str, Any] = {
         "model": name,
         "task": task.name,
         "image_size": size,
         "batch_size": bs,
-        "steps": _STEPS.value,
-        "warmup": _WARMUP.value,
+        "steps": STEPS.value,
+        "warmup": WARMUP.value,
         "optimizer": config.optimizer.to_dict(),
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0].device_kind),
@@ -444,28 +340,28 @@ def run_benchmark() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
     }
-    log("matmul peak ...")
+    common.log("matmul peak ...")
     result["matmul_peak_flops_start"] = matmul_peak_flops(_MATMUL_SIZE.value, _MATMUL_REPEATS.value)
 
-    channels = in_channels(task)
-    batch = task.synthetic_batch(bs, size, channels, _SEED.value)
-    log(f"compiling the {name} train step ...")
+    channels = common.in_channels(task)
+    batch = task.synthetic_batch(bs, size, channels, SEED.value)
+    common.log(f"compiling the {name} train step ...")
     main = TrainRunner(config, batch)
     result["compile_seconds"] = main.compile_seconds
     result["lower_seconds"] = main.lower_seconds
-    for i in range(_WARMUP.value):
+    for i in range(WARMUP.value):
         main(i)
     result["peak_rss_bytes_with_compile"] = peak_rss_bytes()  # the main step compiled and run
     release_freed_memory()  # as the trainer does after its first step
     result["rss_bytes_after_compile"] = rss_bytes()
     result["memory_analysis"] = main.memory
     result["compiled_temp_plus_argument_bytes"] = main.memory["temp_plus_argument_bytes"]
-    log("model FLOPs (cost analysis, scans unrolled) ...")
+    common.log("model FLOPs (cost analysis, scans unrolled) ...")
     try:
         flops = main.model_flops(_FLOPS_COST.value)
         result["model_flops_method"] = _FLOPS_COST.value
     except RuntimeError as e:  # some backends give no cost analysis of the lowered module
-        log(f"{e}; counting 3 x the forward's conv + matmul FLOPs instead")
+        common.log(f"{e}; counting 3 x the forward's conv + matmul FLOPs instead")
         fwd = 2.0 * forward_macs(task.build_model, size, in_channels=channels) * bs
         flops = {"model": 3.0 * fwd}
         result["model_flops_method"] = "3x_forward_conv_matmul"
@@ -475,24 +371,24 @@ def run_benchmark() -> dict[str, Any]:
     train: dict[str, Callable[[int], Any]] = {"nf": main}
     bn_name = bn_counterpart(name) if _COMPARE.value else None
     if _COMPARE.value:
-        log("compiling the ws=False train step ...")
+        common.log("compiling the ws=False train step ...")
         try:
-            train["plain"] = TrainRunner(variant(config, ws=False), batch)
+            train["plain"] = TrainRunner(common.variant(config, ws=False), batch)
         except (TypeError, ValueError) as e:  # a model without the ws option
-            log(f"no ws=False variant: {e}")
+            common.log(f"no ws=False variant: {e}")
         if bn_name:
-            log(f"compiling the {bn_name} train step ...")
+            common.log(f"compiling the {bn_name} train step ...")
             try:
-                train["bn"] = TrainRunner(variant(config, name=bn_name), batch)
+                train["bn"] = TrainRunner(common.variant(config, name=bn_name), batch)
             except (TypeError, ValueError) as e:  # config.model options the BN network lacks
-                log(f"no {bn_name} variant: {e}")
+                common.log(f"no {bn_name} variant: {e}")
     peer, batch_dir = None, None
-    if _PEER.value:
+    if PEER.value:
         python = peer_python()
         batch_dir = tempfile.TemporaryDirectory(prefix="nf_peer_batch_")
         for k, v in batch.items():  # the same batch, read by the peer with np.load (no pickle)
             np.save(os.path.join(batch_dir.name, f"{k}.npy"), v)
-        log(f"starting the timm peer ({python}) ...")
+        common.log(f"starting the timm peer ({python}) ...")
         peer = Peer(python, peer_setup(config, batch_dir.name, task.num_classes))
         result["peer"] = {k: v for k, v in peer.info.items() if k != "ok"}
         result["forward_flops_conv_matmul"] = 2.0 * forward_macs(task.build_model, size, in_channels=channels)
@@ -514,11 +410,11 @@ def run_benchmark() -> dict[str, Any]:
 def _time_train(result: dict, train: dict, main: TrainRunner, bs: int, peer: Peer | None) -> None:
     # The matmul probe runs in the same rounds, so the peak is measured under the same load.
     probe = MatmulProbe(_MATMUL_SIZE.value, _MATMUL_ROUND_REPEATS.value)
-    log(f"timing train steps {list(train)} (+ matmul probe) ...")
+    common.log(f"timing train steps {list(train)} (+ matmul probe) ...")
     # Peak memory of the steps themselves (compiling is over): both processes restart their peak.
     release_freed_memory()
     result["peak_rss_reset"] = reset_peak_rss() and (peer is None or peer.ask({"cmd": "reset_rss"})["ok"])
-    t = interleaved_medians({**train, "matmul": probe}, _STEPS.value, _WARMUP.value)
+    t = interleaved_medians({**train, "matmul": probe}, STEPS.value, WARMUP.value)
     # nf's includes every compared variant's state (--compare): use --compare=false to set it
     # against timm's.
     result["train_peak_rss_bytes"] = peak_rss_bytes()
@@ -565,20 +461,22 @@ def _time_inference(result: dict, config, x: np.ndarray, bs: int, peer: Peer | N
     result.update(folded_inference_ratio=None, folded_max_abs_diff=None)
     if not (_COMPARE.value or peer is not None):
         return
-    log("inference: unfolded / folded / plain-conv forward ...")
+    common.log("inference: unfolded / folded / plain-conv forward ...")
     x = jnp.asarray(x)
-    ws_model = set_skip_gains(make_task(config).build_model(), 1.0)
+    ws_model = set_skip_gains(common.make_task(config).build_model(), 1.0)
     # Short stages unstacked in all three (`unstack_blocks`), so they differ only in the WS.
     fwd: dict[str, Callable[[int], Any]] = {"folded": ForwardRunner(inference_copy(ws_model), x)}
     if _COMPARE.value:
         fwd["unfolded"] = ForwardRunner(unstack_blocks(ws_model), x)
         try:
-            fwd["plain_conv"] = ForwardRunner(unstack_blocks(make_task(variant(config, ws=False)).build_model()), x)
+            fwd["plain_conv"] = ForwardRunner(
+                unstack_blocks(common.make_task(common.variant(config, ws=False)).build_model()), x
+            )
         except (TypeError, ValueError) as e:
-            log(f"no ws=False variant: {e}")
+            common.log(f"no ws=False variant: {e}")
     if peer is not None:
         fwd["timm"] = peer.runner("infer")
-    f = interleaved_medians(fwd, _STEPS.value, _WARMUP.value)
+    f = interleaved_medians(fwd, STEPS.value, WARMUP.value)
     result.update(
         inference_seconds={k: v["median"] for k, v in f.items()},
         inference_images_per_sec={k: bs / v["median"] for k, v in f.items()},
@@ -599,97 +497,12 @@ def _time_inference(result: dict, config, x: np.ndarray, bs: int, peer: Peer | N
         result["timm_peak_rss_bytes_since_setup"] = peer.ask({"cmd": "rss"})["peak_rss_bytes"]
 
 
-def run_compile_comparison(names: list[str]) -> dict[str, Any]:
-    unknown = [n for n in names if n not in list_models()]
-    if unknown:
-        raise app.UsageError(f"Unknown model(s) {unknown}")
-    config = benchmark_config()
-    jax.jit(lambda a: a + 1).lower(jnp.zeros(3)).compile()  # one-time backend start-up, not per model
-    runs: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(_COMPILE_REPEATS.value):
-        for n in names if r % 2 == 0 else names[::-1]:
-            log(f"compiling the {n} train step ...")
-            runs[n].append(compile_train_step_abstract(variant(config, name=n)))
-    med = {n: {k: statistics.median(run[k] for run in runs[n]) for k in runs[n][0]} for n in names}
-    base = med[names[0]]["compile_seconds"]
-    return {
-        "image_size": config.data.image_size,
-        "batch_size": config.batch_size,
-        "repeats": _COMPILE_REPEATS.value,
-        "loadavg": os.getloadavg()[0],
-        "compile_seconds": {n: med[n]["compile_seconds"] for n in names},
-        "lower_seconds": {n: med[n]["lower_seconds"] for n in names},
-        "compile_ratio": {n: med[n]["compile_seconds"] / base for n in names},
-    }
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def print_table(result: dict[str, Any]) -> None:
-    rows = [(k, v) for k, v in result.items() if not isinstance(v, (dict, list))]
-    for k, v in result.items():
-        if isinstance(v, dict):
-            rows.extend((f"{k}.{kk}", vv) for kk, vv in v.items())
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k.ljust(width)}  {_fmt(v)}")
-
-
-def state_bytes_per_device(devices: int) -> dict[str, Any]:
-    """Per-device bytes of params / optimizer state / EMA, replicated (data=N) vs FSDP (fsdp=N):
-    the trainer's abstract state and shardings of the benchmark config on each mesh."""
-    if jax.device_count() != devices:
-        raise RuntimeError(f"--fsdp_bytes={devices} needs {devices} devices, found {jax.device_count()}")
-    config = benchmark_config()
-    parts = ("params", "opt_state", "ema")
-
-    def per_device(fsdp: int) -> dict[str, int]:
-        cfg = copy.deepcopy(config)
-        with cfg.unlocked():
-            cfg.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": fsdp})
-        setup = setup_training(cfg, make_task(cfg), make_mesh(cfg.mesh), abstract=True)
-        return {
-            part: sum(
-                int(np.prod(x.sharding.shard_shape(x.shape), dtype=np.int64)) * np.dtype(x.dtype).itemsize
-                for x in jax.tree.leaves(setup.state[part])
-            )
-            for part in parts
-        }
-
-    rep, fsdp = per_device(1), per_device(devices)
-    out: dict[str, Any] = {"model": config.model.name, "devices": devices}
-    for part in parts:
-        out[f"{part}_bytes_replicated"] = rep[part]
-        out[f"{part}_bytes_fsdp"] = fsdp[part]
-    both = ("params", "opt_state")
-    out["params_plus_opt_fsdp_over_replicated"] = sum(fsdp[p] for p in both) / sum(rep[p] for p in both)
-    out["all_state_fsdp_over_replicated"] = sum(fsdp.values()) / sum(rep.values())
-    return out
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _FSDP_BYTES.value:
-        # Fake CPU devices; read when the backend starts (nothing above has touched a device).
-        flag = f"--xla_force_host_platform_device_count={_FSDP_BYTES.value}"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
-        jax.config.update("jax_platforms", "cpu")
-        result = state_bytes_per_device(_FSDP_BYTES.value)
-    elif _COMPILE_ONLY.value:
-        result = run_compile_comparison(_COMPILE_ONLY.value)
-    else:
-        if _PEER.value:
-            peer_python()  # fail before compiling anything
-        result = run_benchmark()
-    if _JSON.value:
-        print(json.dumps(result))
-    else:
-        print_table({k: v for k, v in result.items() if k != "train_step_times"})
+    if PEER.value:
+        peer_python()  # fail before compiling anything
+    common.emit(run_benchmark(), hide=("train_step_times",))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ Runs in a separate virtualenv with numpy and dill (never a dependency of nf), e.
 environment: `python3 -m venv peer && peer/bin/pip install numpy dill`, then
 
     peer/bin/python tools/make_deepmind_params.py \
-        --shapes=../shared/fixtures/deepmind_nfnet_f0_param_shapes.json --out=/tmp/F0_haiku.npz
+        --shapes=tests/fixtures/deepmind/deepmind_nfnet_f0_param_shapes.json --out=/tmp/F0_haiku.npz
 
-`--shapes` is a `{module_name: {param_name: shape}}` JSON (the F0 one ships with the project's
-shared fixtures). Haiku is not needed: a stand-in `FlatMapping` registered under Haiku's module
-name pickles the same way (a REDUCE of the class on a dict).
+`--shapes` is a `{module_name: {param_name: shape}}` JSON (the F0 one is
+`tests/fixtures/deepmind/deepmind_nfnet_f0_param_shapes.json`). Haiku is not needed: a stand-in
+`FlatMapping` registered under Haiku's module name pickles the same way (a REDUCE of the class on
+a dict).
 """
 
 from __future__ import annotations

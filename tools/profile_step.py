@@ -36,6 +36,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as common
 import benchmark as bench
 import jax
 
@@ -174,15 +175,15 @@ def summarize(per_item: dict[str, float], category_of, wall: float) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = bench.benchmark_config()
-    task = bench.make_task(config)
+    config = common.benchmark_config()
+    task = common.make_task(config)
     bs, size = config.batch_size, config.data.image_size
-    batch = task.synthetic_batch(bs, size, bench.in_channels(task), bench._SEED.value)
-    bench.log(f"compiling the {config.model.name} train step ...")
+    batch = task.synthetic_batch(bs, size, common.in_channels(task), bench.SEED.value)
+    common.log(f"compiling the {config.model.name} train step ...")
     runner = bench.TrainRunner(config, batch)
-    for i in range(bench._WARMUP.value):
+    for i in range(bench.WARMUP.value):
         runner(i)
-    prof = nf_profile(runner, bench._STEPS.value)
+    prof = nf_profile(runner, bench.STEPS.value)
     result = {
         "model": config.model.name,
         "image_size": size,
@@ -190,7 +191,7 @@ def main(argv):
         "loadavg": os.getloadavg()[0],
         "nf": summarize(prof["thunks"], prof["category_of"], prof["wall"]),
     }
-    if bench._PEER.value:
+    if bench.PEER.value:
         with tempfile.TemporaryDirectory(prefix="nf_peer_batch_") as d:
             import numpy as np
 
@@ -198,14 +199,14 @@ def main(argv):
                 np.save(os.path.join(d, f"{k}.npy"), v)
             peer = bench.Peer(bench.peer_python(), bench.peer_setup(config, d, task.num_classes))
             try:
-                for _ in range(bench._WARMUP.value):
+                for _ in range(bench.WARMUP.value):
                     peer.ask({"cmd": "train"})
-                reply = peer.ask({"cmd": "profile", "steps": bench._STEPS.value})
+                reply = peer.ask({"cmd": "profile", "steps": bench.STEPS.value})
             finally:
                 peer.close()
         result["timm"] = summarize(reply["ops"], timm_category, reply["wall_seconds"])
         result["timm"]["model"] = peer.info["model"]
-    if bench._JSON.value:
+    if common.JSON.value:
         print(json.dumps(result))
         return
     sides = [s for s in ("nf", "timm") if s in result]

@@ -30,6 +30,8 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance
 
+from nf.inference.checkpoint import CHECKPOINTS, step_folders
+
 REPO = Path(__file__).resolve().parents[1]
 _RUNS = flags.DEFINE_string("runs", "runs", "Folder of the workdirs (quickstart, scenes_*).")
 _STEPS = flags.DEFINE_integer("steps", 0, "Fine-tuning steps of every dense run (0 = the configs' own).")
@@ -108,7 +110,7 @@ def main(argv) -> None:
     del argv
     runs = Path(_RUNS.value).absolute()
     quickstart = runs / "quickstart"
-    if not any(p.name.isdigit() for p in (quickstart / "checkpoints").glob("*")):
+    if not step_folders(quickstart / CHECKPOINTS):
         train("configs/quickstart.py", quickstart)
     steps = [f"--config.total_steps={_STEPS.value}"] if _STEPS.value else []
     per_seed = {}

@@ -16,7 +16,7 @@ def load_config(spec: str | None) -> ml_collections.ConfigDict | None:
     `nf-train --config=...` reads it)."""
     if not spec:
         return None
-    from nf.configs import resolve
+    from nf.train.config_files import resolve
 
     path, sep, arg = resolve(spec).partition(":")
     if not os.path.isfile(path):

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="grain worker processes")
     p.add_argument("--read_threads", type=int, default=4, help="decoding threads per process")
     p.add_argument(
+        "--progress_every_s", type=float, default=10.0, help="seconds between progress lines (done/total, ETA)"
+    )
+    p.add_argument(
         "--fast_jpeg",
         choices=("auto", "on", "off"),
         default="auto",
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         fast_jpeg=None if args.fast_jpeg == "auto" else args.fast_jpeg == "on",
         workers=args.workers,
         read_threads=args.read_threads,
+        progress_every_s=args.progress_every_s,
     )
     out = args.out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -27,16 +27,17 @@ from nf.data.preprocessing import Preprocessing
 from nf.data.randaugment import RandAugment
 from nf.data.scenes import prepare_digit_scenes
 from nf.data.segmentation import SegmentationEvalTransform, SegmentationTrainTransform
+from nf.data.source_specs import open_source
 from nf.data.sources import (
     ArrayRecordImageSource,
     DataSourceError,
     ImageFolderSource,
     decode_record,
     encode_record,
-    open_source,
     write_arrayrecord,
 )
 from nf.data.textured_digits import prepare_textured_digits
+from nf.data.tfds_source import TfdsImageSource
 from nf.data.transforms import (
     INCEPTION_CROP_AREA,
     INCEPTION_CROP_ASPECT,
@@ -72,6 +73,7 @@ __all__ = [
     "RandAugment",
     "SegmentationEvalTransform",
     "SegmentationTrainTransform",
+    "TfdsImageSource",
     "TrainTransform",
     "VOCSource",
     "decode_image",

@@ -83,13 +83,11 @@ def write_once(
     try:
         info = write(tmp) | ({"settings": settings} if settings is not None else {})
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
-        if (out / MARKER).exists():  # another process finished first (e.g. multi-process tests)
-            return out
-        if out.exists():
-            _check_not_foreign(out, writer)
-            out.rmdir()
-        try:
-            os.replace(tmp, out)
+        try:  # another process may finish first at any point here (the loser's OSError)
+            if out.exists() and not (out / MARKER).exists():
+                _check_not_foreign(out, writer)  # FileExistsError (an OSError) unless empty
+                out.rmdir()
+            os.replace(tmp, out)  # atomic: `out` appears complete, with its marker
         except OSError:
             if not (out / MARKER).exists():
                 raise

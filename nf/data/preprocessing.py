@@ -1,5 +1,5 @@
 """The eval preprocessing of a model's weights: the crop, resampling and normalization with which
-its published (or trained) accuracy was measured. The model card stores it (nf.inference.card) and
+its published (or trained) accuracy was measured. The model card stores it (nf.data.card) and
 the eval pipeline is built from it (`nf.data.ClassificationEval`), so both read one definition.
 
 Evaluation crops (nf.data.transforms.EvalTransform does all three):

@@ -46,7 +46,7 @@ VOC_DIR, NYU_DIR = "voc", "nyu"
 _GRID = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE - 0.5  # (y, x) in [-0.5, 0.5)
 
 
-def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def scene_background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A textured RGB background (float 0..255) and its tilted-plane depth (metres)."""
     yy, xx = _GRID
     gx, gy = rng.uniform(-PLANE_SLOPE, PLANE_SLOPE, 2)
@@ -61,7 +61,7 @@ def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 200), depth.astype(np.float32)
 
 
-def _glyph_mask(glyph: np.ndarray, size: int) -> np.ndarray:
+def glyph_mask(glyph: np.ndarray, size: int) -> np.ndarray:
     """An 8x8 digit image resized (bilinear) to size x size and thresholded at half intensity."""
     return np.asarray(Image.fromarray(glyph).resize((size, size), Image.Resampling.BILINEAR)) >= 128
 
@@ -75,7 +75,7 @@ def render_scene(
     digits: [{"digit", "depth", "top", "left", "size", "glyph" (pool index), "color", "plate"}], far
     to near).
     """
-    image, depth = _background(rng)
+    image, depth = scene_background(rng)
     label = np.zeros((SIZE, SIZE), np.uint8)
     digits = []
     for _ in range(int(rng.integers(1, MAX_DIGITS + 1))):
@@ -91,7 +91,7 @@ def render_scene(
     digits.sort(key=lambda d: -d["depth"])  # painter's order: far to near
     for d in digits:
         window = np.s_[d["top"] : d["top"] + d["size"], d["left"] : d["left"] + d["size"]]
-        on = _glyph_mask(glyphs[d["glyph"]], d["size"])
+        on = glyph_mask(glyphs[d["glyph"]], d["size"])
         image[window], label[window], depth[window] = d["plate"], 0, d["depth"]  # the opaque plate
         image[window][on] = d["color"]  # the digit painted on it
         label[window][on] = d["digit"] + 1

@@ -11,7 +11,7 @@ Sources:
 
 * `ImageFolderSource(root)`: `root/<class>/<image>` (the ImageNet `train/<wnid>/*.JPEG` layout).
   Classes are the sub-folder names sorted by name; label = position in that sorted list.
-* `ArrayRecordImageSource(dir)`: shards written by `tools/make_arrayrecord.py` (format below),
+* `ArrayRecordImageSource(dir)`: shards written by `nf-make-arrayrecord` (format below),
   read through `grain.sources.ArrayRecordDataSource`.
 
 ArrayRecord record format ("NFI1", no TensorFlow, no pickle): one record per image, little-endian
@@ -39,16 +39,14 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from nf.data.source_base import DataSourceError, RecordFileSource
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 RECORD_MAGIC = b"NFI1"
 _HEADER = struct.Struct("<4sIH")  # magic, label, path length
 METADATA_FILE = "metadata.json"
 SHARD_PATTERN = "images.array_record-{index:05d}-of-{count:05d}"
-
-
-class DataSourceError(ValueError):
-    """A data source could not be built from what is on disk (message says where and why)."""
 
 
 def encode_record(image: bytes, label: int, path: str) -> bytes:
@@ -64,7 +62,7 @@ def decode_record(record: bytes) -> dict[str, Any]:
     if len(record) < _HEADER.size or record[:4] != RECORD_MAGIC:
         raise DataSourceError(
             f"ArrayRecord entry is not an NFI1 image record (starts with {bytes(record[:4])!r}); "
-            "shards must be written by tools/make_arrayrecord.py"
+            "shards must be written by nf-make-arrayrecord"
         )
     _, label, n = _HEADER.unpack_from(record)
     start = _HEADER.size
@@ -218,11 +216,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     if not directory.is_dir():
         raise DataSourceError(
             f"ArrayRecord directory {str(directory)!r} does not exist; expected the output of "
-            "`python tools/make_arrayrecord.py --src=IMAGE_FOLDER --dst=DIR`"
+            "`nf-make-arrayrecord --src=IMAGE_FOLDER --dst=DIR`"
         )
     if not meta_path.exists():
         raise DataSourceError(
-            f"{str(meta_path)!r} is missing; expected a directory written by tools/make_arrayrecord.py "
+            f"{str(meta_path)!r} is missing; expected a directory written by nf-make-arrayrecord "
             f"(it holds {len(list(directory.iterdir()))} entries)"
         )
     meta = json.loads(meta_path.read_text())
@@ -231,8 +229,8 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class ArrayRecordImageSource:
-    """ArrayRecord shards from `tools/make_arrayrecord.py` as a source of {"image", "label", "path"}.
+class ArrayRecordImageSource(RecordFileSource):
+    """ArrayRecord shards from `nf-make-arrayrecord` as a source of {"image", "label", "path"}.
 
     Args:
       directory: the `--dst` directory (holds `metadata.json` and the shards).
@@ -256,15 +254,8 @@ class ArrayRecordImageSource:
         if len(self._source) != meta["num_records"]:
             raise DataSourceError(
                 f"ArrayRecord directory {self.directory!r}: shards hold {len(self._source)} records but "
-                f"metadata.json says {meta['num_records']}; rewrite it with tools/make_arrayrecord.py"
+                f"metadata.json says {meta['num_records']}; rewrite it with nf-make-arrayrecord"
             )
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._source)
 
     def __getitem__(self, index) -> dict[str, Any]:
         record = decode_record(self._source[int(index)])
@@ -273,18 +264,6 @@ class ArrayRecordImageSource:
 
     def __repr__(self) -> str:
         return f"ArrayRecordImageSource(directory={self.directory!r}, len={len(self)}, num_classes={self.num_classes})"
-
-
-def open_source(path: str | os.PathLike, classes: Sequence[str] | None = None):
-    """An `ArrayRecordImageSource` if `path` holds `metadata.json`, else an `ImageFolderSource`."""
-    if (Path(path) / METADATA_FILE).exists():
-        source = ArrayRecordImageSource(path)
-        if classes is not None and list(classes) != source.classes:
-            raise DataSourceError(
-                f"{str(path)!r} was written with classes {source.classes[:5]}..., not the requested ones"
-            )
-        return source
-    return ImageFolderSource(path, classes=classes)
 
 
 def write_arrayrecord(

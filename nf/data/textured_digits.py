@@ -26,7 +26,7 @@ from PIL import Image
 
 from nf.data.digits import load_digit_images, split_indices, write_once
 from nf.data.scenes import SIZE as SCENE_SIZE
-from nf.data.scenes import _background, _glyph_mask
+from nf.data.scenes import glyph_mask, scene_background
 
 SIZE = 32
 DIGIT_SIZE = (16, 28)  # px, inclusive
@@ -35,14 +35,14 @@ SPLITS = {"train": 0, "test": 1}  # split -> rng stream
 
 def render_textured_digit(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One 8x8 uint8 glyph painted on a textured background: uint8 (32, 32, 3)."""
-    background, _ = _background(rng)  # float (64, 64, 3), 0..200
+    background, _ = scene_background(rng)  # float (64, 64, 3), 0..200
     image = background.reshape(SIZE, SCENE_SIZE // SIZE, SIZE, SCENE_SIZE // SIZE, 3).mean(axis=(1, 3))
     size = int(rng.integers(DIGIT_SIZE[0], DIGIT_SIZE[1] + 1))
     top, left = (int(v) for v in rng.integers(0, SIZE - size + 1, 2))
     color = rng.integers(150, 256, 3)
     color[int(rng.integers(3))] = 255  # bright: stands out from the <= 200 background
     window = image[top : top + size, left : left + size]
-    window[_glyph_mask(glyph, size)] = color
+    window[glyph_mask(glyph, size)] = color
     return np.rint(image).astype(np.uint8)
 
 

@@ -1,4 +1,4 @@
-"""`nf-small-batch --workdir=DIR` (also `python tools/small_batch.py`): paper Table 2 on embedded data.
+"""`nf-small-batch --workdir=DIR`: paper Table 2 on embedded data.
 
 Trains an NF-ResNet and its BN twin (same depths and widths: `--models`) at each of
 `--batch_sizes` for `--seeds`, the same `--epochs` at every batch size (learning rate linear in

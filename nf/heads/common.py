@@ -19,6 +19,10 @@ from nf.layers import Conv, ScaledWSConv
 from nf.layers.activations import Activation
 from nf.models.blocks import batch_norm
 
+# A dense model holds its backbone under this attribute (and parameter subtree), so the
+# classification checkpoint's tree minus its head restores into it (nf.tasks.dense, nf.train.transfer).
+BACKBONE_KEY = "backbone"
+
 
 @dataclass(frozen=True)
 class HeadStyle:

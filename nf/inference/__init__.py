@@ -6,14 +6,8 @@ prediction and export.
     logits = model(images, train=False)
 """
 
-from nf.inference.card import (
-    CARD_FILE,
-    ModelCard,
-    ModelCardError,
-    Preprocessing,
-    card_from_config,
-    nf_preprocessing,
-)
+from nf.data.card import CARD_FILE, ModelCard, card_from_config
+from nf.data.preprocessing import ModelCardError, Preprocessing, nf_preprocessing
 from nf.inference.checkpoint import WEIGHTS, load_model, model_trees, read_card, save_model, state_dir
 
 __all__ = [

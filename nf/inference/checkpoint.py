@@ -1,12 +1,16 @@
 """Model workdirs: an Orbax checkpoint in the trainer's layout plus the model card.
 
-    DIR/nf_model.json                    the card (nf.inference.card)
+    DIR/nf_model.json                    the card (nf.data.card)
     DIR/checkpoints/<step>/state         {"step", "params", "ema", "model_state"[, "opt_state"]}
 
 `save_model` writes step 0 with `ema` equal to `params` (an imported or exported model); `nf-train`
 writes the same layout with the optimizer state. `load_model` reads either: a partial restore of
 the chosen weights and the model state only, so the optimizer state is never read. Such a workdir
 is also a valid `init_from` for fine-tuning (nf.train.transfer).
+
+This module is the one place that knows the layout: the trainer's checkpoints
+(nf.train.checkpoint) and `init_from` (nf.train.transfer) find step folders and compare saved
+trees through it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from nf.inference.card import CARD_FILE, ModelCard, ModelCardError, card_from_config
-from nf.train.checkpoint import check_shapes, shape_map
+from nf.data.card import CARD_FILE, ModelCard, card_from_config
+from nf.data.preprocessing import ModelCardError
+from nf.models.pure import model_trees, with_values
 
 WEIGHTS = {"ema": "ema", "raw": "params"}  # --weights -> the saved item
+CHECKPOINTS = "checkpoints"  # a workdir's folder of step folders `<step>/state`
 
 
 def _abs(path: str | os.PathLike) -> str:
@@ -33,18 +39,71 @@ def _abs(path: str | os.PathLike) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def model_trees(model: nnx.Module) -> tuple[dict, dict]:
-    """(params, model state) of `model` as pure dicts: the trainer's checkpoint trees."""
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+def path_str(path) -> str:
+    """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
+    while the live state has int keys for list entries (nnx.List stages)."""
+    keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "".join(f"['{k}']" for k in keys)
+
+
+def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
+    """Fail, naming the paths, unless `saved` ({path: shape}) holds every wanted path with its shape
+    and nothing else; `hint` says what to do."""
+    missing = sorted(set(wanted) - set(saved))
+    extra = sorted(set(saved) - set(wanted))
+    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
+    if missing or extra or differ:
+        lines = [f"{where} holds another model than the one built:"]
+        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
+            if keys:
+                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
+                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
+        if differ:
+            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
+            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
+        lines.append(hint)
+        raise ValueError("\n".join(lines))
+
+
+def shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{path_str: shape} of a tree's leaves (arrays, ShapeDtypeStructs or orbax metadata)."""
+    return {path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def step_folders(directory: str | os.PathLike) -> dict[int, epath.Path]:
+    """The step folders `<step>` (digits only: orbax's names) of a checkpoints folder, by step;
+    empty when the folder does not exist."""
+    directory = epath.Path(directory)
+    if not directory.is_dir():
+        return {}
+    return {int(p.name): p for p in directory.iterdir() if p.name.isdigit()}
+
+
+def find_checkpoint(path: str) -> str:
+    """The `<step>/state` directory of `path` (local or gs://): a workdir, its `checkpoints` folder
+    (latest step) or one step directory."""
+    if "://" not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    root = epath.Path(path)
+    if (root / "state").is_dir():
+        return os.fspath(root / "state")
+    for folder in (root / CHECKPOINTS, root):
+        steps = [step for step, p in step_folders(folder).items() if (p / "state").is_dir()]
+        if steps:
+            return os.fspath(folder / str(max(steps)) / "state")
+    raise FileNotFoundError(
+        f"init_from={path!r} holds no checkpoint: expected a workdir with checkpoints/<step>/state, "
+        "a checkpoints folder or one <step> folder (train the classifier first, or set "
+        "--config.init_from='' to train from scratch)."
+    )
 
 
 def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -> str:
     """Writes `model` as step 0 of `workdir/checkpoints` (params = EMA) and `workdir/nf_model.json`;
     returns the checkpoint's `state` directory. Refuses a workdir that already holds checkpoints."""
     workdir = _abs(workdir)
-    directory = epath.Path(workdir) / "checkpoints"
-    if directory.exists() and any(p.name.isdigit() for p in directory.iterdir()):
+    directory = epath.Path(workdir) / CHECKPOINTS
+    if step_folders(directory):
         raise FileExistsError(f"{directory} already holds checkpoints; choose an empty --workdir (nothing written)")
     built = nnx.eval_shape(card.build_model)  # shapes only: no random init of a big model
     want, got = shape_map(model_trees(built)[0]), shape_map(model_trees(model)[0])
@@ -73,18 +132,12 @@ def save_model(model: nnx.Module, workdir: str | os.PathLike, card: ModelCard) -
 
 def state_dir(workdir: str | os.PathLike, step: int | None = None) -> str:
     """`workdir/checkpoints/<step>/state` (the latest step by default), failing with what is there."""
-    from nf.train.transfer import find_checkpoint
-
     workdir = _abs(workdir)
     if step is None:
         return find_checkpoint(workdir)
-    path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+    path = epath.Path(workdir) / CHECKPOINTS / str(step) / "state"
     if not path.is_dir():
-        steps = (
-            sorted(int(p.name) for p in (epath.Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
-            if (epath.Path(workdir) / "checkpoints").is_dir()
-            else []
-        )
+        steps = sorted(step_folders(epath.Path(workdir) / CHECKPOINTS))
         raise FileNotFoundError(f"{path} does not exist; saved steps in {workdir}: {steps or 'none'}")
     return os.fspath(path)
 
@@ -152,14 +205,6 @@ def load_trees(
     return model, card, {w: restored[WEIGHTS[w]] for w in weights}, restored.get("model_state", model_state)
 
 
-def with_values(model: nnx.Module, params: dict, model_state: dict) -> nnx.Module:
-    """A copy of `model` holding `params` and `model_state` (pure dicts of its structure)."""
-    graphdef, params_state, rest_state = nnx.split(nnx.clone(model), nnx.Param, ...)
-    nnx.replace_by_pure_dict(params_state, params)
-    nnx.replace_by_pure_dict(rest_state, model_state)
-    return nnx.merge(graphdef, params_state, rest_state)
-
-
 def load_model(
     workdir: str | os.PathLike,
     weights: str = "ema",
@@ -176,6 +221,7 @@ def load_model(
 
 __all__ = [
     "CARD_FILE",
+    "CHECKPOINTS",
     "WEIGHTS",
     "load_model",
     "load_trees",
@@ -183,5 +229,6 @@ __all__ = [
     "read_card",
     "save_model",
     "state_dir",
+    "step_folders",
     "with_values",
 ]

@@ -1,9 +1,9 @@
 """Evaluate a model workdir on an image folder or ArrayRecord source, without training.
 
-The preprocessing is the card's (nf.inference.card) through the trainer's own eval pipeline
-(nf.data.make_pipeline), and the metrics are the trainer's: its jitted eval step
-(nf.train.trainer.make_eval_step) summing the classification task's top-1 / top-5 / loss over
-the whole set (`evaluate_params`).
+The preprocessing is the card's (nf.data.card) through the trainer's own eval pipeline
+(nf.data.make_pipeline), and the metrics are the trainer's: the trainer evaluates with this
+module's eval step (`make_eval_step`, a task's eval sums of the model's outputs) and its sum over
+the whole set (`evaluate_params`); here they run the classification task's top-1 / top-5 / loss.
 """
 
 from __future__ import annotations
@@ -18,11 +18,43 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nf import data as nf_data
+from nf.data.card import ModelCard
+from nf.data.preprocessing import Preprocessing
 from nf.data.sources import METADATA_FILE
-from nf.inference.card import ModelCard, Preprocessing
 from nf.inference.checkpoint import load_trees
+from nf.inference.progress import with_progress
+from nf.models.pure import ModelFns
+from nf.tasks import Classification, Task
+
+
+def make_eval_step(fns: ModelFns, task: Task) -> Callable:
+    """`(params, model_state, batch) -> the task's eval sums` of the model's outputs (to jit)."""
+
+    def eval_step(params, model_state, batch):
+        outputs, _ = fns.apply(params, model_state, batch["image"], train=False)
+        return task.eval_sums(outputs, batch)
+
+    return eval_step
+
+
+def evaluate_params(eval_step, params, model_state, eval_batches, to_global, task: Task) -> dict[str, float]:
+    """The task's metrics of one set of weights over one pass of the eval set (every example
+    once): per-batch sums added up on the host in float64 and finalized once."""
+    totals = None
+    for batch in eval_batches():
+        sums = eval_step(params, model_state, to_global(batch))
+        sums = jax.tree.map(lambda x: np.asarray(x).astype(np.float64), sums)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    return task.finalize(totals)
+
+
+def global_batch_fn(shard: jax.sharding.Sharding) -> Callable[[dict], dict]:
+    """This process's batch -> global arrays with `shard` (its leading axis split over devices)."""
+    return lambda batch: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), batch)
 
 
 def open_eval_source(path: str, card: ModelCard):
@@ -88,14 +120,12 @@ def evaluate_workdir(
     fast_jpeg: bool | None = None,
     workers: int = 0,
     read_threads: int = 4,
+    progress_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 / loss of each of `weights` of `workdir` on `data` (default: the config's eval
     set), with the card's preprocessing at `image_size` (default the card's); returns a JSON-able
-    report with the throughput (images/s over whole passes, data pipeline included, compile not)."""
-    from nf.tasks import Classification
-    from nf.train.sharding import batch_sharding, make_mesh, replicated
-    from nf.train.trainer import ModelFns, evaluate_params, make_eval_step
-
+    report with the throughput (images/s over whole passes, data pipeline included, compile not).
+    `progress_every_s`: print done/total images, images/s and ETA of each pass that often."""
     model, card, params, model_state = load_trees(workdir, tuple(weights), step, config)
     if data is None:
         if config is None:
@@ -103,15 +133,15 @@ def evaluate_workdir(
         data = config.data.eval.format(workdir=workdir)
     preprocessing = card.preprocessing.at_size(image_size) if image_size else card.preprocessing
     source = open_eval_source(data, card)
-    mesh = make_mesh({"data": -1})
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))  # data parallel
+    batch_shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     if batch_size % mesh.size:
         raise ValueError(f"batch_size={batch_size} is not divisible by the {mesh.size} devices")
     fns = ModelFns(model)
     task = Classification(ml_collections.ConfigDict(), card.num_classes)  # its eval sums and metrics
     eval_step = jax.jit(make_eval_step(fns, task))
-    shard = batch_sharding(mesh)
-    to_global = lambda b: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), b)
-    model_state = jax.device_put(model_state, replicated(mesh))
+    to_global = global_batch_fn(batch_shard)
+    model_state = jax.device_put(model_state, replicated)
     batches = eval_batches(
         source, preprocessing, batch_size, fast_jpeg=fast_jpeg, workers=workers, read_threads=read_threads
     )
@@ -128,14 +158,18 @@ def evaluate_workdir(
     }
     first = next(iter(batches()))  # compile outside the timed passes
     t0 = time.perf_counter()
-    warm = jax.device_put(params[weights[0]], replicated(mesh))
+    warm = jax.device_put(params[weights[0]], replicated)
     jax.block_until_ready(eval_step(warm, model_state, to_global(first)))
     report["compile_seconds"] = time.perf_counter() - t0
     seconds = 0.0
     for name in weights:
-        p = jax.device_put(params[name], replicated(mesh))
+        p = jax.device_put(params[name], replicated)
+        passes = batches
+        if progress_every_s is not None:
+            real = lambda batch: int(np.sum(batch["mask"]))  # padded slots are masked out
+            passes = with_progress(batches, f"{name} weights", len(source), real, every_s=progress_every_s)
         t0 = time.perf_counter()
-        report["results"][name] = evaluate_params(eval_step, p, model_state, batches, to_global, task)
+        report["results"][name] = evaluate_params(eval_step, p, model_state, passes, to_global, task)
         seconds += time.perf_counter() - t0
     report["images_per_sec"] = len(source) * len(weights) / seconds
     return report

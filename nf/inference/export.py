@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.inference.card import ModelCard
-from nf.layers.conv_ops import lax_convs
+from nf.data.card import ModelCard
+from nf.layers import set_conv_impl
 from nf.models import inference_copy
 
 
@@ -31,10 +31,13 @@ def export_model(
     for x of shape (batch, px, px, 3) float32.
 
     `platforms` (e.g. ("cpu", "cuda", "tpu")) default to the current backend. Targets other than
-    the CPU alone are traced with `lax.conv_general_dilated` for every conv (nf.layers.conv_ops
-    routes grouped convs to CPU-specific formulations, slow on accelerators); the numbers agree
-    up to float rounding."""
+    the CPU alone are traced with `lax.conv_general_dilated` for every conv (`set_conv_impl`:
+    on the CPU, nf.layers.conv_ops routes grouped convs to CPU-specific formulations, slow on
+    accelerators); the numbers agree up to float rounding."""
+    platforms = tuple(platforms) if platforms else None
     folded = inference_copy(model)
+    if platforms is not None and set(platforms) != {"cpu"}:  # portable
+        folded = set_conv_impl(folded, "lax")
     graphdef, state = nnx.split(folded)
     state = jax.tree.map(jnp.asarray, state)
 
@@ -43,11 +46,6 @@ def export_model(
 
     shape = jax.export.symbolic_shape(f"{batch_dim}, {image_size}, {image_size}, 3")
     spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-    platforms = tuple(platforms) if platforms else None
-    portable = platforms is not None and set(platforms) != {"cpu"}
-    if portable:
-        with lax_convs():
-            return jax.export.export(jax.jit(forward), platforms=platforms)(spec)
     return jax.export.export(jax.jit(forward), platforms=platforms)(spec)
 
 

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nf.data.card import ModelCard
 from nf.data.classification import ClassificationEval
+from nf.data.preprocessing import Preprocessing
 from nf.data.sources import read_bytes
 from nf.data.transforms import normalize
-from nf.inference.card import ModelCard, Preprocessing
 from nf.models import inference_copy
 
 

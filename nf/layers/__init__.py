@@ -9,6 +9,7 @@ from nf.layers.conv import (
     ScaledWSConv,
     fold_ws,
     he_normal,
+    set_conv_impl,
     standardize_weight,
     standardize_weight_timm,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "make_divisible",
     "max_pool",
     "scaled_activation",
+    "set_conv_impl",
     "standardize_weight",
     "standardize_weight_timm",
     "stochastic_depth",

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nf.layers.conv_ops import Padding, conv2d
+from nf.layers.conv_ops import CONV_IMPLS, Padding, conv2d
 
 Initializer = Callable[..., jax.Array]
 
@@ -71,7 +71,8 @@ def ws_kernel(kernel: jax.Array, gain: jax.Array, formula: str = "deepmind", gam
 
 
 class Conv(nnx.Module):
-    """NHWC conv with HWIO kernel; `padding` is 'SAME', 'VALID' or explicit pairs."""
+    """NHWC conv with HWIO kernel; `padding` is 'SAME', 'VALID' or explicit pairs; `conv_impl`
+    the kernels it traces to (nf.layers.conv_ops: "auto", "lax" or "cpu")."""
 
     def __init__(
         self,
@@ -86,8 +87,11 @@ class Conv(nnx.Module):
         use_bias: bool = True,
         kernel_init: Initializer = HE_NORMAL,
         dtype: jnp.dtype | None = None,
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"{type(self).__name__}: conv_impl={conv_impl!r} is unknown; valid: {CONV_IMPLS}")
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if value <= 0 or value % groups:
@@ -96,6 +100,7 @@ class Conv(nnx.Module):
                 )
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.strides, self.padding, self.dilation, self.dtype = strides, padding, dilation, dtype
+        self.conv_impl = conv_impl
         shape = (kh, kw, in_features // groups, out_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
@@ -112,7 +117,15 @@ class Conv(nnx.Module):
         w = self.effective_kernel()
         if self.dtype is not None:
             x, w = x.astype(self.dtype), w.astype(self.dtype)
-        y = conv2d(x, w, strides=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        y = conv2d(
+            x,
+            w,
+            strides=self.strides,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            impl=self.conv_impl,
+        )
         return y if self.bias is None else y + self.bias[...].astype(y.dtype)
 
 
@@ -163,4 +176,17 @@ def fold_ws(model: nnx.Module) -> nnx.Module:
             node.kernel[...] = _standardize_jit(node.kernel[...], node.gain[...], node.ws_formula, node.gamma)
             node.gain[...] = jnp.ones_like(node.gain[...])  # W_hat already includes the gain
             node.folded = True
+    return model
+
+
+def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
+    """A copy of `model` whose convs (and the pools that follow their choice) trace to `impl`'s
+    kernels (nf.layers.conv_ops): "lax" for a trace meant for another backend than this one's
+    (an accelerator's compile on a CPU host, a portable export, the MAC count)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={impl!r} is unknown; valid: {CONV_IMPLS}")
+    model = nnx.clone(model)
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, Conv):
+            node.conv_impl = impl
     return model

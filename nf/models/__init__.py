@@ -8,7 +8,9 @@ from nf.models.registry import (
     RESNET_DEPTHS,
     TEST_IMAGE_SIZE,
     create_model,
+    create_model_from_dict,
     list_models,
+    model_kwargs,
     model_options,
 )
 from nf.models.resnet import ResNetV2
@@ -23,8 +25,10 @@ __all__ = [
     "NFRegNet",
     "ResNetV2",
     "create_model",
+    "create_model_from_dict",
     "inference_copy",
     "list_models",
+    "model_kwargs",
     "model_options",
     "unstack_blocks",
 ]

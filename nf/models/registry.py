@@ -2,6 +2,8 @@
 
 Each registered name is plain data: the model class, its fixed arguments and its train / test
 image sizes. Overrides are the class's keyword arguments; anything else fails with the list.
+A model description `{"name": ..., **overrides}` (a config's `model`, a model card's "model")
+builds through `create_model_from_dict`, the one way the tasks and the model card build models.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax.numpy as jnp
 from flax import nnx
 
 from nf.models.nf_regnet import NF_REGNET_VARIANTS, NFRegNet
@@ -129,6 +133,25 @@ def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None, **ov
         if key in args:
             args[key] = tuple(args[key])
     return spec.cls(**args, rngs=rngs or nnx.Rngs(seed))
+
+
+def model_kwargs(model: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A model description (`config.model`, a model card's "model") minus its name (and `exclude`)
+    as `create_model` overrides; `dtype: ""` = float32."""
+    overrides = {k: v for k, v in model.items() if k not in ("name", *exclude)}
+    if overrides.get("dtype"):
+        overrides["dtype"] = jnp.dtype(overrides["dtype"])
+    else:
+        overrides.pop("dtype", None)
+    return overrides
+
+
+def create_model_from_dict(
+    model: Mapping[str, Any], *, seed: int = 0, exclude: tuple[str, ...] = (), **extra: Any
+) -> nnx.Module:
+    """The model a description `{"name": ..., **overrides}` names (`exclude`: its keys that are not
+    model options), with `extra` options (e.g. `num_classes`) added."""
+    return create_model(model["name"], seed=seed, **model_kwargs(model, exclude), **extra)
 
 
 def list_models() -> list[str]:

@@ -113,7 +113,7 @@ class ResNetStem(nnx.Module):
         self.conv, self.pool_padding = conv, pool_padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return max_pool(self.conv(x), 3, 2, self.pool_padding)
+        return max_pool(self.conv(x), 3, 2, self.pool_padding, impl=self.conv.conv_impl)  # the conv's kernels
 
 
 class ResNetV2(ResidualNetwork):

@@ -1,9 +1,9 @@
-"""Model statistics shared by `tools/model_stats.py`, `tools/benchmark.py` and the tests.
+"""Model statistics shared by `nf-model-stats`, `tools/benchmark.py` and the tests.
 
 - `count_params`: number of `nnx.Param` scalars, from an abstract model (`nnx.eval_shape`: no
   parameter memory is allocated).
 - `forward_macs`: multiply-accumulates of the convolutions and matrix products of the forward
-  pass, read from its jaxpr (no compile; convs traced as lax's conv, `conv_ops.lax_convs`, since
+  pass, read from its jaxpr (no compile; convs traced as lax's conv, `set_conv_impl(model, "lax")`, since
   conv2d's narrow-group path is no conv or matmul): every output element of a conv costs kh*kw*cin/groups,
   of a matmul the contracted size; scan bodies count once per iteration. This is the convention of
   published figures (NFNet-F0: 12.38B at 256px) and counts padded positions like any other.
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jex_core
 
-from nf.layers import conv_ops
+from nf.layers import set_conv_impl
 
 ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
@@ -149,15 +149,16 @@ def forward_macs(
 ) -> int:
     """Conv + matmul multiply-accumulates of one forward pass (see the module docstring)."""
     graphdef, variables, rest = abstract_model(model)
+    lax_model = set_conv_impl(nnx.merge(graphdef, variables, rest), "lax")  # every conv as a conv
     if in_channels is None:
-        in_channels = getattr(nnx.merge(graphdef, variables, rest), "in_channels", 3)
+        in_channels = getattr(lax_model, "in_channels", 3)
+    graphdef, variables, rest = nnx.split(lax_model, nnx.Variable, ...)
 
     def forward(variables, x):
         return nnx.merge(graphdef, variables, rest)(x, train=train)
 
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
-    with conv_ops.lax_convs():  # every conv as a conv, however conv2d would run it
-        return jaxpr_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
+    return jaxpr_macs(jax.make_jaxpr(forward)(variables, x).jaxpr)
 
 
 def model_stats(name: str, image_sizes: tuple[int, ...] | None = None, **overrides: Any) -> dict:

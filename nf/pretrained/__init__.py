@@ -12,7 +12,7 @@ from typing import Any
 
 from flax import nnx
 
-from nf.inference.card import Preprocessing
+from nf.data.preprocessing import Preprocessing
 
 SOURCES = ("deepmind", "timm")
 

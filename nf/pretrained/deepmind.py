@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.inference.card import Preprocessing
+from nf.data.preprocessing import Preprocessing
 from nf.models import MODELS
+from nf.pretrained.catalog import DEEPMIND_CHECKPOINTS
 from nf.pretrained.convert import ParamFiller, build, stage_of
 from nf.pretrained.unpickle import load_haiku_params
 
@@ -40,17 +41,6 @@ NETWORK_MODULES: dict[str, tuple] = {
 PARAM_NAMES = {"w": "kernel", "gain": "gain", "bias": "bias", "b": "bias", "skip_gain": "skip_gain"}
 HEAD = ("head",)
 
-# The released files (DeepMind nfnets README): eval resolution and ImageNet top-1 (F6 with SAM).
-RELEASED: dict[str, dict[str, Any]] = {
-    "F0": dict(top1=83.6),
-    "F1": dict(top1=84.7),
-    "F2": dict(top1=85.1),
-    "F3": dict(top1=85.7),
-    "F4": dict(top1=85.9),
-    "F5": dict(top1=86.0),
-    "F6": dict(top1=86.5),
-}
-
 _BLOCK = re.compile(r"nf_block(?:_(\d+))?(?:/~/(.+))?")
 
 
@@ -58,8 +48,8 @@ def model_name(variant: str) -> str:
     """DeepMind's variant name ('F0', 'f0', 'nfnet_f0') -> nf's registry name."""
     v = variant.lower().removeprefix("nfnet_")
     name = f"nfnet_{v}"
-    if name not in MODELS or v.upper() not in RELEASED:
-        raise ValueError(f"Unknown DeepMind NFNet variant {variant!r}; released: {sorted(RELEASED)}")
+    if name not in MODELS or v.upper() not in DEEPMIND_CHECKPOINTS:
+        raise ValueError(f"Unknown DeepMind NFNet variant {variant!r}; released: {sorted(DEEPMIND_CHECKPOINTS)}")
     return name
 
 
@@ -78,7 +68,7 @@ def model_options(variant: str) -> dict[str, Any]:
 def catalog_entry(variant: str) -> dict[str, Any]:
     """The released file's published figures."""
     model_name(variant)  # validates the name
-    return dict(RELEASED[variant.upper().removeprefix("NFNET_")])
+    return dict(DEEPMIND_CHECKPOINTS[variant.upper().removeprefix("NFNET_")])
 
 
 def _nf_path(module: str, depths: tuple[int, ...]) -> tuple[tuple[int, int] | None, tuple]:

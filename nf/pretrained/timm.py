@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from nf.inference.card import Preprocessing
+from nf.data.preprocessing import Preprocessing
 from nf.models import NFNet, NFRegNet, ResNetV2
 from nf.pretrained.catalog import TIMM_CHECKPOINTS
 from nf.pretrained.convert import ParamFiller, block_slot, build
@@ -81,7 +81,9 @@ def model_name(name: str) -> str:
     """timm's model name (optionally with its pretrained tag, 'eca_nfnet_l0.ra2_in1k') -> nf's."""
     base = name.split(".")[0]
     if base not in TIMM_CHECKPOINTS:
-        raise ValueError(f"Unknown timm NF checkpoint {name!r}; released: {sorted(TIMM_CHECKPOINTS)}")
+        raise ValueError(
+            f"Unknown timm NF checkpoint {name!r}; released: {sorted(TIMM_CHECKPOINTS)} (nf-import --list)"
+        )
     return TIMM_CHECKPOINTS[base]["nf_name"]
 
 

@@ -19,30 +19,18 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from nf.models.registry import model_kwargs
 from nf.tasks.data import TrainData
 
 if TYPE_CHECKING:
-    from nf.inference.card import ModelCard
+    from nf.data.card import ModelCard
 
 Batch = Mapping[str, jax.Array]
 
-MODEL_KEYS_NOT_OVERRIDES = ("name",)
-
 
 def model_overrides(config: ml_collections.ConfigDict, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`config.model` minus its name (and `exclude`) as registry overrides; `dtype: ""` = float32."""
+    """`config.model` minus its name (and `exclude`) as registry overrides (nf.models.model_kwargs)."""
     return model_kwargs(config.model, exclude)
-
-
-def model_kwargs(model: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A model description (`config.model`, a model card's "model") minus its name (and `exclude`)
-    as registry overrides; `dtype: ""` = float32."""
-    overrides = {k: v for k, v in model.items() if k not in MODEL_KEYS_NOT_OVERRIDES + exclude}
-    if overrides.get("dtype"):
-        overrides["dtype"] = jnp.dtype(overrides["dtype"])
-    else:
-        overrides.pop("dtype", None)
-    return overrides
 
 
 def random_images(rng: np.random.Generator, batch_size: int, image_size: int, channels: int) -> np.ndarray:
@@ -93,7 +81,7 @@ class Task(abc.ABC):
         """Eval metrics from the statistics summed over the whole eval set."""
 
     def model_card(self, class_names: list[str] | None, source: Mapping[str, Any]) -> ModelCard | None:
-        """The self-describing card (nf.inference.card) the trainer writes into the workdir, so
+        """The self-describing card (nf.data.card) the trainer writes into the workdir, so
         nf-eval / nf-predict / nf-export / init_from need no config; None (the default): this
         task's models are not served by those tools. `source` records where the weights came from."""
         return None

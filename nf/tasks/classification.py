@@ -14,9 +14,10 @@ import optax
 from flax import nnx
 
 from nf import data as nf_data
+from nf.data.card import ModelCard, card_from_config
 from nf.data.preprocessing import nf_preprocessing
-from nf.inference.card import ModelCard, card_from_config
-from nf.tasks.base import Task, model_overrides, random_images
+from nf.models.registry import create_model_from_dict
+from nf.tasks.base import Task, random_images
 from nf.tasks.data import TrainData, loader_settings, on_corrupt, prepare, resolve
 
 
@@ -64,9 +65,10 @@ class Classification(Task):
         `data.eval_crop`) crop at `data.eval_image_size` for evaluation."""
         cfg = config.data
         prepare(cfg, workdir)
-        train_source = nf_data.open_source(resolve(cfg.train, workdir))
+        tfds_dir = cfg.get("tfds_data_dir") or None  # for "tfds:NAME:SPLIT" sources (nf.data.tfds_source)
+        train_source = nf_data.open_source(resolve(cfg.train, workdir), tfds_data_dir=tfds_dir)
         classes = getattr(train_source, "classes", None)
-        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes)
+        eval_source = nf_data.open_source(resolve(cfg.eval, workdir), classes=classes, tfds_data_dir=tfds_dir)
         num_classes, corrupt = train_source.num_classes, on_corrupt(config)
         augment = nf_data.ClassificationTrain(
             cfg.image_size,
@@ -91,7 +93,7 @@ class Classification(Task):
         return TrainData(train_source.num_classes, len(train_source), train_iter, eval_batches, names)
 
     def model_card(self, class_names: list[str] | None, source: Mapping[str, Any]) -> ModelCard:
-        """The model, classes and the eval preprocessing (nf.inference.card)."""
+        """The model, classes and the eval preprocessing (nf.data.card)."""
         return card_from_config(self.config, self.num_classes, class_names, source)
 
     def synthetic_batch(self, batch_size, image_size, channels, seed=0):
@@ -101,11 +103,7 @@ class Classification(Task):
         return {"image": images, "label": rng.integers(0, self.num_classes, batch_size, dtype=np.int32)}
 
     def build_model(self) -> nnx.Module:
-        from nf.models import create_model
-
-        return create_model(
-            self.config.model.name, seed=self.config.seed, num_classes=self.num_classes, **model_overrides(self.config)
-        )
+        return create_model_from_dict(self.config.model, seed=self.config.seed, num_classes=self.num_classes)
 
     def loss(self, outputs, batch):
         value = loss(outputs, batch, self.config.optimizer.label_smoothing)

@@ -21,8 +21,6 @@ from nf.heads.fcn import skip_stages
 from nf.models.network import ResidualNetwork
 from nf.models.registry import create_model
 
-BACKBONE_KEY = "backbone"  # the attribute (and parameter subtree) holding the backbone
-
 
 class DenseModel(nnx.Module):
     """`backbone.features(x) -> head -> bilinear resize to x's height and width`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,44 +15,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from nf.train import checkpoint_health
+from nf.inference.checkpoint import check_shapes, shape_map
+from nf.train import checkpoint_health, disk_space
 from nf.train.checkpoint_health import DATA_FILE
-
-
-def path_str(path) -> str:
-    """`['stages']['0']['kernel']`: every key as a string, since orbax's metadata keys are strings
-    while the live state has int keys for list entries (nnx.List stages)."""
-    keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    return "".join(f"['{k}']" for k in keys)
-
-
-def check_shapes(where: str, saved: dict[str, tuple], wanted: dict[str, tuple], hint: str) -> None:
-    """Fail, naming the paths, unless `saved` ({path: shape}) holds every wanted path with its shape
-    and nothing else; `hint` says what to do."""
-    missing = sorted(set(wanted) - set(saved))
-    extra = sorted(set(saved) - set(wanted))
-    differ = sorted(k for k in set(wanted) & set(saved) if tuple(saved[k]) != tuple(wanted[k]))
-    if missing or extra or differ:
-        lines = [f"{where} holds another model than the one built:"]
-        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", extra)):
-            if keys:
-                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
-                lines.append(f"  {title}: " + "; ".join(keys[:10]) + more)
-        if differ:
-            shown = [f"{k} {tuple(saved[k])} vs {tuple(wanted[k])}" for k in differ[:10]]
-            lines.append("  shape differs (checkpoint vs model): " + "; ".join(shown))
-        lines.append(hint)
-        raise ValueError("\n".join(lines))
-
-
-def shape_map(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{path_str: shape} of a tree's leaves (arrays, ShapeDtypeStructs or orbax metadata)."""
-    return {path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text[:300]}"
+from nf.train.checkpoint_health import first_line as _first_line
 
 
 class CheckpointDamagedError(RuntimeError):
@@ -86,11 +54,18 @@ class Checkpoints:
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=True,
+            # In the background worker the step's directories are made before orbax returns: a
+            # failure there (the folder removed or replaced) then fails this save, re-raised at the
+            # next one. Orbax's asynchronous creation would leave the save waiting for a signal
+            # that never comes (orbax 0.12.8: the loop hangs at the next save).
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=not background),
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if background else None
         self._pending: Future | None = None
+        self._saving: tuple[int, int] | None = None  # (step, estimated bytes) of the last save started
+        self._disk_full = False
 
     def latest_step(self) -> int | None:
         self._join()
@@ -104,8 +79,13 @@ class Checkpoints:
         if not (force or self.due(step)):
             return False
         self._join()  # one save at a time, in step order; re-raises a failed background save
+        needed = disk_space.checkpoint_estimate(self.directory, self.manager.latest_step(), state)
+        if jax.process_index() == 0:
+            disk_space.warn_if_short(self.directory, step, needed)
+        self._saving = (step, needed)
         if self._worker is None:
-            return self._save(step, state, data_iter)
+            with self._disk_full_as_one_error():
+                return self._save(step, state, data_iter)
         snapshot = jax.device_put(state, may_alias=False)  # a buffer copy: same shardings, nothing to compile
         iterator = _IteratorSnapshot(data_iter.get_state()) if data_iter is not None else None
         self._pending = self._worker.submit(self._save, step, snapshot, iterator)
@@ -120,7 +100,26 @@ class Checkpoints:
     def _join(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            with self._disk_full_as_one_error():
+                pending.result()
+
+    @contextlib.contextmanager
+    def _disk_full_as_one_error(self):
+        """ENOSPC from a save (raised by Orbax here or by its threads) -> one `DiskFullError`
+        naming the workdir, the bytes needed and free and the last intact step; the failed save's
+        temporary folder is removed (it is never read and only takes space)."""
+        try:
+            yield
+        except Exception as e:
+            if not disk_space.is_disk_full(e) or self._disk_full:
+                raise
+            self._disk_full = True
+            step, needed = self._saving or (None, 0)
+            if step is not None and jax.process_index() == 0:
+                disk_space.remove_unfinished_save(self.directory, step)
+            raise disk_space.DiskFullError(
+                errno.ENOSPC, disk_space.disk_full_message(self.directory, step, needed)
+            ) from e
 
     def check_compatible(self, step: int, abstract_state: Any, saved: Any = None) -> None:
         """Fail, naming the differing parameter paths, when the saved state has another architecture
@@ -245,11 +244,13 @@ class Checkpoints:
 
     def wait(self) -> None:
         self._join()
-        self.manager.wait_until_finished()
+        with self._disk_full_as_one_error():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         try:
-            self.wait()
+            if not self._disk_full:  # after a full disk, reported once: nothing more to wait for
+                self.wait()
         finally:
             if self._worker is not None:
                 self._worker.shutdown()

@@ -14,6 +14,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from nf.layers.conv_ops import CONV_IMPLS
 from nf.tasks import task_class
 
 # Dotted key -> the smallest valid value (None: any value of the right kind).
@@ -30,6 +31,7 @@ KEYS: dict[str, float | None] = {
     "profile_steps": 0,
     "spp_after_training": None,
     "fsdp_min_size": 0,
+    "conv_impl": None,  # the convs' kernels: "auto" (by backend), "lax" or "cpu" (nf.layers.conv_ops)
     "init_from": None,
     "init_from_params": None,
     "freeze_backbone": None,  # fine-tuning: the backbone gets no updates
@@ -45,6 +47,7 @@ KEYS: dict[str, float | None] = {
     "data.path": None,
     "data.train": None,
     "data.eval": None,
+    "data.tfds_data_dir": None,  # where "tfds:NAME:SPLIT" datasets are prepared (nf.data.tfds_source)
     "data.train_split": None,
     "data.eval_split": None,
     "data.mask_dir": None,
@@ -127,5 +130,7 @@ def validate(config: Mapping[str, Any]) -> None:
             continue
         if value < low:
             problems.append(f"config.{key}={value!r} is out of range: it must be >= {low:g}")
+    if flat.get("conv_impl", "auto") not in CONV_IMPLS:
+        problems.append(f"config.conv_impl={flat['conv_impl']!r} is unknown; valid: {', '.join(CONV_IMPLS)}")
     if problems:
         raise ConfigKeyError("Invalid config: " + "; ".join(problems) + ". Fix the config file or --config flag.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -19,10 +19,12 @@ REMOTE_UPLOAD_EVERY_S = 60.0  # object stores cannot append: metrics.jsonl is re
 class MetricLogger:
     """Writes `{split}/{name}` scalars to clu (TensorBoard + log) and `{step, split, ...}` lines to
     `workdir/metrics.jsonl`. Only process 0 writes files. On an object store (gs://...), which
-    cannot append, the whole file is re-uploaded at most every minute and at `flush`."""
+    cannot append, the whole file is re-uploaded at most every minute and at `flush`. `console`
+    (`nf.train.console.TrainConsole.write`) gets every record too, for the lines people read."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, console: Callable[[int, str, Mapping[str, float]], None] | None = None):
         self.is_writer = jax.process_index() == 0
+        self.console = console
         self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer, asynchronous=True)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self._remote = "://" in workdir
@@ -59,6 +61,8 @@ class MetricLogger:
     def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
         self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in values.items()})
+        if self.console is not None:
+            self.console(step, split, values)
         if not self.is_writer:
             return
         line = json.dumps({"step": int(step), "split": split, **values}) + "\n"

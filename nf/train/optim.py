@@ -10,32 +10,15 @@ a rank-4 kernel. Gains, biases and skip gains (unit rank <= 1) get no weight dec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+
+from nf.models.pure import LeafInfo
 
 PyTree = Any
-
-
-class LeafInfo(NamedTuple):
-    """Structural facts about one parameter leaf."""
-
-    stack_axes: int  # leading axes that index scanned blocks
-    unit_rank: int  # rank of one block's tensor
-    classifier: bool  # the final linear layer
-
-
-def leaf_info(params: nnx.State) -> PyTree:
-    """A pure-dict tree of LeafInfo with the structure of `nnx.to_pure_dict(params)`."""
-
-    def info(v: nnx.Variable) -> LeafInfo:
-        stack = v.get_metadata().get("stack_axes", 0)
-        return LeafInfo(stack, len(v.shape) - stack, bool(v.get_metadata().get("classifier", False)))
-
-    return nnx.to_pure_dict(jax.tree.map(info, params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
 def decay_mask(info: PyTree) -> PyTree:

@@ -27,34 +27,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from nf.tasks.dense import BACKBONE_KEY
-from nf.train.checkpoint import check_shapes, path_str
-from nf.train.optim import LeafInfo
+from nf.heads import BACKBONE_KEY
+from nf.inference.checkpoint import check_shapes, find_checkpoint, path_str
+from nf.models.pure import LeafInfo
 
 PARAM_SOURCES = ("ema", "raw")  # which saved weights initialize the backbone
-
-
-def find_checkpoint(path: str) -> str:
-    """The `<step>/state` directory of `path` (local or gs://): a workdir, its `checkpoints` folder
-    (latest step) or one step directory."""
-    if "://" not in path:
-        path = os.path.abspath(os.path.expanduser(path))
-    root = epath.Path(path)
-    if (root / "state").is_dir():
-        return os.fspath(root / "state")
-    for folder in (root / "checkpoints", root):
-        steps = [
-            int(p.name)
-            for p in (folder.iterdir() if folder.is_dir() else [])
-            if p.name.isdigit() and (p / "state").is_dir()
-        ]
-        if steps:
-            return os.fspath(folder / str(max(steps)) / "state")
-    raise FileNotFoundError(
-        f"init_from={path!r} holds no checkpoint: expected a workdir with checkpoints/<step>/state, "
-        "a checkpoints folder or one <step> folder (train the classifier first, or set "
-        "--config.init_from='' to train from scratch)."
-    )
 
 
 def check_init_from(init_from: str, workdir: str) -> None:

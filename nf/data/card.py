@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etils import epath
+from flax import nnx
 
 from nf.data.preprocessing import ModelCardError, Preprocessing, card_error, check_keys, nf_preprocessing
+from nf.models.registry import create_model_from_dict
 
 CARD_FILE = "nf_model.json"
 
@@ -110,12 +112,9 @@ class ModelCard:
             )
         return cls.from_json(path.read_text(), os.fspath(path))
 
-    def build_model(self, seed: int = 0):
-        """The untrained `nnx.Module` this card describes (nf.models.create_model)."""
-        from nf.models import create_model
-        from nf.tasks.base import model_kwargs
-
-        return create_model(self.name, seed=seed, num_classes=self.num_classes, **model_kwargs(self.model))
+    def build_model(self, seed: int = 0) -> nnx.Module:
+        """The untrained `nnx.Module` this card describes (nf.models.create_model_from_dict)."""
+        return create_model_from_dict(self.model, seed=seed, num_classes=self.num_classes)
 
 
 def _jsonable(value: Any) -> Any:
