@@ -1,7 +1,8 @@
 """Per-example image transforms (numpy + PIL, picklable) and batch-level MixUp/CutMix.
 
 paper App. A. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
-the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
+the eval centre crop) -> horizontal flip -> resize to px (OpenCV: area averaging when shrinking,
+bicubic otherwise; `nf.data.decode`) -> normalize. Eval: either
 "center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
 "resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
 (timm: resize the short side to floor(px/crop_pct) keeping the aspect, then centre crop px).
@@ -37,6 +38,8 @@ import grain
 import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
+
+from nf.data import decode
 
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
@@ -140,6 +143,9 @@ def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = No
 def normalize(image: np.ndarray, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB) -> np.ndarray:
     """uint8/float RGB -> float32 `(x - mean) / std`, by default the ImageNet statistics (x in 0..255)."""
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim >= 2 and image.shape[-1] == 3 and mean.size == std.size == 3:
+        return decode.lookup(image, decode.normalize_table(mean, std))  # bit-identical, one pass
     return ((np.asarray(image, np.float32) - mean) / std).astype(np.float32)
 
 
@@ -279,7 +285,11 @@ class _ImageTransform:
 
 
 class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
-    """Decode -> Inception crop -> random horizontal flip -> bicubic resize (uint8 RGB out).
+    """Decode -> Inception crop -> random horizontal flip -> resize (uint8 RGB out).
+
+    JPEGs are decoded by libjpeg-turbo and resized by OpenCV (area averaging when shrinking,
+    bicubic otherwise; `nf.data.decode`), other files by PIL; the crop box and flip draws are
+    those of `inception_crop_box` and `rng.random() < 0.5`, in that order.
 
     Args:
       image_size: output side px.
@@ -287,7 +297,7 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         `area_range=(1, 1), aspect_range=(1, 1)` for a plain resize of square images.
       hflip: random left-right flip with p=0.5 (turn off for e.g. digits).
       on_corrupt: "error" (raise naming the file) or "skip" (warn naming the file, mark it).
-      fast_jpeg: decode JPEGs at a reduced DCT scale when the crop is much larger than px.
+      fast_jpeg: decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the crop stays >= px.
     """
 
     def __init__(
@@ -312,9 +322,10 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         self.hflip = hflip
 
     def _image(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-        path = record.get("path", "<bytes>")
-        img = open_image(record["image"], path, record.get("read_error"))
-        width, height = img.size
+        path, data, read_error = record.get("path", "<bytes>"), record["image"], record.get("read_error")
+        header = None if read_error or not data else decode.jpeg_header(data)
+        img = open_image(data, path, read_error) if header is None else None
+        width, height = img.size if header is None else (header.width, header.height)
         px = self.image_size
         box = inception_crop_box(
             width,
@@ -325,12 +336,27 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
             attempts=self.attempts,
             fallback_fraction=px / (px + CROP_PADDING),
         )
-        if self.fast_jpeg:
-            img, box = _draft_for_box(img, box, px)
-        image = _crop_resize(img, box, px, path)
-        if self.hflip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return image
+        flip = self.hflip and rng.random() < 0.5
+        array = self._decode_fast(data, header, box) if header is not None else None
+        if array is None:  # not a YCbCr/grayscale JPEG, or libjpeg-turbo refused it: PIL decides
+            img = img or open_image(data, path, read_error)
+            if self.fast_jpeg:
+                img, box = _draft_for_box(img, box, px)
+            array = np.asarray(_to_rgb(img, path))
+        else:
+            sx, sy = array.shape[1] / width, array.shape[0] / height  # 1, or a DCT reduction's
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        image = decode.crop_resize(array, box, px)
+        return image[:, ::-1] if flip else image
+
+    def _decode_fast(self, data: bytes, header: decode.JpegHeader, box: Box) -> np.ndarray | None:
+        reduction = decode.dct_reduction(box, self.image_size) if self.fast_jpeg else 1
+        try:
+            array = decode.decode_jpeg(data, header, reduction)
+        except ValueError:  # damaged, or a libjpeg warning PIL tolerates: PIL decodes or names the error
+            return None
+        _last_conversion.code = 0 if header.conversion is None else 1 + CONVERSIONS.index(header.conversion)
+        return array
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         return self._guard(self._image, record, rng)
