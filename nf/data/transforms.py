@@ -455,6 +455,38 @@ def cutmix_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, 
     return y0, y1, x0, x1
 
 
+def _mix_split(n: int, mixup_alpha: float, cutmix: bool) -> int:
+    """Rows [0, split) get MixUp, rows [split, n) CutMix (`mix_batch`)."""
+    if mixup_alpha > 0 and cutmix:
+        return n // 2
+    return n if mixup_alpha > 0 else 0
+
+
+def _mix_into(
+    images: np.ndarray, source: np.ndarray, targets: np.ndarray, rng: np.random.Generator, split: int, alpha: float
+) -> None:
+    """`mix_batch` of `source` written into `images` (a copy of it, float32 or uint8; uint8: MixUp
+    mixtures rounded to nearest, which stay in 0..255), `targets` mixed in place."""
+    n = images.shape[0]
+    if split > 0:
+        y = targets[:split].copy()
+        r = rng.beta(alpha, alpha, size=split).astype(np.float32)
+        x = source[:split]
+        mixed = np.multiply(x, r[:, None, None, None], dtype=np.float32)
+        mixed += np.multiply(x[::-1], (1 - r)[:, None, None, None], dtype=np.float32)
+        images[:split] = np.rint(mixed, out=mixed) if images.dtype == np.uint8 else mixed
+        targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
+    if split < n:
+        xp, y = source[split:][::-1], targets[split:].copy()
+        yp = y[::-1]
+        h, w = images.shape[1:3]
+        for k in range(n - split):
+            y0, y1, x0, x1 = cutmix_box(h, w, rng)
+            images[split + k, y0:y1, x0:x1] = xp[k, y0:y1, x0:x1]
+            pasted = (y1 - y0) * (x1 - x0) / (h * w)
+            targets[split + k] = (1 - pasted) * y[k] + pasted * yp[k]
+
+
 def mix_batch(
     images: np.ndarray,
     targets: np.ndarray,
@@ -471,31 +503,29 @@ def mix_batch(
     partner. Targets (one-hot or already soft, rows sum to 1) mix with the same weights, for
     CutMix the exact pasted area fraction, so each row still sums to 1.
 
-    Returns new (images, targets); inputs are not modified.
+    Returns new float32 (images, targets); inputs are not modified.
     """
-    images = np.array(images, np.float32, copy=True)
-    targets = np.array(targets, np.float32, copy=True)
-    n = images.shape[0]
-    if mixup_alpha > 0 and cutmix:
-        split = n // 2
-    elif mixup_alpha > 0:
-        split = n
-    elif cutmix:
-        split = 0
-    else:
-        return images, targets
-    if split > 0:
-        x, y = images[:split], targets[:split]
-        r = rng.beta(mixup_alpha, mixup_alpha, size=split).astype(np.float32)
-        images[:split] = r[:, None, None, None] * x + (1 - r)[:, None, None, None] * x[::-1]
-        targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
-    if split < n:
-        x, y = images[split:].copy(), targets[split:].copy()
-        xp, yp = x[::-1], y[::-1]
-        h, w = x.shape[1:3]
-        for k in range(n - split):
-            y0, y1, x0, x1 = cutmix_box(h, w, rng)
-            images[split + k, y0:y1, x0:x1] = xp[k, y0:y1, x0:x1]
-            pasted = (y1 - y0) * (x1 - x0) / (h * w)
-            targets[split + k] = (1 - pasted) * y[k] + pasted * yp[k]
+    source = np.asarray(images, np.float32)
+    images, targets = source.copy(), np.array(targets, np.float32, copy=True)
+    _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
+    return images, targets
+
+
+def mix_batch_uint8(
+    images: np.ndarray,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mixup_alpha: float = 0.0,
+    cutmix: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`mix_batch` of uint8 images with the mixtures rounded to uint8, computed without a float32
+    copy of the batch: equal to `np.clip(np.rint(mix_batch(images, ...)[0]), 0, 255)` (the same
+    draws, the same float32 arithmetic) for the RandAugment that follows in the NFNet recipe.
+
+    Returns new (uint8 images, float32 targets); inputs are not modified.
+    """
+    source = np.asarray(images, np.uint8)
+    images, targets = source.copy(), np.array(targets, np.float32, copy=True)
+    _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
     return images, targets
