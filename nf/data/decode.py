@@ -106,6 +106,11 @@ def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+def flip_left_right(image: np.ndarray) -> np.ndarray:
+    """`image[:, ::-1]` as a new contiguous array (OpenCV: ~50x faster than numpy's strided copy)."""
+    return cv2.flip(image, 1)
+
+
 def normalize_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(1, 256, 3) float32 table of `(v - mean) / std` for v = 0..255, computed as numpy does it
     elementwise, so a lookup is bit-identical to the arithmetic."""

@@ -347,7 +347,7 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
             sx, sy = array.shape[1] / width, array.shape[0] / height  # 1, or a DCT reduction's
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         image = decode.crop_resize(array, box, px)
-        return image[:, ::-1] if flip else image
+        return decode.flip_left_right(image) if flip else image
 
     def _decode_fast(self, data: bytes, header: decode.JpegHeader, box: Box) -> np.ndarray | None:
         reduction = decode.dct_reduction(box, self.image_size) if self.fast_jpeg else 1
