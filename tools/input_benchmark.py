@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,10 @@ def benchmark(args) -> dict:
             for key in ("images_per_sec", "images_per_cpu_sec"):
                 a, b = one_core["nf"][key], one_core[other][key]
                 result[f"nf_over_{other}_{key}"] = a / b if a and b else None
+    if args.candidates:
+        result["candidates_one_core"] = measure_candidates(args, settings["image_size"])
+    if args.profile:
+        result["profile"] = profile_nf(args, settings)
     if args.scaling:
         all_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
         counts = range(1, len(os.sched_getaffinity(0)) + 1)
@@ -231,6 +236,109 @@ def benchmark(args) -> dict:
             "workers": {n: _child(args, "nf", sys.executable, REPO, settings, all_cpus, workers=n) for n in counts},
         }
     return result
+
+
+def _candidates(px: int):
+    """Per-image decode (+ crop + resize to px) candidates for the train transform: name -> fn(bytes, box)."""
+    import io
+
+    import cv2
+    import numpy as np
+    import simplejpeg
+    from PIL import Image
+
+    from nf.data import decode
+    from nf.data import transforms as T
+
+    bicubic = Image.Resampling.BICUBIC
+
+    def pil_draft(data, box):  # nf before this change
+        img, b = T._draft_for_box(Image.open(io.BytesIO(data)), box, px)
+        return np.asarray(img.convert("RGB").resize((px, px), bicubic, box=b))
+
+    def simplejpeg_pil(data, box):
+        return np.asarray(Image.fromarray(simplejpeg.decode_jpeg(data, "RGB")).resize((px, px), bicubic, box=box))
+
+    def simplejpeg_cv2(data, box):  # nf now
+        return decode.crop_resize(decode.decode_jpeg(data, decode.jpeg_header(data)), box, px)
+
+    def cv2_cv2(data, box):
+        return decode.crop_resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB), box, px)
+
+    def cv2_reduced_2(data, box):  # half-resolution decode whatever the crop (changes the images)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)[..., ::-1]
+        return cv2.resize(image[box[1] // 2 : box[3] // 2, box[0] // 2 : box[2] // 2], (px, px))
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    @tf.function
+    def tf_crop_resize(data, window):
+        image = tf.io.decode_and_crop_jpeg(data, window, channels=3)
+        return tf.cast(tf.round(tf.image.resize(image, (px, px), "bicubic", antialias=True)), tf.uint8)
+
+    def tf_function(data, box):
+        window = tf.constant([box[1], box[0], box[3] - box[1], box[2] - box[0]], tf.int32)
+        return tf_crop_resize(tf.constant(data), window).numpy()
+
+    return {
+        "pil_draft+pil_resize (nf before)": pil_draft,
+        "simplejpeg+pil_resize": simplejpeg_pil,
+        "simplejpeg+cv2_area/cubic (nf now)": simplejpeg_cv2,
+        "cv2.imdecode+cv2_area/cubic": cv2_cv2,
+        "cv2 IMREAD_REDUCED_COLOR_2+resize": cv2_reduced_2,
+        "tf.function decode_and_crop+resize per image": tf_function,
+        "decode only: PIL": lambda data, box: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
+        "decode only: simplejpeg": lambda data, box: simplejpeg.decode_jpeg(data, "RGB"),
+        "decode only: cv2": lambda data, box: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB),
+    }
+
+
+def measure_candidates(args, px: int) -> dict:
+    """Images per CPU-second of each `_candidates` entry on this process's first core, interleaved."""
+    import numpy as np
+
+    from nf.data import decode
+    from nf.data import transforms as T
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    files = sorted(p for p in Path(args.data).glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg"))
+    encoded = [p.read_bytes() for p in files]
+    rng = np.random.default_rng(0)
+    boxes = []
+    for data in encoded:
+        header = decode.jpeg_header(data)
+        boxes.append(T.inception_crop_box(header.width, header.height, rng, fallback_fraction=px / (px + 32)))
+    candidates = _candidates(px)
+    rates: dict[str, list[float]] = {name: [] for name in candidates}
+    for r in range(args.rounds):
+        for name in list(candidates) if r % 2 == 0 else list(candidates)[::-1]:
+            cpu = time.process_time()
+            for data, box in zip(encoded, boxes):
+                candidates[name](data, box)
+            rates[name].append(len(encoded) / (time.process_time() - cpu))
+    return {name: {"images_per_cpu_sec": statistics.median(v), "rounds": v} for name, v in rates.items()}
+
+
+def profile_nf(args, settings: dict) -> list[dict]:
+    """cProfile of nf's batches computed in this thread: the functions with the most own time."""
+    import cProfile
+    import pstats
+
+    from nf.data import make_dataset, open_source
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    batches = make_dataset(open_source(args.data), train=True, batch_size=args.batch_size, seed=0, **settings)
+    batches[0]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(1, args.batches + 1):
+        batches[i]
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = sum(v[2] for v in stats.values())
+    rows = sorted(((v[2], f"{k[0].split('/')[-1]}:{k[1]}({k[2]})") for k, v in stats.items()), reverse=True)
+    return [{"function": name, "share_of_own_time": t / total} for t, name in rows[:12]]
 
 
 def _git(*cmd: str) -> str:
@@ -249,6 +357,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--scaling", action="store_true", help="also nf on all cores: threads and workers")
+    parser.add_argument("--candidates", action="store_true", help="also per-image decode/resize candidates")
+    parser.add_argument("--profile", action="store_true", help="also the functions taking nf's time (cProfile)")
     parser.add_argument("--json", nargs="?", const="-", help="write the result as JSON (to a path, or stdout)")
     parser.add_argument("--write_data", help="write --num_images photo-like JPEGs into this folder and exit")
     parser.add_argument("--num_images", type=int, default=320)
@@ -276,7 +386,7 @@ def main(argv=None) -> None:
             or (_git("-C", args.baseline_tree, "rev-parse", "HEAD") or args.baseline_tree)
             if args.baseline_tree
             else None,
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(),
         }
