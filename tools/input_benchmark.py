@@ -224,10 +224,12 @@ def benchmark(args) -> dict:
             for key in ("images_per_sec", "images_per_cpu_sec"):
                 a, b = one_core["nf"][key], one_core[other][key]
                 result[f"nf_over_{other}_{key}"] = a / b if a and b else None
+    cpus = os.sched_getaffinity(0)
     if args.candidates:
         result["candidates_one_core"] = measure_candidates(args, settings["image_size"])
     if args.profile:
         result["profile"] = profile_nf(args, settings)
+    os.sched_setaffinity(0, cpus)  # the two above pin this process to one core
     if args.scaling:
         all_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
         counts = range(1, len(os.sched_getaffinity(0)) + 1)
