@@ -197,7 +197,7 @@ def test_mixing_equals_the_former_float_implementation(n, alpha, cutmix):
     got_images, got_targets = T.mix_batch(images, targets, np.random.default_rng(9), **kw)
     np.testing.assert_array_equal(got_images, ref_images)
     np.testing.assert_array_equal(got_targets, ref_targets)
-    u8_images, u8_targets = T.mix_batch_uint8(images, targets, np.random.default_rng(9), **kw)
+    u8_images, u8_targets = T.mix_batch(images, targets, np.random.default_rng(9), **kw, dtype=np.uint8)
     assert u8_images.dtype == np.uint8
     np.testing.assert_array_equal(u8_images, np.clip(np.rint(ref_images), 0, 255).astype(np.uint8))
     np.testing.assert_array_equal(u8_targets, ref_targets)
@@ -209,7 +209,9 @@ def test_mixup_ratio_is_beta_distributed():
     targets = np.eye(n, dtype=np.float32)
     images = np.zeros((n, 4, 4, 3), np.uint8)
     for step in range(100):
-        _, mixed = T.mix_batch_uint8(images, targets, np.random.default_rng([5, step]), mixup_alpha=0.2, cutmix=True)
+        _, mixed = T.mix_batch(
+            images, targets, np.random.default_rng([5, step]), mixup_alpha=0.2, cutmix=True, dtype=np.uint8
+        )
         ratios.extend(mixed[np.arange(n // 2), np.arange(n // 2)])
     ratios = np.asarray(ratios)
     assert abs(ratios.mean() - 0.5) < 0.03  # Beta(0.2, 0.2): mean 1/2

@@ -76,9 +76,8 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         key = (self.seed, self.shard_index, index)
         if self.randaugment is not None and mask.all():  # the NFNet recipe's path: uint8 throughout
             if mixing:
-                image, targets = T.mix_batch_uint8(
-                    image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix
-                )
+                mix = {"mixup_alpha": self.mixup_alpha, "cutmix": self.cutmix}
+                image, targets = T.mix_batch(image, targets, rng, **mix, dtype=np.uint8)
             image = self.randaugment.augment_batch(image, key, mask)
         elif mixing or self.randaugment is not None:
             image = np.asarray(image, np.float32)  # 0..255

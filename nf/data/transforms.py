@@ -494,6 +494,7 @@ def mix_batch(
     *,
     mixup_alpha: float = 0.0,
     cutmix: bool = False,
+    dtype: type = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MixUp and/or CutMix of a batch (paper App. A), each example paired with the reversed batch.
 
@@ -503,29 +504,13 @@ def mix_batch(
     partner. Targets (one-hot or already soft, rows sum to 1) mix with the same weights, for
     CutMix the exact pasted area fraction, so each row still sums to 1.
 
-    Returns new float32 (images, targets); inputs are not modified.
+    `dtype=np.uint8` (uint8 images, for the RandAugment that follows in the NFNet recipe) mixes
+    without a float32 copy of the batch and rounds the MixUp mixtures: equal to
+    `np.clip(np.rint(mix_batch(images, ...)[0]), 0, 255)` (the same draws and float32 arithmetic).
+
+    Returns new (images of `dtype`, float32 targets); inputs are not modified.
     """
-    source = np.asarray(images, np.float32)
-    images, targets = source.copy(), np.array(targets, np.float32, copy=True)
-    _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
-    return images, targets
-
-
-def mix_batch_uint8(
-    images: np.ndarray,
-    targets: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    mixup_alpha: float = 0.0,
-    cutmix: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`mix_batch` of uint8 images with the mixtures rounded to uint8, computed without a float32
-    copy of the batch: equal to `np.clip(np.rint(mix_batch(images, ...)[0]), 0, 255)` (the same
-    draws, the same float32 arithmetic) for the RandAugment that follows in the NFNet recipe.
-
-    Returns new (uint8 images, float32 targets); inputs are not modified.
-    """
-    source = np.asarray(images, np.uint8)
+    source = np.asarray(images, dtype)
     images, targets = source.copy(), np.array(targets, np.float32, copy=True)
     _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
     return images, targets
