@@ -51,7 +51,7 @@ class JpegHeader:
 
 def jpeg_header(data: bytes) -> JpegHeader | None:
     """The header of a YCbCr or grayscale JPEG; None for any other file (decoded by PIL instead)."""
-    if not data.startswith(b"\xff\xd8"):
+    if bytes(data[:2]) != b"\xff\xd8":  # SOI marker (bytes, or any buffer such as a memoryview)
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
