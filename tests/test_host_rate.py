@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from nf.cli.common import load_config
 from nf.data import host_rate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(str(REPO / "configs" / name))
 
 
 @pytest.mark.parametrize("rate", [host_rate.RESNET, host_rate.NFNET_F0])
@@ -33,10 +30,10 @@ def test_constants_are_the_committed_medians(rate):
 
 
 def test_recipe_rates_follow_the_configs_augmentation():
-    assert host_rate.rate_for(_config("nfnet_f0_imagenet").data) is host_rate.NFNET_F0
-    assert host_rate.rate_for(_config("nfnet_f3_imagenet").data) is host_rate.NFNET_F0
-    assert host_rate.rate_for(_config("nf_regnet_b0_imagenet").data) is host_rate.NFNET_F0  # MixUp/CutMix
-    assert host_rate.rate_for(_config("nf_resnet50_imagenet").data) is host_rate.RESNET
+    assert host_rate.rate_for(_config("nfnet_imagenet.py:f0").data) is host_rate.NFNET_F0
+    assert host_rate.rate_for(_config("nfnet_imagenet.py:f3").data) is host_rate.NFNET_F0
+    assert host_rate.rate_for(_config("nf_regnet_imagenet.py:b0").data) is host_rate.NFNET_F0  # MixUp/CutMix
+    assert host_rate.rate_for(_config("resnet_imagenet.py:nf_resnet50").data) is host_rate.RESNET
 
 
 def test_cores_needed_and_bad_inputs(tmp_path):

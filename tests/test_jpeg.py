@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import classification_pipeline
 from PIL import Image
 
 from nf import data
@@ -112,7 +113,7 @@ def test_truncated_jpeg_names_the_file_or_is_counted_as_skipped(tmp_path):
         (tmp_path / "a").mkdir(exist_ok=True)
         (tmp_path / "a" / f"good{k}.JPEG").write_bytes(_encode(_photo(80, 60, seed=k)))
     (tmp_path / "a" / "bad.JPEG").write_bytes(truncated)
-    it = data.make_pipeline(
+    it = classification_pipeline(
         data.ImageFolderSource(tmp_path), train=True, batch_size=5, image_size=32, num_epochs=1, on_corrupt="skip"
     )
     batch = next(it)

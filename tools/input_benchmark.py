@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (500, 500), (333, 500), (400, 300))
 RECIPES = ("resnet", "nfnet_f0")
-RECIPE_CONFIGS = {"resnet": "configs/nf_resnet50_imagenet.py", "nfnet_f0": "configs/nfnet_f0_imagenet.py"}
+RECIPE_CONFIGS = {"resnet": "configs/resnet_imagenet.py:nf_resnet50", "nfnet_f0": "configs/nfnet_imagenet.py:f0"}
 TFDATA_PEER = "tfdata"
 
 
@@ -97,14 +97,10 @@ def write_data(folder: str, num_images: int, seed: int = 0) -> dict:
 
 def recipe_settings(recipe: str) -> dict:
     """The recipe config's data settings that decide the train transform's cost."""
-    import importlib.util
-
     sys.path.insert(0, str(REPO))
+    from nf.cli.common import load_config
 
-    spec = importlib.util.spec_from_file_location("recipe_config", REPO / RECIPE_CONFIGS[recipe])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = module.get_config().data
+    data = load_config(str(REPO / RECIPE_CONFIGS[recipe])).data
     return {
         "image_size": int(data.image_size),
         "mixup_alpha": float(data.mixup_alpha),
@@ -116,17 +112,13 @@ def recipe_settings(recipe: str) -> dict:
 
 def nf_pipeline(data: str, settings: dict, batch_size: int, worker_count: int, read_threads: int):
     """nf's training iterator for `settings` (the one place that calls `make_pipeline`)."""
-    from nf.data import make_pipeline, open_source
+    from nf import data as nf_data
 
-    return make_pipeline(
-        open_source(data),
-        train=True,
-        batch_size=batch_size,
-        seed=0,
-        worker_count=worker_count,
-        read_threads=read_threads,
-        **settings,
-    )
+    loader = dict(batch_size=batch_size, seed=0, worker_count=worker_count, read_threads=read_threads)
+    if not hasattr(nf_data, "LoaderSettings"):  # a --baseline_tree from before nf.data.LoaderSettings
+        return nf_data.make_pipeline(nf_data.open_source(data), train=True, **loader, **settings)
+    transform = nf_data.ClassificationTrain(**settings)
+    return nf_data.make_pipeline(nf_data.open_source(data), transform, nf_data.LoaderSettings(**loader))
 
 
 def tfdata_pipeline(data: str, image_size: int, batch_size: int):
@@ -327,10 +319,15 @@ def profile_nf(args, settings: dict) -> list[dict]:
     import cProfile
     import pstats
 
-    from nf.data import make_dataset, open_source
+    from nf import data as nf_data
+    from nf.data.batching import build_batches
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    batches = make_dataset(open_source(args.data), train=True, batch_size=args.batch_size, seed=0, **settings)
+    source, transform = nf_data.open_source(args.data), nf_data.ClassificationTrain(**settings)
+    loader = nf_data.LoaderSettings(batch_size=args.batch_size, seed=0)
+    batches = build_batches(
+        source, transform.example_map(), transform.batch_map(source, loader), train=True, loader=loader
+    )
     batches[0]
     profiler = cProfile.Profile()
     profiler.enable()
