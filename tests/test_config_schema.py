@@ -10,7 +10,7 @@ import pytest
 
 from nf.train.config_schema import ConfigKeyError, validate
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py") if p.name != "__init__.py")
 
 
 def _load(path: Path):

@@ -145,7 +145,7 @@ def test_missing_and_empty_directories(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "flat" / "x.jpg")
     with pytest.raises(DataSourceError, match="move them into class sub-folders"):
         data.ImageFolderSource(tmp_path / "flat")
-    with pytest.raises(DataSourceError, match=r"does not exist.*make_arrayrecord"):
+    with pytest.raises(DataSourceError, match=r"does not exist.*nf-make-arrayrecord"):
         data.ArrayRecordImageSource(tmp_path / "nope")
     with pytest.raises(DataSourceError, match=r"metadata\.json"):
         data.ArrayRecordImageSource(tmp_path / "empty")

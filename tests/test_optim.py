@@ -15,13 +15,12 @@ from flax import nnx
 
 from nf.layers.regularizers import SkipGain
 from nf.models import create_model
+from nf.models.pure import LeafInfo, leaf_info
 from nf.train.optim import (
-    LeafInfo,
     adaptive_grad_clip,
     decay_mask,
     ema_decay,
     ema_update,
-    leaf_info,
     learning_rate_schedule,
     make_optimizer,
 )

@@ -76,15 +76,21 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         targets = T.one_hot(labels, self.num_classes, mask)
         image = batch["image"]
         mixing = self.mixup_alpha > 0 or self.cutmix
-        if mixing or self.randaugment is not None:
+        rng = np.random.default_rng([self.seed, self.shard_index, index]) if mixing else None
+        key = (self.seed, self.shard_index, index)
+        if self.randaugment is not None and mask.all():  # the NFNet recipe's path: uint8 throughout
+            if mixing:
+                mix = {"mixup_alpha": self.mixup_alpha, "cutmix": self.cutmix}
+                image, targets = T.mix_batch(image, targets, rng, **mix, dtype=np.uint8)
+            image = self.randaugment.augment_batch(image, key, mask)
+        elif mixing or self.randaugment is not None:
             image = np.asarray(image, np.float32)  # 0..255
             image[~mask] = self.mean  # blank slots are zero after normalization, as below
             if mixing:
-                rng = np.random.default_rng([self.seed, self.shard_index, index])
                 image, targets = T.mix_batch(image, targets, rng, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
             if self.randaugment is not None:
                 image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-                image = self.randaugment.augment_batch(image, (self.seed, self.shard_index, index), mask)
+                image = self.randaugment.augment_batch(image, key, mask)
         image = T.normalize(image, self.mean, self.std)
         image[~mask] = 0.0
         return {

@@ -56,8 +56,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
+
+from nf.data import decode
 
 MAX_LEVEL = 10.0
 MAX_MAGNITUDE = 30.0
@@ -100,17 +103,43 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _lut(image: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return np.take(table.astype(np.uint8), image)
+    """`table[image]` for a (256,) table (all channels) or a (256, 3) one (per channel), clipped to uint8."""
+    table = np.clip(table, 0, 255).astype(np.uint8)
+    return decode.lookup(image, table if table.ndim == 1 else table[None])
+
+
+def _histograms(image: np.ndarray) -> np.ndarray:
+    """(256, 3) int64 per-channel histograms (OpenCV's counting: one pass per channel, exact)."""
+    image = np.ascontiguousarray(image)
+    hists = [cv2.calcHist([image], [c], None, [256], [0, 256]).reshape(256) for c in range(3)]
+    return np.stack(hists, axis=1).astype(np.int64)
 
 
 def auto_contrast(image: np.ndarray) -> np.ndarray:
-    """Per channel: stretch [min, max] to [0, 255] (truncating, like PIL); flat channels unchanged."""
-    return np.asarray(ImageOps.autocontrast(Image.fromarray(image)))
+    """Per channel: stretch [min, max] to [0, 255] (truncating); flat channels unchanged.
+
+    PIL's `ImageOps.autocontrast` (cutoff 0) table, `int(x * scale + offset)` in float64, applied
+    in one lookup pass."""
+    present = _histograms(image) > 0
+    lo, hi = np.argmax(present, axis=0).astype(np.float64), 255.0 - np.argmax(present[::-1], axis=0)
+    x = np.arange(256, dtype=np.float64)[:, None]
+    scale = 255.0 / np.where(hi > lo, hi - lo, 1.0)
+    table = np.trunc(x * scale + (-lo * scale))
+    return _lut(image, np.where(hi > lo, table, x))
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
-    """Per channel histogram equalization (PIL ImageOps.equalize)."""
-    return np.asarray(ImageOps.equalize(Image.fromarray(image)))
+    """Per channel histogram equalization: PIL's `ImageOps.equalize` table in integer arithmetic,
+    `(step // 2 + pixels below x) // step` with `step = (pixels - pixels at the top value) // 255`."""
+    hist = _histograms(image)
+    x = np.arange(256)[:, None]
+    top = hist[255 - np.argmax(hist[::-1] > 0, axis=0), np.arange(3)]  # count of the largest value
+    step = (hist.sum(axis=0) - top) // 255
+    below = np.cumsum(hist, axis=0) - hist
+    safe = np.maximum(step, 1)
+    table = (safe // 2 + below) // safe
+    flat = ((hist > 0).sum(axis=0) <= 1) | (step == 0)
+    return _lut(image, np.where(flat, x, table))
 
 
 def invert(image: np.ndarray) -> np.ndarray:
@@ -136,6 +165,8 @@ def solarize_add(image: np.ndarray, addition: int, threshold: int = 128) -> np.n
 
 
 def _enhance(kind, image: np.ndarray, factor: float) -> np.ndarray:
+    if factor == 1.0:  # PIL blends with alpha 1: the image itself (the four ops at M = 5)
+        return image
     return np.asarray(kind(Image.fromarray(image)).enhance(factor))
 
 

@@ -1,7 +1,8 @@
 """Per-example image transforms (numpy + PIL, picklable) and batch-level MixUp/CutMix.
 
 paper App. A. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
-the eval centre crop) -> horizontal flip -> bicubic resize to px -> normalize. Eval: either
+the eval centre crop) -> horizontal flip -> resize to px (OpenCV: area averaging when shrinking,
+bicubic otherwise; `nf.data.decode`) -> normalize. Eval: either
 "center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
 "resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
 (timm: resize the short side to floor(px/crop_pct) keeping the aspect, then centre crop px).
@@ -37,6 +38,8 @@ import grain
 import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
+
+from nf.data import decode
 
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
@@ -140,6 +143,9 @@ def decode_image(data: bytes, path: str = "<bytes>", read_error: str | None = No
 def normalize(image: np.ndarray, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB) -> np.ndarray:
     """uint8/float RGB -> float32 `(x - mean) / std`, by default the ImageNet statistics (x in 0..255)."""
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and image.ndim >= 2 and image.shape[-1] == 3 and mean.size == std.size == 3:
+        return decode.lookup(image, decode.normalize_table(mean, std))  # bit-identical, one pass
     return ((np.asarray(image, np.float32) - mean) / std).astype(np.float32)
 
 
@@ -279,7 +285,11 @@ class _ImageTransform:
 
 
 class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
-    """Decode -> Inception crop -> random horizontal flip -> bicubic resize (uint8 RGB out).
+    """Decode -> Inception crop -> random horizontal flip -> resize (uint8 RGB out).
+
+    JPEGs are decoded by libjpeg-turbo and resized by OpenCV (area averaging when shrinking,
+    bicubic otherwise; `nf.data.decode`), other files by PIL; the crop box and flip draws are
+    those of `inception_crop_box` and `rng.random() < 0.5`, in that order.
 
     Args:
       image_size: output side px.
@@ -287,7 +297,7 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         `area_range=(1, 1), aspect_range=(1, 1)` for a plain resize of square images.
       hflip: random left-right flip with p=0.5 (turn off for e.g. digits).
       on_corrupt: "error" (raise naming the file) or "skip" (warn naming the file, mark it).
-      fast_jpeg: decode JPEGs at a reduced DCT scale when the crop is much larger than px.
+      fast_jpeg: decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the crop stays >= px.
     """
 
     def __init__(
@@ -312,9 +322,10 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         self.hflip = hflip
 
     def _image(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-        path = record.get("path", "<bytes>")
-        img = open_image(record["image"], path, record.get("read_error"))
-        width, height = img.size
+        path, data, read_error = record.get("path", "<bytes>"), record["image"], record.get("read_error")
+        header = None if read_error or not data else decode.jpeg_header(data)
+        img = open_image(data, path, read_error) if header is None else None
+        width, height = img.size if header is None else (header.width, header.height)
         px = self.image_size
         box = inception_crop_box(
             width,
@@ -325,12 +336,27 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
             attempts=self.attempts,
             fallback_fraction=px / (px + CROP_PADDING),
         )
-        if self.fast_jpeg:
-            img, box = _draft_for_box(img, box, px)
-        image = _crop_resize(img, box, px, path)
-        if self.hflip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return image
+        flip = self.hflip and rng.random() < 0.5
+        array = self._decode_fast(data, header, box) if header is not None else None
+        if array is None:  # not a YCbCr/grayscale JPEG, or libjpeg-turbo refused it: PIL decides
+            img = img or open_image(data, path, read_error)
+            if self.fast_jpeg:
+                img, box = _draft_for_box(img, box, px)
+            array = np.asarray(_to_rgb(img, path))
+        else:
+            sx, sy = array.shape[1] / width, array.shape[0] / height  # 1, or a DCT reduction's
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        image = decode.crop_resize(array, box, px)
+        return decode.flip_left_right(image) if flip else image
+
+    def _decode_fast(self, data: bytes, header: decode.JpegHeader, box: Box) -> np.ndarray | None:
+        reduction = decode.dct_reduction(box, self.image_size) if self.fast_jpeg else 1
+        try:
+            array = decode.decode_jpeg(data, header, reduction)
+        except ValueError:  # damaged, or a libjpeg warning PIL tolerates: PIL decodes or names the error
+            return None
+        _last_conversion.code = 0 if header.conversion is None else 1 + CONVERSIONS.index(header.conversion)
+        return array
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         return self._guard(self._image, record, rng)
@@ -429,6 +455,38 @@ def cutmix_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, 
     return y0, y1, x0, x1
 
 
+def _mix_split(n: int, mixup_alpha: float, cutmix: bool) -> int:
+    """Rows [0, split) get MixUp, rows [split, n) CutMix (`mix_batch`)."""
+    if mixup_alpha > 0 and cutmix:
+        return n // 2
+    return n if mixup_alpha > 0 else 0
+
+
+def _mix_into(
+    images: np.ndarray, source: np.ndarray, targets: np.ndarray, rng: np.random.Generator, split: int, alpha: float
+) -> None:
+    """`mix_batch` of `source` written into `images` (a copy of it, float32 or uint8; uint8: MixUp
+    mixtures rounded to nearest, which stay in 0..255), `targets` mixed in place."""
+    n = images.shape[0]
+    if split > 0:
+        y = targets[:split].copy()
+        r = rng.beta(alpha, alpha, size=split).astype(np.float32)
+        x = source[:split]
+        mixed = np.multiply(x, r[:, None, None, None], dtype=np.float32)
+        mixed += np.multiply(x[::-1], (1 - r)[:, None, None, None], dtype=np.float32)
+        images[:split] = np.rint(mixed, out=mixed) if images.dtype == np.uint8 else mixed
+        targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
+    if split < n:
+        xp, y = source[split:][::-1], targets[split:].copy()
+        yp = y[::-1]
+        h, w = images.shape[1:3]
+        for k in range(n - split):
+            y0, y1, x0, x1 = cutmix_box(h, w, rng)
+            images[split + k, y0:y1, x0:x1] = xp[k, y0:y1, x0:x1]
+            pasted = (y1 - y0) * (x1 - x0) / (h * w)
+            targets[split + k] = (1 - pasted) * y[k] + pasted * yp[k]
+
+
 def mix_batch(
     images: np.ndarray,
     targets: np.ndarray,
@@ -436,6 +494,7 @@ def mix_batch(
     *,
     mixup_alpha: float = 0.0,
     cutmix: bool = False,
+    dtype: type = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """MixUp and/or CutMix of a batch (paper App. A), each example paired with the reversed batch.
 
@@ -445,31 +504,13 @@ def mix_batch(
     partner. Targets (one-hot or already soft, rows sum to 1) mix with the same weights, for
     CutMix the exact pasted area fraction, so each row still sums to 1.
 
-    Returns new (images, targets); inputs are not modified.
+    `dtype=np.uint8` (uint8 images, for the RandAugment that follows in the NFNet recipe) mixes
+    without a float32 copy of the batch and rounds the MixUp mixtures: equal to
+    `np.clip(np.rint(mix_batch(images, ...)[0]), 0, 255)` (the same draws and float32 arithmetic).
+
+    Returns new (images of `dtype`, float32 targets); inputs are not modified.
     """
-    images = np.array(images, np.float32, copy=True)
-    targets = np.array(targets, np.float32, copy=True)
-    n = images.shape[0]
-    if mixup_alpha > 0 and cutmix:
-        split = n // 2
-    elif mixup_alpha > 0:
-        split = n
-    elif cutmix:
-        split = 0
-    else:
-        return images, targets
-    if split > 0:
-        x, y = images[:split], targets[:split]
-        r = rng.beta(mixup_alpha, mixup_alpha, size=split).astype(np.float32)
-        images[:split] = r[:, None, None, None] * x + (1 - r)[:, None, None, None] * x[::-1]
-        targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
-    if split < n:
-        x, y = images[split:].copy(), targets[split:].copy()
-        xp, yp = x[::-1], y[::-1]
-        h, w = x.shape[1:3]
-        for k in range(n - split):
-            y0, y1, x0, x1 = cutmix_box(h, w, rng)
-            images[split + k, y0:y1, x0:x1] = xp[k, y0:y1, x0:x1]
-            pasted = (y1 - y0) * (x1 - x0) / (h * w)
-            targets[split + k] = (1 - pasted) * y[k] + pasted * yp[k]
+    source = np.asarray(images, dtype)
+    images, targets = source.copy(), np.array(targets, np.float32, copy=True)
+    _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
     return images, targets

@@ -1,0 +1,47 @@
+"""The per-core input rates that size hosts come from the committed benchmark results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nf.cli.common import load_config
+from nf.data import host_rate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(name: str):
+    return load_config(str(REPO / "configs" / name))
+
+
+@pytest.mark.parametrize("rate", [host_rate.RESNET, host_rate.NFNET_F0])
+def test_constants_are_the_committed_medians(rate):
+    result = json.loads((REPO / rate.source).read_text())
+    assert result["recipe"] == rate.recipe
+    nf = result["one_core"]["nf"]
+    rounds = sorted(r["images_per_cpu_sec"] for r in nf["rounds"])
+    assert nf["images_per_cpu_sec"] == pytest.approx(rounds[len(rounds) // 2])  # a median of its rounds
+    assert rate.images_per_core_second == pytest.approx(nf["images_per_cpu_sec"], abs=0.5)
+    assert host_rate.read_rate(REPO / rate.source).images_per_core_second == pytest.approx(nf["images_per_cpu_sec"])
+    assert result["command"] and result["commit"] and result["machine"] and result["date"]
+
+
+def test_recipe_rates_follow_the_configs_augmentation():
+    assert host_rate.rate_for(_config("nfnet_imagenet.py:f0").data) is host_rate.NFNET_F0
+    assert host_rate.rate_for(_config("nfnet_imagenet.py:f3").data) is host_rate.NFNET_F0
+    assert host_rate.rate_for(_config("nf_regnet_imagenet.py:b0").data) is host_rate.NFNET_F0  # MixUp/CutMix
+    assert host_rate.rate_for(_config("resnet_imagenet.py:nf_resnet50").data) is host_rate.RESNET
+
+
+def test_cores_needed_and_bad_inputs(tmp_path):
+    assert host_rate.cores_needed(6700, 335.0) == pytest.approx(20.0)
+    assert host_rate.cores_needed(1000, host_rate.HostRate("x", 250.0, "-")) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="positive"):
+        host_rate.cores_needed(100, 0.0)
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"model": "nf_resnet50"}))
+    with pytest.raises(ValueError, match=r"other\.json is not a tools/input_benchmark\.py result"):
+        host_rate.read_rate(bad)
