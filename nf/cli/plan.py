@@ -3,7 +3,7 @@
 Compiles `nf-train`'s train and eval steps for a Cloud TPU slice on this (CPU) machine with XLA's
 TPU compiler (the `libtpu` package: `pip install -e '.[tpu]'`) and says whether they fit, how
 fast they could run at best and what the hosts must feed them (`nf.plan.planner`). Exit status 0
-when the config fits, 1 when it does not (suggestions printed), 2 on bad input.
+when the config fits, 3 when it does not (suggestions printed), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Classes of the data (d
 _SEARCH = flags.DEFINE_bool("search", True, "When it does not fit, compile settings that might and suggest them.")
 flags.mark_flags_as_required(["config", "topology"])
 
-NOT_FITTING_EXIT_CODE = 1
+NOT_FITTING_EXIT_CODE = 3  # distinct from absl usage errors and tracebacks (1) and bad input (2)
 
 
 def _gib(n: float) -> str:
@@ -40,6 +40,30 @@ def describe(plan: dict[str, Any]) -> str:
         f"{plan['chips']} chips, {plan['hosts']} hosts; mesh {plan['mesh']}; batch {plan['batch_size']} "
         f"({per_device} per device, accum_steps {plan['accum_steps']}), {plan['image_size']} px, "
         f"{plan['dtype']}, remat {plan['remat']}",
+    ]
+    if plan["compile_error"]:
+        lines += [
+            f"XLA:TPU refused the train step: {plan['compile_error']}",
+            f"  at least {_gib(h['total'])} per device of {_gib(h['capacity'])}: DOES NOT FIT",
+        ]
+    else:
+        lines += _compiled_lines(plan)
+    lines.append("Compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in plan["compile_seconds"].items()))
+    if not plan["fits"]:
+        if plan["suggestions"]:
+            lines.append("Settings that fit (compiled), cheapest roofline bound first:")
+            lines += [
+                f"  {s['flags']}  (total {_gib(s['hbm_total_bytes'])}, bound {s['roofline_step_seconds'] * 1e3:.2f} ms)"
+                for s in plan["suggestions"]
+            ]
+        else:
+            lines.append("No setting tried fits: use a larger slice (or more slices) or a smaller batch.")
+    return "\n".join(lines)
+
+
+def _compiled_lines(plan: dict[str, Any]) -> list[str]:
+    h = plan["hbm_bytes"]
+    return [
         f"HBM per device, train step: arguments {_gib(h['argument'])}, temporaries {_gib(h['temp'])}, "
         f"outputs {_gib(h['output'])} ({_gib(h['alias'])} aliased to arguments), code {_gib(h['code'])}",
         f"  total {_gib(h['total'])} of {_gib(h['capacity'])}; eval with the train state resident "
@@ -56,18 +80,7 @@ def describe(plan: dict[str, Any]) -> str:
         f"ignored): {plan['roofline_step_seconds'] * 1e3:.2f} ms per step -> at most "
         f"{plan['roofline_images_per_second_per_chip']:.0f} images/s per chip; the input pipeline must then "
         f"deliver {plan['host_images_per_second_needed']:.0f} images/s per host",
-        "Compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in plan["compile_seconds"].items()),
     ]
-    if not plan["fits"]:
-        if plan["suggestions"]:
-            lines.append("Settings that fit (compiled), cheapest roofline bound first:")
-            lines += [
-                f"  {s['flags']}  (total {_gib(s['hbm_total_bytes'])}, bound {s['roofline_step_seconds'] * 1e3:.2f} ms)"
-                for s in plan["suggestions"]
-            ]
-        else:
-            lines.append("No setting tried fits: use a larger slice (or more slices) or a smaller batch.")
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:

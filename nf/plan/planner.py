@@ -18,6 +18,7 @@ has loops. Memory and collectives come from the program `nf-train` runs.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -107,13 +108,26 @@ def _compile_steps(
 
     start = time.perf_counter()
     setup, lowered = lower_train()
-    train = lowered.compile()
+    state_bytes = per_device_bytes(setup.state)
+    try:
+        train = lowered.compile()
+    except Exception as e:  # XLA:TPU refuses a program whose buffers exceed HBM (CompileTimeHbmOom)
+        required = hbm_oom_bytes(str(e))
+        if required is None:
+            raise
+        return _out_of_memory(config, tpu, slices, devices, mesh, state_bytes, train_batch, required, str(e))
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     eval_step = jax.jit(make_eval_step(setup.fns, task)).lower(
         setup.state["params"], setup.state["model_state"], eval_batch
     )
-    evaluate = eval_step.compile()
+    try:
+        eval_mem = xla.memory(eval_step.compile())
+    except Exception as e:  # the eval step alone exceeds HBM
+        required = hbm_oom_bytes(str(e))
+        if required is None:
+            raise
+        eval_mem = {"argument": state_bytes, "temp": required, "output": 0, "alias": 0, "code": 0, "total": required}
     eval_seconds = time.perf_counter() - start
 
     hlo = train.as_text()
@@ -124,33 +138,17 @@ def _compile_steps(
             costs = xla.cost(lower_train()[1].compile())
         unrolled_seconds = time.perf_counter() - start
 
-    state_bytes = per_device_bytes(setup.state)
     hbm = xla.memory(train) | {"capacity": tpu.hbm_bytes_per_device}
-    eval_mem = xla.memory(evaluate)
     # While evaluating, the whole train state stays resident beside the eval step's own buffers.
     eval_total = state_bytes + per_device_bytes(eval_batch) + eval_mem["temp"] + eval_mem["output"] + eval_mem["code"]
     fits = hbm["total"] <= hbm["capacity"] and eval_total <= hbm["capacity"]
 
-    chips = tpu.chips * slices
-    hosts = len({(getattr(d, "slice_index", 0), d.process_index) for d in devices})
+    chips, hosts = _chips_and_hosts(tpu, slices, devices)
     compute_s = costs["flops"] / tpu.peak_flops_per_device
     memory_s = costs["bytes_accessed"] / tpu.hbm_bandwidth_per_device
     step_s = max(compute_s, memory_s)
     per_chip = config.batch_size / chips / step_s if step_s > 0 else float("inf")
-    return {
-        "topology": tpu.name,
-        "slices": slices,
-        "libtpu_topology": tpu.topology,
-        "devices": len(devices),
-        "chips": chips,
-        "hosts": hosts,
-        "device_kind": devices[0].device_kind,
-        "mesh": dict(mesh.shape),
-        "batch_size": config.batch_size,
-        "accum_steps": int(config.optimizer.get("accum_steps", 1)),
-        "remat": config.model.get("remat", "none") or "none",
-        "dtype": config.model.get("dtype") or "float32",
-        "image_size": int(data.image_size),
+    return _header(config, tpu, slices, devices, mesh) | {
         "fits": bool(fits),
         "margin_bytes": int(hbm["capacity"] - max(hbm["total"], eval_total)),
         "hbm_bytes": hbm,
@@ -164,6 +162,64 @@ def _compile_steps(
         "roofline_images_per_second_per_chip": per_chip,
         "host_images_per_second_needed": per_chip * chips / hosts,
         "compile_seconds": {"train": train_seconds, "eval": eval_seconds, "unrolled_for_cost": unrolled_seconds},
+        "compile_error": None,
+        "suggestions": [],
+    }
+
+
+_HBM_OOM = re.compile(r"HBM.*?required for [\w ]+ \(([\d.]+)([KMGT])\) exceeds available HBM", re.S)
+
+
+def hbm_oom_bytes(message: str) -> int | None:
+    """The bytes XLA:TPU's compile-time out-of-HBM error says the program needs, else None."""
+    m = _HBM_OOM.search(message)
+    return None if m is None else int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024)
+
+
+def _chips_and_hosts(tpu: TpuSlice, slices: int, devices: list) -> tuple[int, int]:
+    return tpu.chips * slices, len({(getattr(d, "slice_index", 0), d.process_index) for d in devices})
+
+
+def _header(config, tpu: TpuSlice, slices: int, devices: list, mesh) -> dict[str, Any]:
+    chips, hosts = _chips_and_hosts(tpu, slices, devices)
+    return {
+        "topology": tpu.name,
+        "slices": slices,
+        "libtpu_topology": tpu.topology,
+        "devices": len(devices),
+        "chips": chips,
+        "hosts": hosts,
+        "device_kind": devices[0].device_kind,
+        "mesh": dict(mesh.shape),
+        "batch_size": config.batch_size,
+        "accum_steps": int(config.optimizer.get("accum_steps", 1)),
+        "remat": config.model.get("remat", "none") or "none",
+        "dtype": config.model.get("dtype") or "float32",
+        "image_size": int(config.data.image_size),
+    }
+
+
+def _out_of_memory(config, tpu, slices, devices, mesh, state_bytes, batch, required, message) -> dict[str, Any]:
+    """The plan of a train step XLA:TPU refused to compile for lack of HBM: the bytes its error
+    names (as temporaries) beside the state and batch the step would hold; no cost figures."""
+    arguments = state_bytes + per_device_bytes(batch)
+    hbm = {"argument": arguments, "temp": required, "output": state_bytes, "alias": state_bytes, "code": 0}
+    hbm |= {"total": arguments + required, "capacity": tpu.hbm_bytes_per_device}
+    return _header(config, tpu, slices, devices, mesh) | {
+        "fits": False,
+        "margin_bytes": int(hbm["capacity"] - hbm["total"]),
+        "hbm_bytes": hbm,
+        "state_bytes_per_device": state_bytes,
+        "eval_hbm_bytes": None,
+        "flops_per_device": None,
+        "bytes_accessed_per_device": None,
+        "collectives": {},
+        "roofline_bound": None,
+        "roofline_step_seconds": None,
+        "roofline_images_per_second_per_chip": None,
+        "host_images_per_second_needed": None,
+        "compile_seconds": {},
+        "compile_error": next((line for line in message.splitlines() if "HBM" in line), message)[:500],
         "suggestions": [],
     }
 
