@@ -225,7 +225,7 @@ def _out_of_memory(config, tpu, slices, devices, mesh, state_bytes, batch, requi
 
 
 def candidate_settings(config: ml_collections.ConfigDict, devices: int) -> Iterable[dict[str, Any]]:
-    """Settings that lower per-device memory, each knob in increasing strength: FSDP size (the
+    """Settings that lower per-device memory, per knob in increasing strength: FSDP size (the
     parameters, EMA and optimizer state sharded), gradient accumulation (a smaller micro-batch) and
     rematerialization (activations recomputed in the backward pass), then remat with each of the
     others. Only settings the batch and device count allow."""
@@ -253,18 +253,22 @@ def suggest(
     max_compiles: int = 12,
 ) -> list[dict[str, Any]]:
     """Settings that make `config` fit, found by compiling them: for each knob the weakest value
-    that fits (values tried in increasing strength), sorted by their roofline bound, lowest first."""
-    found, compiles = [], 0
-    for knob in candidate_settings(config, tpu.devices * slices):
-        for overrides in knob:
-            if compiles >= max_compiles:
-                break
+    that fits. The knobs advance together (round r tries each unsettled knob's r-th value), so a
+    compile budget is spread over all of them; sorted by roofline bound, lowest first."""
+    knobs = [list(k) for k in candidate_settings(config, tpu.devices * slices)]
+    found, compiles, settled = [], 0, set()
+    for r in range(max((len(k) for k in knobs), default=0)):
+        for index, knob in enumerate(knobs):
+            if index in settled or r >= len(knob) or compiles >= max_compiles:
+                continue
             compiles += 1
+            overrides = knob[r]
             try:
                 result = compile_steps(_with(config, overrides), tpu, slices, num_classes)
             except ValueError:  # e.g. a batch the mesh cannot split
                 continue
             if result["fits"]:
+                settled.add(index)
                 found.append(
                     {
                         "set": overrides,
@@ -275,9 +279,6 @@ def suggest(
                         "collectives": result["collectives"],
                     }
                 )
-                break
-        if found and len(found) >= 3:
-            break
     return sorted(found, key=lambda s: s["roofline_step_seconds"])
 
 
