@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.stochastic_depth = 0.0
     config.model.dropout = 0.0
     config.model.dtype = ""  # "" = float32; "bfloat16" for bf16 compute with float32 master weights
+    config.model.remat = "none"  # "block" or a jax.checkpoint policy: recompute activations (less memory)
 
     config.data = ml_collections.ConfigDict()
     config.data.prepare = "digits"  # export scikit-learn's bundled digits to `root` when missing

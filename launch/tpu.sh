@@ -3,19 +3,22 @@
 # jax.distributed connects them (detected by nf.train on a TPU VM).
 #
 #   launch/tpu.sh SUBCOMMAND --name=NAME --zone=ZONE --accelerator=TYPE [--project=P] [--version=V]
-#                 [--spot|--queued] [--dry-run] [-- nf-train arguments]
+#                 [--spot|--queued] [--no-plan] [--dry-run] [-- nf-train arguments]
 #
 #   create  a TPU VM of TYPE (e.g. v4-32, v5litepod-64) with runtime V; --spot: spot capacity;
 #           --queued: through a queued resource (waits for capacity)
 #   setup   copy this checkout to every worker and `pip install` it there
 #   run     the same nf-train command on all workers, e.g.
 #           -- --config=configs/resnet_imagenet.py:nf_resnet50 --workdir=gs://BUCKET/runs/r50
-#           (the workdir must be on gs://, shared by all workers); output goes to ~/nf-train.log
+#           (the workdir must be on gs://, shared by all workers); output goes to ~/nf-train.log.
+#           First, on this machine, `nf-plan` compiles the config for --accelerator=TYPE (needs
+#           `pip install -e '.[tpu]'` here) and the run is refused when it does not fit HBM (the
+#           plan prints settings that do); --no-plan skips this. NF_PLAN overrides the command.
 #   logs    the last lines of ~/nf-train.log of every worker
 #   ssh     a shell on worker 0 (or run the arguments after -- on all workers)
 #   delete  delete the TPU VM (and its queued resource with --queued)
 #
-# --dry-run prints every gcloud command instead of running it (gcloud need not be installed, but
+# --dry-run prints every command (nf-plan, gcloud) instead of running it (gcloud need not be installed, but
 # the project must be given or be gcloud's configured one). The project defaults to
 # `gcloud config get-value project`.
 set -euo pipefail
@@ -40,7 +43,7 @@ case "${SUBCOMMAND}" in
   *) die "unknown SUBCOMMAND '${SUBCOMMAND}' (create, setup, run, logs, ssh, delete)" ;;
 esac
 
-NAME="" ZONE="" ACCELERATOR="" PROJECT="" VERSION="" DRY_RUN=0 SPOT=0 QUEUED=0
+NAME="" ZONE="" ACCELERATOR="" PROJECT="" VERSION="" DRY_RUN=0 SPOT=0 QUEUED=0 NO_PLAN=0
 EXTRA=()
 while (($#)); do
   case "$1" in
@@ -52,6 +55,7 @@ while (($#)); do
     --spot) SPOT=1 ;;
     --queued) QUEUED=1 ;;
     --dry-run) DRY_RUN=1 ;;
+    --no-plan) NO_PLAN=1 ;;
     --)
       shift
       EXTRA=("$@")
@@ -109,6 +113,37 @@ run() {
   fi
 }
 
+# nf-plan's slice name of a Cloud TPU accelerator type (v5e is "v5litepod-N" to gcloud).
+plan_topology() {
+  case "$1" in
+    v5litepod-*) echo "v5e-${1#v5litepod-}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# Compile the run's config for the slice here (nf-plan) and stop when it does not fit.
+plan_or_refuse() {
+  local plan_args=() arg plan_cmd status=0
+  [[ -n "${ACCELERATOR}" ]] || die "run plans the config for the slice first: pass --accelerator=TYPE (as at create), or --no-plan"
+  for arg in "${EXTRA[@]}"; do
+    case "${arg}" in --config=* | --config.*) plan_args+=("${arg}") ;; esac
+  done
+  read -r -a plan_cmd <<<"${NF_PLAN:-nf-plan}"
+  plan_cmd+=("--topology=$(plan_topology "${ACCELERATOR}")" "${plan_args[@]+"${plan_args[@]}"}")
+  if ((DRY_RUN)); then
+    run "${plan_cmd[@]}"
+    return
+  fi
+  (cd "${REPO}" && "${plan_cmd[@]}") || status=$?
+  if ((status == 3)); then  # nf-plan: compiled, does not fit
+    echo "launch/tpu.sh: error: the config does not fit ${ACCELERATOR} (nf-plan above lists settings that do);" \
+      "change it, or pass --no-plan to start anyway" >&2
+    exit 3
+  elif ((status)); then
+    die "nf-plan failed (exit status ${status}) planning for ${ACCELERATOR}; fix the config, or pass --no-plan"
+  fi
+}
+
 TPU=(gcloud compute tpus tpu-vm)
 WHERE=("--zone=${ZONE}" "--project=${PROJECT}")
 ALL=("${WHERE[@]}" --worker=all)
@@ -140,6 +175,7 @@ case "${SUBCOMMAND}" in
       [[ "${arg}" == --workdir=* ]] && workdir="${arg#--workdir=}"
     done
     [[ "${workdir}" == gs://* ]] || die "run needs --workdir=gs://BUCKET/... after -- (all workers share it), got '${workdir}'"
+    ((NO_PLAN)) || plan_or_refuse
     args="$(printf '%q ' "${EXTRA[@]}")"
     run "${TPU[@]}" ssh "${NAME}" "${ALL[@]}" \
       --command="cd ~/${REMOTE_DIR} && nohup nf-train --distributed=on ${args}> ~/nf-train.log 2>&1 &"

@@ -27,7 +27,8 @@ TINY_NFNET = dict(
     num_classes=10,
 )
 # bf16 keeps 8 mantissa bits (eps 2^-8 = 3.9e-3); ~20 layers each round their activations once, so
-# logits and gradients agree with float32 to a few eps: 2e-2 of their largest entry.
+# logits and gradients agree with float32 to a few eps: 2e-2 of their largest entry (XLA:CPU
+# achieves a whole-gradient relative L2 error of 1.5e-2).
 BF16_RTOL = 2e-2
 
 
@@ -76,7 +77,6 @@ def test_tiny_nfnet_bf16_forward_and_gradients_match_float32():
         scale = np.abs(g32).max()
         if scale >= 1e-2 * largest:
             assert np.abs(g16 - g32).max() <= 5 * BF16_RTOL * scale, name
-    print("bf16 gradient relative L2 error", np.sqrt(diff2 / norm2))
     assert np.sqrt(diff2 / norm2) <= BF16_RTOL  # the whole gradient
 
 

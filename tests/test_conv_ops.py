@@ -148,8 +148,9 @@ _BF16_CASES = [(i, path) for i, path in _CASE_PATHS if i in (5, 13, 24)]
 @pytest.mark.parametrize("index,path", _BF16_CASES, ids=[f"{path}-{CONV_CASES[i]}" for i, path in _BF16_CASES])
 def test_conv2d_bfloat16_matches_lax(index, path, monkeypatch):
     """Values and gradients in bf16, against lax in float32 on the same bf16-rounded operands.
-    Tolerance 2e-2 of max|value|: the output and each gradient are rounded to bf16 (2^-9
-    relative), and a formulation may round an intermediate (patches, partial sums) to bf16."""
+    Tolerance 8e-3 of max|value| (two bf16 eps): the output and each gradient are rounded to bf16
+    once (XLA:CPU: at most 5.6e-3, im2col's input gradient); sums must run in float32 (the narrow-group
+    formulation summing in bf16 gives 1.6e-2)."""
     _set_path(monkeypatch, path)
     opts, (x, w, proj), _ = _conv_case(index)
     x, w, proj = (a.astype(jnp.bfloat16) for a in (x, w, proj))
@@ -158,7 +159,7 @@ def test_conv2d_bfloat16_matches_lax(index, path, monkeypatch):
     want = _vjp_all(ref, *(a.astype(jnp.float32) for a in (proj, x, w)))
     for g, r in zip(got, want):  # y, dx, dw
         assert g.dtype == jnp.bfloat16
-        _assert_close(np.asarray(g, np.float32), r, rtol=2e-2)
+        _assert_close(np.asarray(g, np.float32), r, rtol=8e-3)
 
 
 def _both_orders(conv, groups=1):

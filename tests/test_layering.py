@@ -3,7 +3,7 @@
 The subpackages of `nf`, lowest first (`LAYERS`); a module imports its own layer and the layers
 below it, never one above:
 
-    layers < signal < models < heads < data < tasks < inference < pretrained < train < configs
+    layers < signal < models < heads < data < tasks < inference < pretrained < train < plan < configs
            < experiments < cli
 
 (`nf/__init__.py` holds only the version; `nf.configs` is the repository's configs/ folder, whose
@@ -35,6 +35,7 @@ LAYERS = (
     "inference",
     "pretrained",
     "train",
+    "plan",
     "configs",
     "experiments",
     "cli",

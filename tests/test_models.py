@@ -548,3 +548,35 @@ def test_model_families_do_not_import_heads_or_tasks():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith(("nf.heads", "nf.tasks", "nf.train"))]
     assert offenders == []
+
+
+@pytest.mark.parametrize("remat", ["block", "dots_saveable"])
+def test_remat_keeps_parameters_outputs_and_gradients(remat, monkeypatch):
+    """`model.remat` recomputes blocks in the backward pass: the parameter tree is the same, and
+    logits, BatchNorm updates and gradients match the model without it (scanned and unrolled
+    stages, the transition block included); the jaxpr carries the checkpoints."""
+    monkeypatch.setattr(stages, "UNROLL_MAX_BLOCKS", 1)  # stage 2 (2 blocks after the first) scans
+    overrides = {**SMALL, "depths": (2, 3), "stochastic_depth": 0.5, "skipinit": False}
+    results, trees = [], []
+    for mode in ("none", remat):
+        model = create_model("bn_resnet26", rngs=nnx.Rngs(jax.random.key(1, impl="rbg")), remat=mode, **overrides)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        trees.append(jax.tree.map(lambda x: (x.shape, x.dtype), nnx.to_pure_dict(params)))
+
+        def loss(params, rest):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            logits = m(X, train=True, key=KEY)
+            return jnp.sum(logits**2), (logits, nnx.state(m, nnx.BatchStat))
+
+        (_, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest)
+        results.append((aux, grads))
+        checkpoints = str(jax.make_jaxpr(loss)(params, rest)).count("remat2[")  # jax.checkpoint's primitive
+        assert (checkpoints > 0) == (mode != "none")
+    assert trees[0] == trees[1]
+    for plain, remat_ in zip(*(jax.tree.leaves(r) for r in results), strict=True):
+        np.testing.assert_allclose(remat_, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_rejects_unknown_values():
+    with pytest.raises(ValueError, match=r"model.remat='everything'.*dots_saveable"):
+        create_model("nf_resnet26", remat="everything", **SMALL)

@@ -225,10 +225,10 @@ def no_gcloud(tmp_path) -> str:
     return str(bin_dir)
 
 
-def tpu_sh(*args: str, path: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": path}
+def tpu_sh(*args: str, path: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": path, **(env or {})}
     cmd = [shutil.which("bash"), str(REPO / "launch" / "tpu.sh"), *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 COMMON = ("--name=nf-pod", "--zone=us-central2-b", "--accelerator=v4-32", "--project=my-proj", "--dry-run")
@@ -245,11 +245,12 @@ EXPECTED = {
         [*SSH, "--command=pip install -U 'jax[tpu]' && pip install -e ~/nf"],
     ],
     "run": [
+        ["nf-plan", "--topology=v4-32", "--config=configs/nf_resnet50_imagenet.py"],
         [
             *SSH,
             "--command=cd ~/nf && nohup nf-train --distributed=on --config=configs/resnet_imagenet.py:nf_resnet50 "
             "--workdir=gs://my-bucket/runs/r50 > ~/nf-train.log 2>&1 &",
-        ]
+        ],
     ],
     "logs": [[*SSH, "--command=tail -n 50 ~/nf-train.log"]],
     "ssh": [[*VM, "ssh", "nf-pod", *WHERE, "--worker=0"]],
@@ -293,6 +294,66 @@ def test_tpu_sh_bad_input(args, message, no_gcloud):
     out = tpu_sh(*args, path=no_gcloud)
     assert out.returncode == 2 and out.stdout == ""
     assert message in out.stderr, out.stderr
+
+
+def test_tpu_sh_run_plans_for_the_slice_unless_told_not_to(no_gcloud):
+    """run's plan step compiles the config and its --config.* overrides for the slice (v5e is
+    v5litepod-N to gcloud); --no-plan drops it; without --accelerator it cannot plan."""
+    base = ("run", "--name=nf-pod", "--zone=z", "--project=p", "--dry-run")
+    train = ("--", "--config=configs/nfnet_f0_imagenet.py", "--config.batch_size=1024", "--workdir=gs://b/r")
+    out = tpu_sh(*base, "--accelerator=v5litepod-64", *train, path=no_gcloud)
+    assert out.returncode == 0, out.stderr
+    lines = [shlex.split(line) for line in out.stdout.splitlines()]
+    assert lines[0] == [
+        "nf-plan",
+        "--topology=v5e-64",
+        "--config=configs/nfnet_f0_imagenet.py",
+        "--config.batch_size=1024",
+    ]
+    assert lines[1][:4] == VM and len(lines) == 2
+    out = tpu_sh(*base, "--no-plan", *train, path=no_gcloud)
+    assert out.returncode == 0, out.stderr
+    assert [shlex.split(line)[:4] for line in out.stdout.splitlines()] == [VM]
+    out = tpu_sh(*base, *train, path=no_gcloud)
+    assert out.returncode == 2 and "pass --accelerator=TYPE (as at create), or --no-plan" in out.stderr
+
+
+@pytest.fixture
+def fake_gcloud(no_gcloud, tmp_path) -> tuple[str, Path]:
+    """`no_gcloud`'s PATH plus a gcloud that only records its arguments (one call per line)."""
+    calls = tmp_path / "gcloud_calls.txt"
+    gcloud = Path(no_gcloud) / "gcloud"
+    gcloud.write_text(f'#!{shutil.which("bash")}\nprintf "%s\\n" "$*" >> {calls}\n')
+    gcloud.chmod(0o755)
+    return no_gcloud, calls
+
+
+# The quickstart config with narrow stages (widths 8..16): compiles in seconds.
+TINY_PLAN = ("--config.model.widths=(8,8,16,16)", "--config.model.stem_width=8")
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_tpu_sh_run_refuses_a_config_that_does_not_fit(fits, fake_gcloud):
+    """A real plan (nf-plan, libtpu) before any worker starts: 32 px images fit a v5e-4 and the
+    workers start; 1024 px at batch 4096 (1024 images per chip) do not, the plan says so and
+    gcloud is never called."""
+    pytest.importorskip("libtpu")
+    path, calls = fake_gcloud
+    size = ("--config.data.image_size=32",) if fits else ("--config.data.image_size=1024", "--config.batch_size=4096")
+    out = tpu_sh(
+        "run", "--name=n", "--zone=z", "--project=p", "--accelerator=v5litepod-4", "--",
+        "--config=configs/quickstart.py", *TINY_PLAN, *size, "--workdir=gs://b/r",
+        path=path, env={"NF_PLAN": f"{sys.executable} -m nf.cli.plan --search=false"}, timeout=600,
+    )  # fmt: skip
+    if fits:
+        assert out.returncode == 0, out.stderr
+        assert "FITS" in out.stdout
+        assert "nf-train --distributed=on --config=configs/quickstart.py" in calls.read_text()
+    else:
+        assert out.returncode == 3, out.stderr
+        assert "DOES NOT FIT" in out.stdout and "XLA:TPU refused the train step" in out.stdout
+        assert "the config does not fit v5litepod-4" in out.stderr
+        assert not calls.exists()
 
 
 # ------------------------------------------------------------------ training on the cluster

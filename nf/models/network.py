@@ -118,7 +118,7 @@ class ResidualNetwork(nnx.Module):
         *,
         stem_stride: int,
         output_stride: int | None = None,
-        remat: bool,
+        remat: bool | str,
         rngs: nnx.Rngs,
     ) -> int:
         """Stages of `make_block(stage, in_ch, out_ch, stride, dilation, first, rngs)`; returns the

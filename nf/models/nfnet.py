@@ -140,7 +140,7 @@ class NFNet(ResidualNetwork):
         num_classes: int = 1000,
         in_channels: int = 3,
         output_stride: int | None = None,
-        remat: bool = False,
+        remat: bool | str = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ):

@@ -152,7 +152,7 @@ class ResNetV2(ResidualNetwork):
         stochastic_depth: float = 0.0,
         dropout: float = 0.0,
         output_stride: int | None = None,
-        remat: bool = False,
+        remat: bool | str = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ):

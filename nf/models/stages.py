@@ -27,6 +27,42 @@ from nf.signal.stats import signal_stats
 UNROLL_MAX_BLOCKS = 6
 
 
+# `model.remat` values: no rematerialization, or each block's activations recomputed in the
+# backward pass ("block": only the block's input is saved), or a named `jax.checkpoint_policies`
+# policy deciding what a block saves (e.g. "dots_saveable": matmul/conv outputs kept).
+REMAT_NONE, REMAT_BLOCK = "none", "block"
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
+
+
+def remat_mode(remat: bool | str | None) -> str:
+    """The canonical `model.remat` value: "none", "block" or a policy name; bad ones raise."""
+    if remat in (None, False, "", REMAT_NONE):
+        return REMAT_NONE
+    if remat is True or remat == REMAT_BLOCK:
+        return REMAT_BLOCK
+    if isinstance(remat, str) and remat in REMAT_POLICIES:
+        return remat
+    raise ValueError(
+        f"model.remat={remat!r} is not one of {(REMAT_NONE, REMAT_BLOCK, *REMAT_POLICIES)} "
+        "(none; block = recompute each block's activations; or a jax.checkpoint_policies name)"
+    )
+
+
+def rematerialized(fn: Callable, mode: str, *, in_loop: bool) -> Callable:
+    """`fn` under `jax.checkpoint` per `mode` (`remat_mode`); unchanged for "none". In a scan the
+    loop already keeps XLA from merging the recomputation into the forward pass (prevent_cse off,
+    as JAX recommends); unrolled, prevent_cse must stay on."""
+    if mode == REMAT_NONE:
+        return fn
+    policy = None if mode == REMAT_BLOCK else getattr(jax.checkpoint_policies, mode)
+    return jax.checkpoint(fn, prevent_cse=not in_loop, policy=policy)
+
+
 @dataclass(frozen=True)
 class BlockConstants:
     """Per-block constants of one stage: input scale beta and stochastic-depth rate."""
@@ -72,7 +108,9 @@ def stack_modules(make: Callable[[nnx.Rngs], nnx.Module], count: int, rngs: nnx.
 
 
 class Stage(nnx.Module):
-    """A transition block followed by `depth - 1` identical blocks run under a scan."""
+    """A transition block followed by `depth - 1` identical blocks run under a scan. `remat`
+    (`remat_mode`) rematerializes every block, the transition included; parameters and outputs
+    are the same with and without it."""
 
     def __init__(
         self,
@@ -80,23 +118,21 @@ class Stage(nnx.Module):
         depth: int,
         constants: BlockConstants,
         *,
-        remat: bool = False,
+        remat: bool | str = False,
         rngs: nnx.Rngs,
     ):
         self.first = make_block(True, rngs)
         self.rest = stack_modules(lambda r: make_block(False, r), depth - 1, rngs) if depth > 1 else None
         # Python floats, not arrays: array attributes are NNX state and would be traced under jit.
         self.betas, self.drop_rates = tuple(constants.betas), tuple(constants.drop_rates)
-        self.depth, self.remat = depth, remat
+        self.depth, self.remat = depth, remat_mode(remat)
 
     def __call__(
         self, x: jax.Array, *, key: jax.Array | None, train: bool, collect_stats: bool
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         keys = None if key is None else jax.random.split(key, self.depth)
         first_key = None if keys is None else keys[0]
-        x, residual = self.first(
-            x, beta=float(self.betas[0]), drop_rate=float(self.drop_rates[0]), key=first_key, train=train
-        )
+        x, residual = self._first(x, first_key, train)
         stats = [signal_stats(x, residual)] if collect_stats else None
         if self.rest is None:
             return x, _stack(stats)
@@ -117,10 +153,10 @@ class Stage(nnx.Module):
             # Only non-parameter state (e.g. BatchNorm running averages) changes in a forward pass.
             return h, (nnx.state(block, nnx.Not(nnx.Param)), out_stats)
 
-        if self.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
         rest_keys = None if keys is None else keys[1:]
-        if unstacked or self.depth - 1 <= UNROLL_MAX_BLOCKS:
+        looped = not (unstacked or self.depth - 1 <= UNROLL_MAX_BLOCKS)
+        body = rematerialized(body, self.remat, in_loop=looped)
+        if not looped:
             outs = []
             for i in range(self.depth - 1):
                 block_state = states[i] if unstacked else jax.tree.map(lambda a: a[i], state)
@@ -140,6 +176,21 @@ class Stage(nnx.Module):
             stats = {k: jnp.concatenate([stats[0][k][None], v]) for k, v in rest_stats.items()}
             return x, stats
         return x, None
+
+    def _first(self, x: jax.Array, key: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array]:
+        beta, rate = float(self.betas[0]), float(self.drop_rates[0])
+        if self.remat == REMAT_NONE:
+            return self.first(x, beta=beta, drop_rate=rate, key=key, train=train)
+        graphdef, state = nnx.split(self.first)
+
+        def run(state, x, key):
+            block = nnx.merge(graphdef, state)
+            out, residual = block(x, beta=beta, drop_rate=rate, key=key, train=train)
+            return out, residual, nnx.state(block, nnx.Not(nnx.Param))
+
+        out, residual, new_state = rematerialized(run, self.remat, in_loop=False)(state, x, key)
+        nnx.update(self.first, new_state)
+        return out, residual
 
 
 def unstack_blocks(model: nnx.Module) -> nnx.Module:

@@ -56,6 +56,7 @@ def _imagenet_base(model_name: str, *, batch_size: int, epochs: int) -> ml_colle
     config.model.stochastic_depth = 0.0  # set by the recipe
     config.model.dropout = float(spec.args.get("dropout", 0.0))  # the variant's own rate (paper App. C, NFNet paper)
     config.model.dtype = ""  # "" = float32; "bfloat16" for bf16 compute with float32 master weights
+    config.model.remat = "none"  # or "block" / a jax.checkpoint policy: recompute activations to save memory
 
     config.data = ml_collections.ConfigDict()
     config.data.prepare = ""  # ImageNet is not downloaded for you: see the config's docstring

@@ -7,7 +7,7 @@ state, EMA) are replicated, or sharded over the `fsdp` axis on their largest div
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -19,20 +19,47 @@ MESH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**14  # elements; smaller tensors stay replicated (their all-gathers cost more than they save)
 
 
-def make_mesh(axes: Mapping[str, int]) -> jax.sharding.Mesh:
-    """Mesh over all devices from e.g. {'data': -1, 'fsdp': 1}; one -1 takes the remaining devices."""
+def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+    """Mesh over `devices` (default: all of this run's) from e.g. {'data': -1, 'fsdp': 1}; one -1
+    takes the remaining devices. `nf-train` and `nf-plan` (TPU devices described by libtpu) both
+    build their mesh here.
+
+    Devices of several TPU slices (multi-slice: `slice_index` differs) get a hybrid mesh, laid out
+    as MaxText and axlearn do: the `data` axis spans the slices outermost (only the gradient
+    all-reduce crosses the data-center network), `fsdp` and the rest of `data` stay inside a slice
+    (its chip-to-chip interconnect)."""
     unknown = set(axes) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"Unknown mesh axes {sorted(unknown)}; valid: {MESH_AXES}")
+    devices = list(jax.devices() if devices is None else devices)
     sizes = {name: int(axes.get(name, 1)) for name in MESH_AXES}
-    n = jax.device_count()
+    n = len(devices)
     fixed = int(np.prod([s for s in sizes.values() if s != -1]))
     if list(sizes.values()).count(-1) > 1 or fixed <= 0 or n % fixed:
         raise ValueError(f"Mesh {dict(axes)} does not fit {n} devices: sizes must multiply to {n} (one may be -1)")
     sizes = {k: (n // fixed if v == -1 else v) for k, v in sizes.items()}
     if int(np.prod(list(sizes.values()))) != n:
         raise ValueError(f"Mesh {sizes} uses {int(np.prod(list(sizes.values())))} devices but {n} are present")
-    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    slices = num_slices(devices)
+    if slices == 1:
+        return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=axis_types, devices=devices)
+    if sizes["data"] % slices:
+        raise ValueError(
+            f"Mesh {sizes} over {slices} slices: the data axis ({sizes['data']}) must be a multiple of the "
+            f"slice count (it spans the slices); lower mesh.fsdp to at most {n // slices} (one slice's devices)"
+        )
+    from jax.experimental import mesh_utils
+
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (sizes["data"] // slices, sizes["fsdp"]), (slices, 1), devices, allow_split_physical_axes=True
+    )
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def num_slices(devices: Sequence[Any]) -> int:
+    """How many TPU slices `devices` span (1 for CPU/GPU devices, which have no `slice_index`)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
