@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import cpu_model  # tools/provenance.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (500, 500), (333, 500), (400, 300))
 RECIPES = ("resnet", "nfnet_f0")
@@ -378,7 +380,7 @@ def main(argv=None) -> None:
     result = benchmark(args)
     result.update(
         {
-            "machine": {"cpu_count": os.cpu_count(), "platform": sys.platform, "processor": _cpu_model()},
+            "machine": {"cpu_count": os.cpu_count(), "platform": sys.platform, "processor": cpu_model()},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": _git("rev-parse", "HEAD"),
             "baseline": args.baseline_label
@@ -398,16 +400,6 @@ def main(argv=None) -> None:
         print(json.dumps(result))
     elif args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 if __name__ == "__main__":

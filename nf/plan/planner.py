@@ -38,12 +38,7 @@ REMAT_SUGGESTION = "block"  # the policy a suggestion tries: recompute each bloc
 def _with(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     cfg = copy.deepcopy(config)
     with cfg.unlocked():
-        for key, value in overrides.items():
-            node = cfg
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+        cfg.update_from_flattened_dict(overrides)
     return cfg
 
 
