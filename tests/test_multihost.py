@@ -245,7 +245,7 @@ EXPECTED = {
         [*SSH, "--command=pip install -U 'jax[tpu]' && pip install -e ~/nf"],
     ],
     "run": [
-        ["nf-plan", "--topology=v4-32", "--config=configs/nf_resnet50_imagenet.py"],
+        ["nf-plan", "--topology=v4-32", "--config=configs/resnet_imagenet.py:nf_resnet50"],
         [
             *SSH,
             "--command=cd ~/nf && nohup nf-train --distributed=on --config=configs/resnet_imagenet.py:nf_resnet50 "

@@ -212,6 +212,7 @@ def test_a_config_that_cannot_fit_gets_a_compiled_suggestion_that_fits():
     assert again["fits"] and again["hbm_bytes"]["total"] == first["hbm_total_bytes"]
 
 
+@pytest.mark.slow  # 29 s on an idle 2-core CPU; the default run keeps the planning tests the issue names
 def test_fsdp_shards_the_state_of_a_model_too_big_to_replicate():
     """A 1.3B-parameter classifier head (512 features x 2.5M classes) on v5e-4: params, momentum
     and EMA alone exceed a v5e chip's 16 GB replicated; with FSDP over 4 devices each holds a
