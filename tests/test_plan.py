@@ -193,6 +193,20 @@ def test_plan_flops_count_every_block_of_a_scanned_stage():
     assert deep["flops_per_device"] - shallow["flops_per_device"] == pytest.approx(8 * per_block, rel=0.02)
 
 
+@pytest.mark.slow  # two compiles with their cost compiles: ~30 s idle, longer loaded
+def test_accumulated_step_costs_every_micro_batch():
+    """With `optimizer.accum_steps=4` the step does the same arithmetic over the same images as
+    without (plus the sums of the micro-batch gradients): its FLOPs count all 4 micro-batches, not
+    the accumulation loop's body once."""
+    flops = {
+        a: plan(quickstart({**TINY_RUN, "batch_size": 32, "optimizer.accum_steps": a}), "v5e-1", search=False)[
+            "flops_per_device"
+        ]
+        for a in (1, 4)
+    }
+    assert flops[1] <= flops[4] < 1.15 * flops[1]
+
+
 def test_a_config_that_cannot_fit_gets_a_compiled_suggestion_that_fits():
     """192 images of 1024 px on one v5e chip: the step's activations exceed the chip's HBM. Every
     suggestion was compiled and fits, cheapest bound first; planning the first again says so.

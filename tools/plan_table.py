@@ -4,7 +4,7 @@ Part `v3`: each recipe on v3-32 at 32 images per TensorCore (global batch 1024) 
 resolution, bf16, beside DeepMind's published TPUv3 train step times at that setting (NFNet paper:
 32 TPUv3 cores, 32 images per core, bf16). Part `generations`: each recipe at its own global batch
 (4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4, v5p, v5e and v6e slice where it
-fits, as is or with the first compiled suggestion (`nf.plan.planner.suggest`).
+fits as is (`smallest_fit`; smaller slices fit with the accumulation or remat `nf-plan` suggests).
 
     nice python tools/plan_table.py --part=v3 --out=tools/results/tpu_plan_v3_32.json
     nice python tools/plan_table.py --part=generations --out=tools/results/tpu_plan_generations.json
@@ -42,9 +42,10 @@ _OUT = flags.DEFINE_string("out", None, "Result JSON (rows appended as they fini
 _MODELS = flags.DEFINE_list("models", list(RECIPES), "Recipes, in order (smallest first).")
 _GENERATIONS = flags.DEFINE_list("generations", list(GENERATION_NAMES), "Generations of part `generations`.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the markdown page from the result files.")
+V3_RESULT = "tools/results/tpu_plan_v3_32.json"
 _RESULTS = flags.DEFINE_list(
     "results",
-    ["tools/results/tpu_plan_v3_32.json", "tools/results/tpu_plan_generations.json"],
+    [V3_RESULT, "tools/results/tpu_plan_generations.json"],
     "Result files the markdown page reads.",
 )
 
@@ -102,7 +103,7 @@ def _summary(plan: dict) -> dict:
             "image_size", "fits", "margin_bytes", "hbm_bytes", "state_bytes_per_device", "eval_hbm_bytes",
             "flops_per_device", "bytes_accessed_per_device", "collectives", "roofline_bound",
             "roofline_step_seconds", "roofline_images_per_second_per_chip", "host_images_per_second_needed",
-            "compile_seconds", "compile_error", "suggestions")  # fmt: skip
+            "compile_seconds", "compile_error", "suggestions", "cost_counts_loops_once")  # fmt: skip
     return {k: plan.get(k) for k in keep}
 
 
@@ -123,34 +124,64 @@ def measure_v3(out: str, models: list[str]) -> None:
         print(json.dumps({k: row[k] for k in ("model", "fits", "roofline_step_seconds", "compile_seconds")}))
 
 
-def smallest_fit(model: str, generation: str) -> dict:
-    """The smallest slice of `generation` where the recipe's global batch fits, as is or with the
-    first compiled suggestion; slices the batch cannot be split over are skipped."""
+def predicted_bytes(v3_row: dict | None):
+    """Per-device HBM at `b` images per device, extrapolated from the recipe's v3-32 compile (the
+    state stays, the rest scales with the images): only to choose where the search starts."""
+    if not v3_row or not v3_row.get("state_bytes_per_device") or not v3_row.get("roofline_step_seconds"):
+        return None
+    state, total = v3_row["state_bytes_per_device"], v3_row["hbm_bytes"]["total"]
+    return lambda b: state + (total - state) * b / V3_IMAGES_PER_CORE
+
+
+def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
+    """The smallest slice of `generation` where the recipe's global batch fits as is (no
+    accumulation, no remat: one pass over the batch per step), found by compiling: the search starts
+    at the smallest slice the v3-32 compile predicts to fit and steps up until one fits; the slice
+    below the answer is compiled too unless the prediction puts it over 150 % of its HBM (the
+    prediction is then recorded). Slices the batch cannot be split over are skipped."""
     from nf.plan.planner import plan
     from nf.plan.tpus import SLICE_SIZES, parse_slice
 
     config = recipe(model)
-    tried = []
-    for n in SLICE_SIZES[generation]:
-        tpu = parse_slice(f"{generation}-{n}")
-        if config.batch_size % tpu.devices:
+    slices = [parse_slice(f"{generation}-{n}") for n in SLICE_SIZES[generation]]
+    slices = [t for t in slices if config.batch_size % t.devices == 0]
+    predict = predicted_bytes(v3_row)
+
+    def predicted(t):
+        return None if predict is None else predict(config.batch_size / t.devices)
+
+    start = 0
+    if predict is not None:
+        start = next((i for i, t in enumerate(slices) if predicted(t) <= t.hbm_bytes_per_device), len(slices) - 1)
+    tried, found, i = [], None, start
+    while i < len(slices):
+        result = plan(config, slices[i].name, search=False)
+        tried.append({"topology": slices[i].name, "fits": result["fits"], "hbm_total": result["hbm_bytes"]["total"]})
+        if not result["fits"]:
+            i += 1
             continue
-        result = plan(config, tpu.name, max_compiles=6)
-        tried.append({"topology": tpu.name, "fits": result["fits"], "suggestions": len(result["suggestions"])})
-        if result["fits"] or result["suggestions"]:
-            return {"model": model, "generation": generation, "tried": tried} | _summary(result)
-    return {"model": model, "generation": generation, "tried": tried, "fits": False}
+        found = result
+        below = slices[i - 1] if i > 0 else None
+        if below is None or any(t["topology"] == below.name for t in tried):
+            break
+        if predicted(below) is not None and predicted(below) > 1.5 * below.hbm_bytes_per_device:
+            tried.append({"topology": below.name, "fits": False, "predicted_hbm_total": predicted(below)})
+            break
+        i -= 1  # compile the slice below: if it fits, it is the new answer
+    row = {"model": model, "generation": generation, "tried": tried}
+    return row | (_summary(found) if found else {"fits": False})
 
 
 def measure_generations(out: str, models: list[str], generations: list[str]) -> None:
     data = _load(out)
     data["runs"].append(run_info() | {"loadavg": os.getloadavg()})
     done = {(r["model"], r["generation"]) for r in data["rows"]}
+    v3_rows = {r["model"]: r for r in _load(str(REPO / V3_RESULT))["rows"]}
     for model in models:
         for generation in generations:
             if (model, generation) in done:
                 continue
-            row = smallest_fit(model, generation) | {"loadavg_end": os.getloadavg()}
+            row = smallest_fit(model, generation, v3_rows.get(model)) | {"loadavg_end": os.getloadavg()}
             data["rows"].append(row)
             _save(out, data)
             print(json.dumps({k: row.get(k) for k in ("model", "generation", "topology", "fits", "tried")}))
@@ -186,9 +217,14 @@ def markdown(paths: list[str]) -> str:
         "- XLA:TPU refuses to compile a step that exceeds HBM (`CompileTimeHbmOom`; it counts 15.75 GiB",
         "  available on v5e); the plan reports that as not fitting, with the bytes the error names.",
         "- bf16 recipes: every convolution of the step runs in bf16; the classifier head's matmuls are f32.",
-        "- Gradient accumulation raised the step's temporaries on TPU (128 images of 1024 px on v5e-1, a",
-        "  narrow two-stage net: 10.0 GiB without, 17.5 GiB with `optimizer.accum_steps=4`): not fixed yet;",
-        "  the suggestions only list settings that compiled and fit.",
+        "- XLA:TPU rematerializes to fit: near the HBM limit a step's temporaries are what its scheduler",
+        "  chose, not proportional to the batch (a narrow two-stage net at 1024 px on v5e-1: 10.3 GiB at 32",
+        "  images, 12.0 at 64, 10.0 at 128; 128 as 4 accumulated micro-batches of 32: 11.0). 'Fits' is",
+        "  the compiler's answer; the HBM figures are not a per-image memory model.",
+        "- Gradient accumulation seemed to raise the temporaries (10.0 -> 17.5 GiB): that was the plan's",
+        "  own cost compile, which unrolled the accumulation loop so XLA held every micro-batch at once;",
+        "  the loop now stays rolled there and one micro-batch's forward and backward pass, compiled",
+        "  alone, is added for the others (the step `nf-train` runs was never affected).",
         "",
         "## TPU generations",
         "",
@@ -240,26 +276,32 @@ def markdown(paths: list[str]) -> str:
                 )
         else:
             lines += [
-                "## Each recipe at its global batch on the smallest slice where it fits",
+                "## Each recipe at its global batch on the smallest slice where it fits as is",
                 "",
-                "| recipe | generation | slice | setting | HBM/device GiB | roofline bound ms | images/s/chip (bound) "
-                "| host input images/s | tried |",
+                "No accumulation and no remat (one pass over the global batch per step); smaller slices",
+                "fit with the settings `nf-plan` suggests. The search compiles upward from the slice the",
+                "v3-32 compile predicts, and the slice below the answer unless predicted over 150 % of HBM.",
+                "",
+                "| recipe | generation | slice | images/device | HBM/device GiB | roofline bound ms "
+                "| images/s/chip (bound) | host input images/s (bound) | slices compiled (fits?) |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for r in rows:
+                tried = ", ".join(
+                    f"{t['topology']} ({'yes' if t['fits'] else 'no'})"
+                    if "hbm_total" in t
+                    else f"{t['topology']} (predicted {_gib(t['predicted_hbm_total'])} GiB, not compiled)"
+                    for t in r["tried"]
+                )
                 if not r.get("topology"):
-                    lines.append(
-                        f"| {r['model']} | {r['generation']} | none fits | | | | | | {len(r['tried'])} slices |"
-                    )
+                    lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | {tried} |")
                     continue
-                setting = "as is" if r["fits"] else r["suggestions"][0]["flags"]
-                hbm = r["hbm_bytes"]["total"] if r["fits"] else r["suggestions"][0]["hbm_total_bytes"]
-                bound = r["roofline_step_seconds"] if r["fits"] else r["suggestions"][0]["roofline_step_seconds"]
+                bound = r["roofline_step_seconds"]
                 per_chip = r["batch_size"] / r["chips"] / bound
                 lines.append(
-                    f"| {r['model']} | {r['generation']} | {r['topology']} | {setting} | {_gib(hbm)} | "
-                    f"{bound * 1e3:.1f} | {per_chip:.0f} | {per_chip * r['chips'] / r['hosts']:.0f} | "
-                    f"{', '.join(t['topology'] for t in r['tried'])} |"
+                    f"| {r['model']} | {r['generation']} | {r['topology']} | {r['batch_size'] // r['devices']} | "
+                    f"{_gib(r['hbm_bytes']['total'])} | {bound * 1e3:.1f} | {per_chip:.0f} | "
+                    f"{per_chip * r['chips'] / r['hosts']:.0f} | {tried} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -70,7 +70,12 @@ def _compiled_lines(plan: dict[str, Any]) -> list[str]:
         f"{_gib(plan['eval_hbm_bytes']['total_with_train_state'])}: "
         + (f"FITS, margin {_gib(plan['margin_bytes'])}" if plan["fits"] else "DOES NOT FIT"),
         f"Per device per step: {plan['flops_per_device']:.4g} FLOPs, {plan['bytes_accessed_per_device']:.4g} "
-        "bytes accessed (XLA cost analysis)",
+        "bytes accessed (XLA cost analysis"
+        + (
+            "; the unrolled program exceeds HBM, so each loop body counts once: an undercount)"
+            if plan.get("cost_counts_loops_once")
+            else ")"
+        ),
         "Collectives: "
         + (
             ", ".join(f"{k} x{v['count']} ({_gib(v['bytes'])})" for k, v in sorted(plan["collectives"].items()))

@@ -36,12 +36,14 @@ ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
 @contextlib.contextmanager
 def unrolled_scans() -> Iterator[None]:
-    """Within the block, `jax.lax.scan` fully unrolls its loop (for cost analysis only)."""
+    """Within the block, `jax.lax.scan` fully unrolls its loop (for cost analysis only); a scan
+    that names its own `unroll` keeps it (gradient accumulation, which would otherwise hold every
+    micro-batch's activations at once)."""
     original = jax.lax.scan
 
     @functools.wraps(original)
     def scan(*args, **kwargs):
-        kwargs["unroll"] = True
+        kwargs.setdefault("unroll", True)
         return original(*args, **kwargs)
 
     jax.lax.scan = scan

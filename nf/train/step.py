@@ -21,9 +21,9 @@ from nf.train.optim import ema_update, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, replicated, train_state_shardings
 
 
-def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config, task: Task):
-    opt = config.optimizer
-    accum = int(opt.get("accum_steps", 1))
+def make_grads_fn(fns: ModelFns, task: Task) -> Callable:
+    """`(params, model_state, batch, key) -> ((loss, (task_metrics, model_state)), grads)` of one
+    (micro-)batch: the forward and backward pass of the train step."""
 
     def grads_of(params, model_state, batch, key):
         def loss_fn(p):
@@ -32,6 +32,14 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
             return loss, (task_metrics, new_state)
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    return grads_of
+
+
+def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, config, task: Task):
+    opt = config.optimizer
+    accum = int(opt.get("accum_steps", 1))
+    grads_of = make_grads_fn(fns, task)
 
     def train_step(state, batch):
         step = state["step"]
@@ -50,8 +58,8 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule, c
 
             zeros = jax.tree.map(jnp.zeros_like, state["params"])
             (grads, loss, model_state), task_metrics = jax.lax.scan(
-                body, (zeros, 0.0, state["model_state"]), (micro, jnp.arange(accum))
-            )
+                body, (zeros, 0.0, state["model_state"]), (micro, jnp.arange(accum)), unroll=1
+            )  # a loop, also when costed: the planner adds the other micro-batches' cost (nf.plan)
             grads = jax.tree.map(lambda g: g / accum, grads)
             loss, task_metrics = loss / accum, jax.tree.map(lambda m: jnp.mean(m, axis=0), task_metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
