@@ -74,9 +74,11 @@ _TAIL = 6
 def run(command: str, cwd: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     start = time.perf_counter()
-    proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seconds = time.perf_counter() - start
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
     return {"returncode": proc.returncode, "seconds": round(seconds, 1), "last_lines": lines[-_TAIL:]}
 
 

@@ -48,6 +48,7 @@ def main(argv):
     distributed.initialize(
         _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR_TIMEOUT.value
     )
+    console.start_backends(verbose=console.verbosity_requested())  # libtpu's no-TPU notices only with -v
     import jax
 
     from nf.train import config_schema

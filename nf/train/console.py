@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -35,6 +36,41 @@ def quiet_libraries(verbose: bool) -> None:
     logging.set_verbosity(logging.WARNING)
     for name in LIBRARY_LOGGERS:
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+# libtpu's start-up complaints where it is installed (the `tpu`/`test` extras) but the machine has
+# no TPU: its C++ log writes them to the process's stderr before JAX falls back to the CPU.
+LIBTPU_NO_TPU_LINES = (
+    "could not determine TPU accelerator type",
+    "Logging before InitGoogle",
+    "could not determine TPU worker hostnames",
+    "=== Source Location Trace: ===",
+    "libtpu_init_utils.cc",
+)
+
+
+def start_backends(verbose: bool) -> None:
+    """Initialize JAX's backends (after `jax.distributed.initialize`). Unless `verbose`, libtpu's
+    no-TPU start-up lines are dropped from stderr; every other line written meanwhile is kept."""
+    import jax
+
+    if verbose:
+        jax.devices()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)  # the C++ log writes to the file descriptor, not sys.stderr
+        try:
+            jax.devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if not any(noise in line for noise in LIBTPU_NO_TPU_LINES)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 def verbosity_requested() -> bool:
