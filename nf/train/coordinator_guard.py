@@ -59,6 +59,23 @@ def start(address: str, worker: int, count: int, workdir: str) -> Guard:
     return Guard(write_fd, process)
 
 
+def lost_worker_message(worker: int, count: int, me: int, workdir: str, *, why: str) -> str:
+    """The survivors' last line: who stopped answering (and `why` we know), and the step to resume from."""
+    from nf.train import disk_space  # imports JAX: only when there is something to say
+
+    directory = os.path.join(workdir, "checkpoints")
+    step = disk_space.last_intact_step(directory)
+    resume = (
+        f"resume from step {step} (the last intact checkpoint in {directory})"
+        if step is not None
+        else f"start from step 0 (no checkpoint was saved yet in {directory})"
+    )
+    return (
+        f"error: worker {worker} of {count} stopped answering ({why}); worker {me} stops too. "
+        f"Restart all {count} workers with the same command: they {resume}."
+    )
+
+
 def coordinator_answers(address: str) -> bool:
     """Whether HOST:PORT accepts a TCP connection within `PROBE_TIMEOUT_S`."""
     import socket
@@ -81,8 +98,6 @@ def main(argv: list[str]) -> int:
         note += chunk
     if note or coordinator_answers(address):
         return 0  # explained, or the worker died of its own cause while the coordinator runs
-    from nf.train.watchdog import lost_worker_message
-
     sys.stderr.write(lost_worker_message(0, count, worker, workdir, why=_WHY) + "\n")
     sys.stderr.flush()
     return 0

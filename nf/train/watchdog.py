@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import jax
 from absl import logging
 
-from nf.train import coordinator_guard, disk_space
+from nf.train import coordinator_guard
 
 BEAT_S = 1.0  # seconds between heartbeats
 WORKER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: restarting every worker with the same command resumes the run
@@ -45,21 +45,6 @@ def _client():
     from orbax.checkpoint import multihost
 
     return multihost.get_jax_distributed_client()
-
-
-def lost_worker_message(worker: int, count: int, me: int, workdir: str, *, why: str) -> str:
-    """The survivors' last line: who stopped answering (and `why` we know), and the step to resume from."""
-    directory = os.path.join(workdir, "checkpoints")
-    step = disk_space.last_intact_step(directory)
-    resume = (
-        f"resume from step {step} (the last intact checkpoint in {directory})"
-        if step is not None
-        else f"start from step 0 (no checkpoint was saved yet in {directory})"
-    )
-    return (
-        f"error: worker {worker} of {count} stopped answering ({why}); worker {me} stops too. "
-        f"Restart all {count} workers with the same command: they {resume}."
-    )
 
 
 class Watchdog(threading.Thread):
@@ -112,7 +97,9 @@ class Watchdog(threading.Thread):
             self.guard.note()  # reported here: the guard stays silent
         sys.stdout.flush()
         why = f"no heartbeat for {silent_s:.0f} s: its process died or hangs"
-        sys.stderr.write(lost_worker_message(worker, self.count, self.me, self.workdir, why=why) + "\n")
+        sys.stderr.write(
+            coordinator_guard.lost_worker_message(worker, self.count, self.me, self.workdir, why=why) + "\n"
+        )
         sys.stderr.flush()
         os._exit(WORKER_LOST_EXIT_CODE)
 
