@@ -148,21 +148,22 @@ flags.FLAGS.mark_as_parsed()
 from nf.train import distributed, watchdog
 workdir, n, i, port, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 distributed.initialize("auto", f"127.0.0.1:{port}", n, i, 120)
-with watchdog.watch_workers(workdir, timeout_s=3):
-    if mode == "die" and i == 1:
+with watchdog.watch_workers(workdir, timeout_s=3, coordinator_address=f"127.0.0.1:{port}"):
+    if (mode, i) in {("die", 1), ("die0", 0)}:
         time.sleep(2)
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(9 if i == 0 else 1)  # "finish": worker 1 ends long before worker 0
+    time.sleep(1 if (mode, i) == ("finish", 1) else 9)  # "finish": worker 1 ends long before worker 0
 print(f"worker {i} done", flush=True)
 """
 
 
-@pytest.mark.parametrize("mode", ["die", "finish"])
+@pytest.mark.parametrize("mode", ["die", "die0", "finish"])
 def test_watchdog_names_the_dead_worker_and_ignores_one_that_finished(mode, tmp_path):
     """Two real processes of one JAX cluster. `die`: worker 1 is SIGKILLed; worker 0's last line
     names worker 1 within the timeout and it exits with WORKER_LOST_EXIT_CODE (JAX alone would
-    wait for its 100 s heartbeat timeout). `finish`: worker 1 ends normally long before worker 0,
-    which is not alarmed."""
+    wait for its 100 s heartbeat timeout). `die0`: worker 0 (the coordinator) is SIGKILLed; JAX's
+    runtime aborts worker 1 at once, and its last line (from its coordinator guard) still names
+    worker 0. `finish`: worker 1 ends normally long before worker 0, which is not alarmed."""
     from test_multihost import free_port
 
     script = tmp_path / "probe.py"
@@ -185,26 +186,38 @@ def test_watchdog_names_the_dead_worker_and_ignores_one_that_finished(mode, tmp_
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    last0 = outs[0].strip().splitlines()[-1]
+    last0, last1 = ((out.strip().splitlines() or [""])[-1] for out in outs)
     if mode == "die":
         assert procs[1].returncode == -signal.SIGKILL
         assert procs[0].returncode == WORKER_LOST_EXIT_CODE, outs[0]
         assert last0.startswith("error: worker 1 of 2 stopped answering (no heartbeat for "), outs[0]
         assert f"no checkpoint was saved yet in {tmp_path / 'checkpoints'}" in last0
+    elif mode == "die0":
+        assert procs[0].returncode == -signal.SIGKILL
+        assert procs[1].returncode == -signal.SIGABRT, outs[1]  # JAX's runtime: nothing can change it
+        assert last1.startswith("error: worker 0 of 2 stopped answering (its coordination service closed"), outs[1]
+        assert f"start from step 0 (no checkpoint was saved yet in {tmp_path / 'checkpoints'})" in last1
     else:
         assert [p.returncode for p in procs] == [0, 0], outs
         assert last0 == "worker 0 done" and "stopped answering" not in outs[0]
 
 
 @pytest.mark.slow
-def test_survivor_of_a_killed_trainer_worker_names_it_and_the_resume_step(tiny_config_file, jax_cache_dir, tmp_path):
-    """nf-train on 2 processes; worker 1 is SIGKILLed after the step-4 checkpoint: worker 0's last
-    line names worker 1 and step 4, well before JAX's own 100 s heartbeat timeout."""
+@pytest.mark.parametrize("victim", [1, 0])
+def test_survivor_of_a_killed_trainer_worker_names_it_and_the_resume_step(
+    victim, tiny_config_file, jax_cache_dir, tmp_path
+):
+    """nf-train on 2 processes; one is SIGKILLed after the step-4 checkpoint: the survivor's last
+    line names it and an intact step >= 4, well before JAX's own 100 s heartbeat timeout. Worker 1
+    killed: worker 0's watchdog reports and exits with WORKER_LOST_EXIT_CODE. Worker 0 (the
+    coordinator) killed: JAX aborts worker 1 at once, and its coordinator guard writes the line."""
     from test_multihost import free_port
 
     sys.path.insert(0, str(REPO / "tools"))
     from local_cluster import commands, process_env
 
+    survivor = 1 - victim
+    survivor_log = tmp_path / f"p{survivor}.log"
     workdir = tmp_path / "run"
     cmds = commands(2, str(workdir), [f"--config={tiny_config_file}", "--worker_timeout=10"], free_port())
     env = process_env(1, _env(jax_cache_dir))
@@ -214,22 +227,24 @@ def test_survivor_of_a_killed_trainer_worker_names_it_and_the_resume_step(tiny_c
         try:
             deadline = time.monotonic() + 900
             while not (workdir / "checkpoints" / "4").is_dir():
-                assert procs[0].poll() is None and time.monotonic() < deadline, _tail((tmp_path / "p0.log").read_text())
+                alive = procs[survivor].poll() is None and time.monotonic() < deadline
+                assert alive, _tail(survivor_log.read_text())
                 time.sleep(0.05)
-            procs[1].kill()
+            procs[victim].kill()
             killed = time.monotonic()
-            rc = procs[0].wait(timeout=120)
+            rc = procs[survivor].wait(timeout=120)
             took = time.monotonic() - killed
+            while "stopped answering" not in survivor_log.read_text() and time.monotonic() < killed + 60:
+                time.sleep(0.1)  # worker 0 killed: the guard writes after worker 1's end (importing JAX first)
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
-    out = (tmp_path / "p0.log").read_text()
-    assert rc == WORKER_LOST_EXIT_CODE, _tail(out)
+    out = survivor_log.read_text()
+    assert rc == (WORKER_LOST_EXIT_CODE if victim else -signal.SIGABRT), _tail(out)
     last = out.strip().splitlines()[-1]
-    assert last.startswith("error: worker 1 of 2 stopped answering"), _tail(out)
-    assert re.search(r"resume from step (\d+)", last).group(1) in {
-        p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
-    }
+    assert last.startswith(f"error: worker {victim} of 2 stopped answering"), _tail(out)
+    step = re.search(r"resume from step (\d+)", last).group(1)
+    assert step in {p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()} and int(step) >= 4
     assert took < 60, took

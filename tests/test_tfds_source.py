@@ -155,3 +155,40 @@ def test_trainer_trains_on_a_tfds_dataset(tfds_dir, digits_root, tmp_path):
     assert summary["step"] == 2 and 0 <= summary["ema_top1"] <= 1
     card = ModelCard.load(tmp_path / "run")
     assert card.num_classes == 3 and card.class_names == CLASSES  # from the dataset's metadata
+
+
+def test_nf_eval_reads_a_tfds_split_from_its_tfds_data_dir(tfds_dir, tmp_path):
+    """`nf-eval --data=tfds:NAME:SPLIT --tfds_data_dir=DIR` on a saved 3-class model: top-1, top-5
+    and loss are those of the model's logits on the split's JPEGs preprocessed independently (PIL +
+    numpy); without the flag TFDS's default data dir is searched, and the error says so."""
+    from test_inference import logits_of, perturbed, reference_inputs, tiny_card
+
+    from nf.cli import evaluate as nf_eval
+    from nf.inference import save_model
+
+    card = tiny_card(len(CLASSES), class_names=CLASSES)
+    model = perturbed(card.build_model(seed=1), seed=4)
+    workdir = tmp_path / "model"
+    save_model(model, workdir, card)
+    out = tmp_path / "report.json"
+    spec = "tfds:nf_test_animals:validation"
+    assert nf_eval.main([f"--workdir={workdir}", f"--data={spec}", f"--tfds_data_dir={tfds_dir}", f"--out={out}"]) == 0
+    report = json.loads(out.read_text())
+
+    paths = []
+    for i in range(SPLITS["validation"]):
+        paths.append(tmp_path / f"validation_{i}.jpg")
+        paths[-1].write_bytes(jpeg("validation", i))
+    labels = np.array([label_of(i) for i in range(SPLITS["validation"])])
+    logits = logits_of(model, reference_inputs(paths, card.preprocessing)).astype(np.float64)
+    order = np.argsort(-logits, axis=1)
+    top = logits.max(1, keepdims=True)
+    log_probs = logits - top - np.log(np.sum(np.exp(logits - top), 1, keepdims=True))
+    result = report["results"]["ema"]
+    assert report["data"] == spec and report["num_images"] == SPLITS["validation"]
+    assert result["top1"] == pytest.approx(np.mean(order[:, 0] == labels), abs=1e-9)
+    assert result["top5"] == pytest.approx(1.0, abs=1e-9)  # 3 classes: always within the top 5
+    assert result["loss"] == pytest.approx(-np.mean(log_probs[np.arange(len(labels)), labels]), rel=1e-4)
+
+    with pytest.raises(DataSourceError, match=r"'nf_test_animals' in the default TFDS data dir .*tfds build"):
+        nf_eval.main([f"--workdir={workdir}", f"--data={spec}", f"--out={out}"])

@@ -16,7 +16,13 @@ a Linux host the macOS dry run would pick Linux's `tensorflow-cpu` and fail. So 
 marker environment set to the target's (`--host-markers` runs pip unchanged, as a user on the
 target's own machine would not need). Needs the package index (PyPI); nothing is installed.
 
+`--uv=PATH` is an independent second check: `uv pip compile pyproject.toml --python-platform P
+--python-version X.Y --only-binary :all:` for each target (uv evaluates the target's markers and
+wheel tags itself, no emulation; `pip install uv`). Linux: `x86_64-manylinux_2_34` (every tag up
+to glibc 2.34, as pip's list); macOS: `aarch64-apple-darwin` with MACOSX_DEPLOYMENT_TARGET=14.0.
+
     python tools/resolve_platforms.py [--out=tools/results/resolve_platforms.json]
+    python tools/resolve_platforms.py --uv=uv [--out=tools/results/resolve_platforms_uv.json]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -53,6 +60,11 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]] = {
     ),
 }
 TENSORFLOW = ("tensorflow", "tensorflow-cpu")
+# target -> (uv --python-platform, extra environment)
+UV_PLATFORMS = {
+    "linux-x86_64": ("x86_64-manylinux_2_34", {}),
+    "macos-arm64": ("aarch64-apple-darwin", {"MACOSX_DEPLOYMENT_TARGET": "14.0"}),
+}
 
 # Runs pip with its marker environment updated from $NF_TARGET_MARKERS (pip vendors packaging).
 _PIP_WITH_MARKERS = """
@@ -94,19 +106,41 @@ def resolve(target: str, python: str, *, host_markers: bool = False) -> dict:
             return dict(ok=False, seconds=seconds, error="\n".join(errors[-3:]) or proc.stderr[-1000:])
         installs = json.loads(Path(report).read_text())["install"]
     packages = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in installs}
+    return resolved(packages, seconds)
+
+
+def resolved(packages: dict[str, str], seconds: float) -> dict:
     tf = [f"{name}=={packages[name]}" for name in TENSORFLOW if name in packages]
     return dict(ok=True, seconds=seconds, packages=packages, tensorflow=tf[0] if len(tf) == 1 else tf)
+
+
+def uv_resolve(uv: str, target: str, python: str) -> dict:
+    """The same resolution by `uv pip compile` (see the module docstring); the same dict."""
+    platform_name, extra_env = UV_PLATFORMS[target]
+    cmd = [uv, "pip", "compile", str(REPO / "pyproject.toml"), "--python-platform", platform_name]
+    cmd += ["--python-version", python, "--only-binary", ":all:", "--no-header", "--no-annotate", "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **extra_env}, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return dict(ok=False, seconds=seconds, error=proc.stderr.strip()[-1000:])
+    pins = (line.split("==") for line in proc.stdout.splitlines() if "==" in line and not line.startswith("#"))
+    return resolved({name.strip().lower().replace("_", "-"): version.strip() for name, version in pins}, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="write every resolution (packages and versions) to this JSON file")
     p.add_argument("--host-markers", action="store_true", help="evaluate markers on this machine (pip unchanged)")
+    p.add_argument("--uv", help="resolve with this uv executable instead of pip (an independent check)")
     args = p.parse_args(argv)
     results, failed = {}, []
     for target, (_, pythons, _) in TARGETS.items():
         for python in pythons:
-            r = resolve(target, python, host_markers=args.host_markers)
+            if args.uv:
+                r = uv_resolve(args.uv, target, python)
+            else:
+                r = resolve(target, python, host_markers=args.host_markers)
             results[f"{target}-py{python}"] = r
             if r["ok"]:
                 n, tf, s = len(r["packages"]), r["tensorflow"], r["seconds"]
@@ -119,10 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         meta = dict(
             date_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             commit=commit,
-            command="python tools/resolve_platforms.py" + (" --host-markers" if args.host_markers else ""),
-            pip=subprocess.run(
-                [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True
+            command="python tools/resolve_platforms.py"
+            + (" --host-markers" if args.host_markers else "")
+            + (f" --uv={args.uv}" if args.uv else ""),
+            resolver=subprocess.run(
+                [args.uv, "--version"] if args.uv else [sys.executable, "-m", "pip", "--version"],
+                capture_output=True,
+                text=True,
             ).stdout.strip(),
+            machine=f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         )
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True) + "\n")
     if failed:

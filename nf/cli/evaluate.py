@@ -4,6 +4,7 @@ nf.inference.save_model) without training.
     nf-eval --workdir=runs/quickstart --data=data/digits/test
     nf-eval --workdir=runs/f0 --data=/data/imagenet/val --weights=ema --batch_size=128
     nf-eval --workdir=runs/old --config=configs/quickstart.py        # a workdir without nf_model.json
+    nf-eval --workdir=runs/f0 --data=tfds:imagenet2012:validation --tfds_data_dir=/data/tfds
 
 Uses the preprocessing of the model card (timm, DeepMind, or the trainer's own), prints top-1 /
 top-5 and the throughput, and writes the report as JSON (default WORKDIR/eval.json).
@@ -23,7 +24,12 @@ WEIGHT_CHOICES = {"ema": ("ema",), "raw": ("raw",), "both": ("raw", "ema")}
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nf-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="model workdir (checkpoints/ and nf_model.json)")
-    p.add_argument("--data", help="image folder (one sub-folder per class) or ArrayRecord directory")
+    p.add_argument("--data", help="image folder (one sub-folder per class), ArrayRecord directory or tfds:NAME:SPLIT")
+    p.add_argument(
+        "--tfds_data_dir",
+        help="where tfds:NAME:SPLIT datasets are prepared, as data.tfds_data_dir in training "
+        "(default: the --config's, else $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
     p.add_argument("--weights", choices=sorted(WEIGHT_CHOICES), default="ema", help="EMA, raw or both weights")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--image_size", type=int, default=0, help="0: the card's test size")
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         read_threads=args.read_threads,
         progress_every_s=args.progress_every_s,
+        tfds_data_dir=args.tfds_data_dir,
     )
     out = args.out or os.path.join(args.workdir, "eval.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -25,6 +25,7 @@ from nf import data as nf_data
 from nf.data.card import ModelCard
 from nf.data.preprocessing import Preprocessing
 from nf.data.sources import METADATA_FILE
+from nf.data.tfds_source import TFDS_PREFIX
 from nf.inference.checkpoint import load_trees
 from nf.inference.progress import with_progress
 from nf.models.pure import ModelFns
@@ -57,8 +58,9 @@ def global_batch_fn(shard: jax.sharding.Sharding) -> Callable[[dict], dict]:
     return lambda batch: jax.tree.map(lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x)), batch)
 
 
-def open_eval_source(path: str, card: ModelCard):
-    """The labelled source at `path` with labels in the card's class order.
+def open_eval_source(path: str, card: ModelCard, tfds_data_dir: str | None = None):
+    """The labelled source at `path` with labels in the card's class order (`"tfds:NAME:SPLIT"`:
+    a TFDS dataset prepared under `tfds_data_dir`, default TFDS's own).
 
     Image folders whose sub-folders are (some of) the card's class names take the card's order;
     otherwise the sorted folder names are the classes (ImageNet's convention), which must then
@@ -68,7 +70,7 @@ def open_eval_source(path: str, card: ModelCard):
         folders = {e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")}
         if folders and folders <= set(names):
             return nf_data.ImageFolderSource(path, classes=names)
-    source = nf_data.open_source(path)
+    source = nf_data.open_source(path, tfds_data_dir=tfds_data_dir)
     if names and list(source.classes) == list(names):
         return source
     if source.num_classes != card.num_classes:
@@ -121,18 +123,23 @@ def evaluate_workdir(
     workers: int = 0,
     read_threads: int = 4,
     progress_every_s: float | None = None,
+    tfds_data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 / loss of each of `weights` of `workdir` on `data` (default: the config's eval
     set), with the card's preprocessing at `image_size` (default the card's); returns a JSON-able
     report with the throughput (images/s over whole passes, data pipeline included, compile not).
-    `progress_every_s`: print done/total images, images/s and ETA of each pass that often."""
+    `progress_every_s`: print done/total images, images/s and ETA of each pass that often.
+    `tfds_data_dir`: where `data="tfds:NAME:SPLIT"` is prepared (default: the config's
+    `data.tfds_data_dir`, then TFDS's own: $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
     model, card, params, model_state = load_trees(workdir, tuple(weights), step, config)
     if data is None:
         if config is None:
             raise ValueError("pass --data=FOLDER|ARRAYRECORD_DIR (or --config, whose data.eval is used)")
         data = config.data.eval.format(workdir=workdir)
     preprocessing = card.preprocessing.at_size(image_size) if image_size else card.preprocessing
-    source = open_eval_source(data, card)
+    if tfds_data_dir is None and config is not None:
+        tfds_data_dir = config.data.get("tfds_data_dir") or None  # as the trainer reads it
+    source = open_eval_source(data, card, tfds_data_dir)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))  # data parallel
     batch_shard, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     if batch_size % mesh.size:
@@ -148,7 +155,7 @@ def evaluate_workdir(
 
     report: dict[str, Any] = {
         "workdir": os.path.abspath(workdir),
-        "data": os.path.abspath(data),
+        "data": data if data.startswith(TFDS_PREFIX) else os.path.abspath(data),
         "num_images": len(source),
         "model": card.model,
         "preprocessing": preprocessing.to_dict(),

@@ -66,7 +66,7 @@ def main(argv):
             from nf.train.trainer import train_and_evaluate
 
             print(console.devices_line(), flush=True)  # every process: which devices it drives
-            with watchdog.watch_workers(_WORKDIR.value, _WORKER_TIMEOUT.value):
+            with watchdog.watch_workers(_WORKDIR.value, _WORKER_TIMEOUT.value, _COORDINATOR.value):
                 train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Exception as e:
         message = disk_space.disk_full_report(e, _WORKDIR.value)

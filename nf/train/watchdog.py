@@ -10,8 +10,14 @@ the worker and the last intact checkpoint step (on disk, `nf.train.disk_space.la
 and ends this process at once with `WORKER_LOST_EXIT_CODE` (the collective it may be blocked in
 would never return). Counters, not clocks, so hosts need not agree on the time. A worker that
 finishes normally marks itself done first, so a slower peer is not reported when it exits.
-Limitation: when worker 0 dies the service dies with it, and JAX's client may abort a survivor
-before its thread has spoken; the thread then reports worker 0 if it gets the chance.
+When worker 0 dies the service dies with it and JAX's runtime aborts every survivor at once, before
+this thread can speak: `nf.train.coordinator_guard` (a process outside the worker) then names
+worker 0, when the coordinator's address is known (`--coordinator_address` or
+JAX_COORDINATOR_ADDRESS).
+
+The coordination client comes from `orbax.checkpoint.multihost.get_jax_distributed_client`, the
+accessor Orbax's own multi-host barriers use: JAX 0.10 has no public one (`jax.distributed` offers
+only initialize/shutdown, `multihost_utils.live_devices` is a barrier, not a background probe).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Iterator
 import jax
 from absl import logging
 
-from nf.train import disk_space
+from nf.train import coordinator_guard
 
 BEAT_S = 1.0  # seconds between heartbeats
 WORKER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: restarting every worker with the same command resumes the run
@@ -35,35 +41,26 @@ _DONE_KEY = "nf_watchdog/done/{}"
 
 
 def _client():
-    from jax._src import distributed  # the coordination service's client: no public accessor in jax 0.10
+    """JAX's coordination-service client (see the module docstring for why through Orbax)."""
+    from orbax.checkpoint import multihost
 
-    if distributed.global_state.client is None:
-        raise RuntimeError("jax.distributed is not initialized")
-    return distributed.global_state.client
-
-
-def lost_worker_message(worker: int, count: int, me: int, silent_s: float, workdir: str) -> str:
-    """The survivors' last line: who stopped answering, and the step to resume from."""
-    directory = os.path.join(workdir, "checkpoints")
-    step = disk_space.last_intact_step(directory)
-    resume = (
-        f"resume from step {step} (the last intact checkpoint in {directory})"
-        if step is not None
-        else f"no checkpoint was saved yet in {directory}: the run starts from step 0"
-    )
-    return (
-        f"error: worker {worker} of {count} stopped answering (no heartbeat for {silent_s:.0f} s: its process "
-        f"died or hangs); worker {me} stops too. Restart all {count} workers with the same command: they "
-        f"{resume}."
-    )
+    return multihost.get_jax_distributed_client()
 
 
 class Watchdog(threading.Thread):
     """The heartbeat thread of one process (module docstring)."""
 
-    def __init__(self, workdir: str, timeout_s: float, *, me: int | None = None, count: int | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        timeout_s: float,
+        *,
+        me: int | None = None,
+        count: int | None = None,
+        guard: coordinator_guard.Guard | None = None,
+    ):
         super().__init__(name="nf-watchdog", daemon=True)
-        self.workdir, self.timeout_s = workdir, timeout_s
+        self.workdir, self.timeout_s, self.guard = workdir, timeout_s, guard
         self.me = jax.process_index() if me is None else me
         self.count = jax.process_count() if count is None else count
         self._stop = threading.Event()
@@ -96,8 +93,13 @@ class Watchdog(threading.Thread):
 
     def _lost(self, worker: int, silent_s: float) -> None:
         self.lost = (worker, silent_s)
+        if self.guard is not None:
+            self.guard.note()  # reported here: the guard stays silent
         sys.stdout.flush()
-        sys.stderr.write(lost_worker_message(worker, self.count, self.me, silent_s, self.workdir) + "\n")
+        why = f"no heartbeat for {silent_s:.0f} s: its process died or hangs"
+        sys.stderr.write(
+            coordinator_guard.lost_worker_message(worker, self.count, self.me, self.workdir, why=why) + "\n"
+        )
         sys.stderr.flush()
         os._exit(WORKER_LOST_EXIT_CODE)
 
@@ -118,14 +120,19 @@ def _try_get(client, key: str) -> str | None:
 
 
 @contextlib.contextmanager
-def watch_workers(workdir: str, timeout_s: float) -> Iterator[Watchdog | None]:
-    """Run the body with a `Watchdog` when this is one of several processes. When the body fails in
-    the runtime (a collective erroring because a peer vanished), wait up to `timeout_s` for the
-    watchdog to name the lost worker before the error propagates."""
+def watch_workers(workdir: str, timeout_s: float, coordinator_address: str | None = None) -> Iterator[Watchdog | None]:
+    """Run the body with a `Watchdog` when this is one of several processes, and on workers other
+    than 0 a `coordinator_guard` when the coordinator's HOST:PORT is known (`coordinator_address`,
+    else JAX_COORDINATOR_ADDRESS). When the body fails in the runtime (a collective erroring because
+    a peer vanished), wait up to `timeout_s` for the watchdog to name the lost worker before the
+    error propagates."""
     if jax.process_count() == 1:
         yield None
         return
-    dog = Watchdog(workdir, timeout_s)
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    me, count = jax.process_index(), jax.process_count()
+    guard = coordinator_guard.start(address, me, count, workdir) if address and me != 0 else None
+    dog = Watchdog(workdir, timeout_s, me=me, count=count, guard=guard)
     dog.start()
     try:
         yield dog
@@ -134,4 +141,7 @@ def watch_workers(workdir: str, timeout_s: float) -> Iterator[Watchdog | None]:
         while dog.is_alive() and time.monotonic() < deadline:  # it exits the process if a peer is lost
             time.sleep(BEAT_S / 4)
         raise
+    finally:
+        if guard is not None:
+            guard.note()  # the watched block is over: whatever ends this process now is its own story
     dog.finish()
