@@ -50,6 +50,7 @@ SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (500, 500),
 RECIPES = ("resnet", "nfnet_f0")
 RECIPE_CONFIGS = {"resnet": "configs/resnet_imagenet.py:nf_resnet50", "nfnet_f0": "configs/nfnet_imagenet.py:f0"}
 TFDATA_PEER = "tfdata"
+PSNR_IDENTICAL = 100.0  # dB reported for identical images (JSON has no infinity)
 IMAGENET_TRAIN_RECORDS = 1_281_167  # ImageNet-1k's train split: the source length nf's pipeline sees
 
 
@@ -277,17 +278,33 @@ def _candidates(px: int):
 
     bicubic = Image.Resampling.BICUBIC
 
-    def pil_draft(data, box):  # nf before this change
+    def pil_draft(data, box):  # nf at 9af7c21
         img, b = T._draft_for_box(Image.open(io.BytesIO(data)), box, px)
         return np.asarray(img.convert("RGB").resize((px, px), bicubic, box=b))
 
     def simplejpeg_pil(data, box):
         return np.asarray(Image.fromarray(simplejpeg.decode_jpeg(data, "RGB")).resize((px, px), bicubic, box=box))
 
-    def simplejpeg_cv2(data, box):  # nf now
-        return decode.crop_resize(decode.decode_jpeg(data, decode.jpeg_header(data)), box, px)
+    def reduced(data, box, resize):  # nf's decode: libjpeg-turbo, DCT reduction while the crop stays >= px
+        header = decode.jpeg_header(data)
+        array = decode.decode_jpeg(data, header, decode.dct_reduction(box, px))
+        sx, sy = array.shape[1] / header.width, array.shape[0] / header.height
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        if any(b != int(b) for b in box):  # a reduced decode's fractional box: PIL, as nf does
+            return np.asarray(Image.fromarray(array).resize((px, px), bicubic, box=box))
+        return resize(array[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])])
 
-    def cv2_cv2(data, box):
+    def area_cubic(crop):  # nf before this change: area averaging when shrinking both axes
+        shrink = crop.shape[0] > px and crop.shape[1] > px
+        return cv2.resize(crop, (px, px), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+    def plain_cubic(crop):  # tf.data's filter: bicubic without anti-aliasing
+        return cv2.resize(crop, (px, px), interpolation=cv2.INTER_CUBIC)
+
+    def nf_resize(crop):  # nf now
+        return decode.crop_resize(crop, (0, 0, crop.shape[1], crop.shape[0]), px)
+
+    def cv2_nf(data, box):
         return decode.crop_resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB), box, px)
 
     def cv2_reduced_2(data, box):  # half-resolution decode whatever the crop (changes the images)
@@ -298,29 +315,65 @@ def _candidates(px: int):
     import tensorflow as tf
 
     @tf.function
-    def tf_crop_resize(data, window):
+    def tf_crop_resize(data, window):  # tf.data's per-image work (decode only the crop, bicubic)
         image = tf.io.decode_and_crop_jpeg(data, window, channels=3)
-        return tf.cast(tf.round(tf.image.resize(image, (px, px), "bicubic", antialias=True)), tf.uint8)
+        return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (px, px), "bicubic")), 0, 255), tf.uint8)
 
     def tf_function(data, box):
         window = tf.constant([box[1], box[0], box[3] - box[1], box[2] - box[0]], tf.int32)
         return tf_crop_resize(tf.constant(data), window).numpy()
 
     return {
-        "pil_draft+pil_resize (nf before)": pil_draft,
+        "pil_draft+pil_resize (nf at 9af7c21)": pil_draft,
         "simplejpeg+pil_resize": simplejpeg_pil,
-        "simplejpeg+cv2_area/cubic (nf now)": simplejpeg_cv2,
-        "cv2.imdecode+cv2_area/cubic": cv2_cv2,
+        "simplejpeg+cv2 INTER_AREA/cubic (nf before this change)": lambda data, box: reduced(data, box, area_cubic),
+        "simplejpeg+cv2 Gaussian+cubic (nf now)": lambda data, box: reduced(data, box, nf_resize),
+        "simplejpeg+cv2 plain cubic (tf.data's filter, aliases)": lambda data, box: reduced(data, box, plain_cubic),
+        "cv2.imdecode+nf resize": cv2_nf,
         "cv2 IMREAD_REDUCED_COLOR_2+resize": cv2_reduced_2,
-        "tf.function decode_and_crop+resize per image": tf_function,
+        "tf.function decode_and_crop+bicubic per image": tf_function,
         "decode only: PIL": lambda data, box: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
         "decode only: simplejpeg": lambda data, box: simplejpeg.decode_jpeg(data, "RGB"),
         "decode only: cv2": lambda data, box: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB),
     }
 
 
+def image_quality(candidate, encoded: list[bytes], boxes: list, px: int) -> dict | None:
+    """PSNR (median, minimum) and Laplacian-energy sharpness of `candidate`'s px x px outputs
+    relative to PIL's anti-aliased bicubic resize of the fully decoded box (timm's path); None for
+    candidates that do not output px x px images."""
+    import io
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    def energy(image):
+        g = image.astype(np.float64).mean(-1)
+        return float(np.std(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]))
+
+    psnrs, ours, theirs = [], [], []
+    for data, box in zip(encoded, boxes):
+        out = np.asarray(candidate(data, box))
+        if out.shape != (px, px, 3):
+            return None
+        ref = np.asarray(
+            Image.open(io.BytesIO(data)).convert("RGB").resize((px, px), Image.Resampling.BICUBIC, box=box)
+        )
+        mse = np.mean((out.astype(np.float64) - ref) ** 2)
+        psnrs.append(min(10 * math.log10(255**2 / mse), PSNR_IDENTICAL) if mse else PSNR_IDENTICAL)
+        ours.append(energy(out))
+        theirs.append(energy(ref))
+    return {
+        "psnr_median_db": float(np.median(psnrs)),
+        "psnr_min_db": float(np.min(psnrs)),
+        "sharpness_ratio": float(np.mean(ours) / np.mean(theirs)),
+    }
+
+
 def measure_candidates(args, px: int) -> dict:
-    """Images per CPU-second of each `_candidates` entry on this process's first core, interleaved."""
+    """Images per CPU-second of each `_candidates` entry on this process's first core, interleaved,
+    and its `image_quality` on the first 80 images."""
     import numpy as np
 
     from nf.data import decode
@@ -342,7 +395,14 @@ def measure_candidates(args, px: int) -> dict:
             for data, box in zip(encoded, boxes):
                 candidates[name](data, box)
             rates[name].append(len(encoded) / (time.process_time() - cpu))
-    return {name: {"images_per_cpu_sec": statistics.median(v), "rounds": v} for name, v in rates.items()}
+    return {
+        name: {
+            "images_per_cpu_sec": statistics.median(v),
+            "rounds": v,
+            "quality_vs_pil_antialiased_bicubic": image_quality(candidates[name], encoded[:80], boxes[:80], px),
+        }
+        for name, v in rates.items()
+    }
 
 
 def profile_nf(args, settings: dict) -> list[dict]:
