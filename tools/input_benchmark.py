@@ -323,15 +323,17 @@ def _candidates(px: int):
         window = tf.constant([box[1], box[0], box[3] - box[1], box[2] - box[0]], tf.int32)
         return tf_crop_resize(tf.constant(data), window).numpy()
 
-    return {
+    return {  # names without dots: they are keys of the docs' figure markers (tests/test_docs_figures.py)
         "pil_draft+pil_resize (nf at 9af7c21)": pil_draft,
         "simplejpeg+pil_resize": simplejpeg_pil,
         "simplejpeg+cv2 INTER_AREA/cubic (nf before this change)": lambda data, box: reduced(data, box, area_cubic),
         "simplejpeg+cv2 Gaussian+cubic (nf now)": lambda data, box: reduced(data, box, nf_resize),
-        "simplejpeg+cv2 plain cubic (tf.data's filter, aliases)": lambda data, box: reduced(data, box, plain_cubic),
-        "cv2.imdecode+nf resize": cv2_nf,
+        "simplejpeg+cv2 plain cubic (the filter of tf_data, aliases)": lambda data, box: reduced(
+            data, box, plain_cubic
+        ),
+        "cv2 imdecode+nf resize": cv2_nf,
         "cv2 IMREAD_REDUCED_COLOR_2+resize": cv2_reduced_2,
-        "tf.function decode_and_crop+bicubic per image": tf_function,
+        "tf function decode_and_crop+bicubic per image": tf_function,
         "decode only: PIL": lambda data, box: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
         "decode only: simplejpeg": lambda data, box: simplejpeg.decode_jpeg(data, "RGB"),
         "decode only: cv2": lambda data, box: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB),
