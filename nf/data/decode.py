@@ -5,18 +5,18 @@ JPEG decode itself, so the train path decodes with libjpeg-turbo through `simple
 wheel that bundles the library; pixel-identical to PIL's decode of the same files) and crops +
 resizes with OpenCV in one call:
 
-* shrinking by a factor s < 2 along an axis (every crop of the train path once `fast_jpeg`'s DCT
-  reduction has run): a Gaussian low-pass of sigma `ANTIALIAS_SIGMA * sqrt(s^2 - 1)` along that
-  axis, then `cv2.INTER_CUBIC`. PIL's anti-aliased bicubic widens its kernel by s; the Gaussian
-  adds what the plain bicubic lacks, at a third of the cost of `cv2.INTER_AREA`'s area averaging
-  for these non-integer factors (docs/input.md: ~41 dB PSNR against PIL's output on photographs,
-  the same sharpness; the reference tf.data pipeline's bicubic without anti-aliasing is ~31-34 dB
-  and aliases);
-* shrinking by 2 or more (only without the DCT reduction): `cv2.INTER_AREA` (pixel-area averaging);
-* enlarging (or keeping) both axes: `cv2.INTER_CUBIC` (bicubic interpolation).
+* an axis shrinking by a factor s (both by less than 2, or one while the other is enlarged): a
+  Gaussian low-pass of sigma `ANTIALIAS_SIGMA * sqrt(s^2 - 1)` along each shrinking axis, then
+  `cv2.INTER_CUBIC`. PIL's anti-aliased bicubic widens its kernel by s; the Gaussian adds what the
+  plain bicubic lacks, at a third of the cost of `cv2.INTER_AREA`'s area averaging for these
+  non-integer factors (docs/input.md: ~42 dB PSNR against PIL's output on photographs, the same
+  sharpness; the plain bicubic of the reference tf.data pipeline: ~33 dB, and it aliases);
+* both axes shrinking, one by 2 or more (an elongated crop whose short side is under twice the
+  output, so not DCT-reduced; or `fast_jpeg` off): `cv2.INTER_AREA` (pixel-area averaging);
+* no axis shrinking: `cv2.INTER_CUBIC` (bicubic interpolation).
 
 `fast_jpeg` reduced decodes (scale 1/2, 1/4 or 1/8 in the DCT domain, only when the crop stays at
-least `out_size` px, so the shrink left is under 2) are those of PIL's `draft`, which libjpeg-turbo
+least `out_size` px, so its short side shrinks by under 2) are those of PIL's `draft`, which libjpeg-turbo
 computes the same way; their fractional crop boxes are resized by PIL as before.
 
 Baseline and progressive YCbCr and grayscale JPEGs take this path; every other file (PNG, CMYK and
@@ -42,9 +42,9 @@ cv2.setNumThreads(1)  # the pipeline parallelizes over images (threads, grain wo
 _FAST_COLORSPACES = {"YCbCr": None, "Gray": "grayscale"}  # colorspace -> the `transforms.CONVERSIONS` kind
 DCT_REDUCTIONS = (8, 4, 2)  # libjpeg-turbo's SIMD reduced decodes (PIL `draft` uses the same)
 # Gaussian pre-filter of a shrink by s < 2: sigma = ANTIALIAS_SIGMA * sqrt(s^2 - 1) input px (fitted
-# to PIL's anti-aliased bicubic: PSNR and sharpness, `tools/input_benchmark.py --quality`).
+# to PIL's anti-aliased bicubic in PSNR and sharpness; `tools/input_benchmark.py --candidates` measures both).
 ANTIALIAS_SIGMA = 0.55
-MAX_BLUR_SHRINK = 2.0  # from this shrink on, INTER_AREA (its area averaging is then cheap enough)
+MAX_BLUR_SHRINK = 2.0  # both axes shrinking, one by this or more: INTER_AREA
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, PIL convention
 
