@@ -16,8 +16,8 @@ resizes with OpenCV in one call:
 * no axis shrinking: `cv2.INTER_CUBIC` (bicubic interpolation).
 
 `fast_jpeg` reduced decodes (scale 1/2, 1/4 or 1/8 in the DCT domain, only when the crop stays at
-least `out_size` px, so its short side shrinks by under 2) are those of PIL's `draft`, which libjpeg-turbo
-computes the same way; their fractional crop boxes are resized by PIL as before.
+least `out_size` px, so its short side then shrinks by under 2) are those of PIL's `draft`, which
+libjpeg-turbo computes the same way; their fractional crop boxes are resized by PIL as before.
 
 Baseline and progressive YCbCr and grayscale JPEGs take this path; every other file (PNG, CMYK and
 YCCK JPEGs, anything libjpeg-turbo rejects in its header) is decoded by PIL via

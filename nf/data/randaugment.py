@@ -219,8 +219,8 @@ def _nearest_maps(data: tuple[float, ...], width: int, height: int) -> np.ndarra
     """`cv2.remap` maps (int16 (H, W, 2) of x, y; -1 outside) of PIL's NEAREST affine `data`.
 
     PIL transforms an image of pixel indices (mode "I": 32-bit pixels like RGB's, so the same
-    sampling code), so the remap takes exactly the pixels PIL's transform of the image would, at a
-    fifth of the per-call cost (no PIL image round trip)."""
+    sampling code), so the remap takes exactly the pixels PIL's transform of the image would, at
+    about half the per-call cost (no PIL image round trip)."""
     index = Image.fromarray(np.arange(width * height, dtype=np.int32).reshape(height, width), "I")
     taken = np.asarray(
         index.transform((width, height), Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST, fillcolor=-1)
