@@ -10,7 +10,8 @@ alike; every figure is a median over rounds. A round builds the pipeline, takes 
 batch, then times `--batches` batches of `--batch_size`:
 
 * `nf`: `make_pipeline` of this tree with the recipe's data settings (worker_count=0,
-  read_threads=1), the batch as the trainer gets it (float32 normalized images, one-hot targets);
+  read_threads=1), the batch as the trainer gets it (float32 normalized images, one-hot targets),
+  reading --data repeated to ImageNet's 1,281,167 records (`RepeatedSource`, --records);
 * `baseline` (with --baseline_tree): the same through another checkout of nf (e.g. the commit
   before a change), to measure a speed-up in the same run;
 * `tfdata` (with --peer=tfdata): the input of DeepMind's NFNet code and of big_vision in
@@ -49,6 +50,8 @@ SIZES = ((500, 375), (375, 500), (500, 333), (500, 400), (640, 480), (500, 500),
 RECIPES = ("resnet", "nfnet_f0")
 RECIPE_CONFIGS = {"resnet": "configs/resnet_imagenet.py:nf_resnet50", "nfnet_f0": "configs/nfnet_imagenet.py:f0"}
 TFDATA_PEER = "tfdata"
+PSNR_IDENTICAL = 100.0  # dB reported for identical images (JSON has no infinity)
+IMAGENET_TRAIN_RECORDS = 1_281_167  # ImageNet-1k's train split: the source length nf's pipeline sees
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,15 +115,42 @@ def recipe_settings(recipe: str) -> dict:
     }
 
 
-def nf_pipeline(data: str, settings: dict, batch_size: int, worker_count: int, read_threads: int):
+class RepeatedSource:
+    """`source`'s records repeated to `length` records (record i is `source[i % len(source)]`).
+
+    grain's index shuffle costs per record what the dataset's size makes it cost (on this machine
+    ~90 us on 320 records, ~9 us on ImageNet's 1,281,167), so nf reads the benchmark folder as a
+    source of ImageNet's length: the per-record cost is then that of training on ImageNet.
+    """
+
+    def __init__(self, source, length: int):
+        self.source, self.length, self.num_classes = source, length, source.num_classes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        return self.source[int(index) % len(self.source)]
+
+
+def benchmark_source(data: str, records: int):
+    """The image folder `data` as nf's source, repeated to `records` records (0: as it is)."""
+    from nf import data as nf_data
+
+    source = nf_data.open_source(data)
+    return RepeatedSource(source, records) if records else source
+
+
+def nf_pipeline(data: str, settings: dict, batch_size: int, worker_count: int, read_threads: int, records: int):
     """nf's training iterator for `settings` (the one place that calls `make_pipeline`)."""
     from nf import data as nf_data
 
+    source = benchmark_source(data, records)
     loader = dict(batch_size=batch_size, seed=0, worker_count=worker_count, read_threads=read_threads)
     if not hasattr(nf_data, "LoaderSettings"):  # a --baseline_tree from before nf.data.LoaderSettings
-        return nf_data.make_pipeline(nf_data.open_source(data), train=True, **loader, **settings)
+        return nf_data.make_pipeline(source, train=True, **loader, **settings)
     transform = nf_data.ClassificationTrain(**settings)
-    return nf_data.make_pipeline(nf_data.open_source(data), transform, nf_data.LoaderSettings(**loader))
+    return nf_data.make_pipeline(source, transform, nf_data.LoaderSettings(**loader))
 
 
 def tfdata_pipeline(data: str, image_size: int, batch_size: int):
@@ -161,7 +191,7 @@ def run_contender(args) -> dict:
     if args._run == TFDATA_PEER:
         it = tfdata_pipeline(args.data, settings["image_size"], args.batch_size)
     else:
-        it = nf_pipeline(args.data, settings, args.batch_size, args.worker_count, args.read_threads)
+        it = nf_pipeline(args.data, settings, args.batch_size, args.worker_count, args.read_threads, args.records)
     next(it)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.batches):
@@ -176,7 +206,7 @@ def run_contender(args) -> dict:
 def _child(args, run: str, python: str, tree: Path, settings: dict, cpus: str, workers=0, threads=1) -> dict:
     cmd = [python, str(Path(__file__).resolve()), f"--_run={run}", f"--data={args.data}", f"--cpus={cpus}"]
     cmd += [f"--settings={json.dumps(settings)}", f"--batch_size={args.batch_size}", f"--batches={args.batches}"]
-    cmd += [f"--worker_count={workers}", f"--read_threads={threads}"]
+    cmd += [f"--worker_count={workers}", f"--read_threads={threads}", f"--records={args.records}"]
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -248,17 +278,33 @@ def _candidates(px: int):
 
     bicubic = Image.Resampling.BICUBIC
 
-    def pil_draft(data, box):  # nf before this change
+    def pil_draft(data, box):  # nf at 9af7c21
         img, b = T._draft_for_box(Image.open(io.BytesIO(data)), box, px)
         return np.asarray(img.convert("RGB").resize((px, px), bicubic, box=b))
 
     def simplejpeg_pil(data, box):
         return np.asarray(Image.fromarray(simplejpeg.decode_jpeg(data, "RGB")).resize((px, px), bicubic, box=box))
 
-    def simplejpeg_cv2(data, box):  # nf now
-        return decode.crop_resize(decode.decode_jpeg(data, decode.jpeg_header(data)), box, px)
+    def reduced(data, box, resize):  # nf's decode: libjpeg-turbo, DCT reduction while the crop stays >= px
+        header = decode.jpeg_header(data)
+        array = decode.decode_jpeg(data, header, decode.dct_reduction(box, px))
+        sx, sy = array.shape[1] / header.width, array.shape[0] / header.height
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        if any(b != int(b) for b in box):  # a reduced decode's fractional box: PIL, as nf does
+            return np.asarray(Image.fromarray(array).resize((px, px), bicubic, box=box))
+        return resize(array[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])])
 
-    def cv2_cv2(data, box):
+    def area_cubic(crop):  # nf before this change: area averaging when shrinking both axes
+        shrink = crop.shape[0] > px and crop.shape[1] > px
+        return cv2.resize(crop, (px, px), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+    def plain_cubic(crop):  # tf.data's filter: bicubic without anti-aliasing
+        return cv2.resize(crop, (px, px), interpolation=cv2.INTER_CUBIC)
+
+    def nf_resize(crop):  # nf now
+        return decode.crop_resize(crop, (0, 0, crop.shape[1], crop.shape[0]), px)
+
+    def cv2_nf(data, box):
         return decode.crop_resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB), box, px)
 
     def cv2_reduced_2(data, box):  # half-resolution decode whatever the crop (changes the images)
@@ -269,29 +315,67 @@ def _candidates(px: int):
     import tensorflow as tf
 
     @tf.function
-    def tf_crop_resize(data, window):
+    def tf_crop_resize(data, window):  # tf.data's per-image work (decode only the crop, bicubic)
         image = tf.io.decode_and_crop_jpeg(data, window, channels=3)
-        return tf.cast(tf.round(tf.image.resize(image, (px, px), "bicubic", antialias=True)), tf.uint8)
+        return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (px, px), "bicubic")), 0, 255), tf.uint8)
 
     def tf_function(data, box):
         window = tf.constant([box[1], box[0], box[3] - box[1], box[2] - box[0]], tf.int32)
         return tf_crop_resize(tf.constant(data), window).numpy()
 
-    return {
-        "pil_draft+pil_resize (nf before)": pil_draft,
+    return {  # names without dots: they are keys of the docs' figure markers (tests/test_docs_figures.py)
+        "pil_draft+pil_resize (nf at 9af7c21)": pil_draft,
         "simplejpeg+pil_resize": simplejpeg_pil,
-        "simplejpeg+cv2_area/cubic (nf now)": simplejpeg_cv2,
-        "cv2.imdecode+cv2_area/cubic": cv2_cv2,
+        "simplejpeg+cv2 INTER_AREA/cubic (nf before this change)": lambda data, box: reduced(data, box, area_cubic),
+        "simplejpeg+cv2 Gaussian+cubic (nf now)": lambda data, box: reduced(data, box, nf_resize),
+        "simplejpeg+cv2 plain cubic (the filter of tf_data, aliases)": lambda data, box: reduced(
+            data, box, plain_cubic
+        ),
+        "cv2 imdecode+nf resize": cv2_nf,
         "cv2 IMREAD_REDUCED_COLOR_2+resize": cv2_reduced_2,
-        "tf.function decode_and_crop+resize per image": tf_function,
+        "tf function decode_and_crop+bicubic per image": tf_function,
         "decode only: PIL": lambda data, box: np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
         "decode only: simplejpeg": lambda data, box: simplejpeg.decode_jpeg(data, "RGB"),
         "decode only: cv2": lambda data, box: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB),
     }
 
 
+def image_quality(candidate, encoded: list[bytes], boxes: list, px: int) -> dict | None:
+    """PSNR (median, minimum) and Laplacian-energy sharpness of `candidate`'s px x px outputs
+    relative to PIL's anti-aliased bicubic resize of the fully decoded box (timm's path); None for
+    candidates that do not output px x px images."""
+    import io
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    def energy(image):
+        g = image.astype(np.float64).mean(-1)
+        return float(np.std(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]))
+
+    psnrs, ours, theirs = [], [], []
+    for data, box in zip(encoded, boxes):
+        out = np.asarray(candidate(data, box))
+        if out.shape != (px, px, 3):
+            return None
+        ref = np.asarray(
+            Image.open(io.BytesIO(data)).convert("RGB").resize((px, px), Image.Resampling.BICUBIC, box=box)
+        )
+        mse = np.mean((out.astype(np.float64) - ref) ** 2)
+        psnrs.append(min(10 * math.log10(255**2 / mse), PSNR_IDENTICAL) if mse else PSNR_IDENTICAL)
+        ours.append(energy(out))
+        theirs.append(energy(ref))
+    return {
+        "psnr_median_db": float(np.median(psnrs)),
+        "psnr_min_db": float(np.min(psnrs)),
+        "sharpness_ratio": float(np.mean(ours) / np.mean(theirs)),
+    }
+
+
 def measure_candidates(args, px: int) -> dict:
-    """Images per CPU-second of each `_candidates` entry on this process's first core, interleaved."""
+    """Images per CPU-second of each `_candidates` entry on this process's first core, interleaved,
+    and its `image_quality` on the first 80 images."""
     import numpy as np
 
     from nf.data import decode
@@ -313,7 +397,14 @@ def measure_candidates(args, px: int) -> dict:
             for data, box in zip(encoded, boxes):
                 candidates[name](data, box)
             rates[name].append(len(encoded) / (time.process_time() - cpu))
-    return {name: {"images_per_cpu_sec": statistics.median(v), "rounds": v} for name, v in rates.items()}
+    return {
+        name: {
+            "images_per_cpu_sec": statistics.median(v),
+            "rounds": v,
+            "quality_vs_pil_antialiased_bicubic": image_quality(candidates[name], encoded[:80], boxes[:80], px),
+        }
+        for name, v in rates.items()
+    }
 
 
 def profile_nf(args, settings: dict) -> list[dict]:
@@ -325,7 +416,10 @@ def profile_nf(args, settings: dict) -> list[dict]:
     from nf.data.batching import build_batches
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    source, transform = nf_data.open_source(args.data), nf_data.ClassificationTrain(**settings)
+    source, transform = (
+        benchmark_source(args.data, args.records),
+        nf_data.ClassificationTrain(**settings),
+    )
     loader = nf_data.LoaderSettings(batch_size=args.batch_size, seed=0)
     batches = build_batches(
         source, transform.example_map(), transform.batch_map(source, loader), train=True, loader=loader
@@ -363,6 +457,12 @@ def main(argv=None) -> None:
     parser.add_argument("--json", nargs="?", const="-", help="write the result as JSON (to a path, or stdout)")
     parser.add_argument("--write_data", help="write --num_images photo-like JPEGs into this folder and exit")
     parser.add_argument("--num_images", type=int, default=320)
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=IMAGENET_TRAIN_RECORDS,
+        help="nf reads --data repeated to this many records (RepeatedSource; 0: the folder as it is)",
+    )
     for name in ("_run", "cpus", "settings"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     parser.add_argument("--worker_count", type=int, default=0, help=argparse.SUPPRESS)

@@ -4,8 +4,9 @@
 
 Runs `nf-train --config=CONFIG --workdir=WORKDIR` (the console script beside this Python) in a
 fresh workdir, timing the whole command, and writes a JSON with the final EMA top-1, the wall time,
-the median step time (the trainer's summary), the machine, its load, the date, the commit and the
-command. The docs quote these files (`tests/test_docs_figures.py` checks the quotes).
+the median step time and the fraction of the loop spent waiting for data (the trainer's summary),
+the machine, its load, the date, the commit and the command. The docs quote these files
+(`tests/test_docs_figures.py` checks the quotes).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv) -> None:
     metrics = [json.loads(line) for line in (REPO / workdir / "metrics.jsonl").read_text().splitlines()]
     final = [m for m in metrics if m["split"] == "eval"][-1]
     step_ms = re.search(r"median step (\d+) ms", out)  # the trainer's summary line
+    waiting = re.search(r"waiting for data ([\d.]+)% of the loop", out)
     result = {
         "command": "nf-train " + " ".join(cmd[1:]),
         **provenance(),
@@ -55,6 +57,7 @@ def main(argv) -> None:
         "top1": final["top1"],
         "wall_seconds": wall,
         "median_step_seconds": int(step_ms.group(1)) / 1e3 if step_ms else None,
+        "data_wait_fraction": float(waiting.group(1)) / 100 if waiting else None,  # printed to 0.1 %
     }
     print(json.dumps(result, indent=1))
     if _JSON.value:

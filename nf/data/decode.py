@@ -5,14 +5,19 @@ JPEG decode itself, so the train path decodes with libjpeg-turbo through `simple
 wheel that bundles the library; pixel-identical to PIL's decode of the same files) and crops +
 resizes with OpenCV in one call:
 
-* shrinking (the crop is larger than the output in both directions): `cv2.INTER_AREA` (exact
-  pixel-area averaging: an anti-aliased reduction like PIL's bicubic filter, whose support grows
-  with the scale; on photographs it matches PIL's output to ~42 dB PSNR with the same sharpness);
-* otherwise `cv2.INTER_CUBIC` (bicubic interpolation).
+* an axis shrinking by a factor s (both by less than 2, or one while the other is enlarged): a
+  Gaussian low-pass of sigma `ANTIALIAS_SIGMA * sqrt(s^2 - 1)` along each shrinking axis, then
+  `cv2.INTER_CUBIC`. PIL's anti-aliased bicubic widens its kernel by s; the Gaussian adds what the
+  plain bicubic lacks, at a third of the cost of `cv2.INTER_AREA`'s area averaging for these
+  non-integer factors (docs/input.md: ~42 dB PSNR against PIL's output on photographs, the same
+  sharpness; the plain bicubic of the reference tf.data pipeline: ~33 dB, and it aliases);
+* both axes shrinking, one by 2 or more (an elongated crop whose short side is under twice the
+  output, so not DCT-reduced; or `fast_jpeg` off): `cv2.INTER_AREA` (pixel-area averaging);
+* no axis shrinking: `cv2.INTER_CUBIC` (bicubic interpolation).
 
 `fast_jpeg` reduced decodes (scale 1/2, 1/4 or 1/8 in the DCT domain, only when the crop stays at
-least `out_size` px) are those of PIL's `draft`, which libjpeg-turbo computes the same way; their
-fractional crop boxes are resized by PIL as before.
+least `out_size` px, so its short side then shrinks by under 2) are those of PIL's `draft`, which
+libjpeg-turbo computes the same way; their fractional crop boxes are resized by PIL as before.
 
 Baseline and progressive YCbCr and grayscale JPEGs take this path; every other file (PNG, CMYK and
 YCCK JPEGs, anything libjpeg-turbo rejects in its header) is decoded by PIL via
@@ -36,6 +41,10 @@ cv2.setNumThreads(1)  # the pipeline parallelizes over images (threads, grain wo
 
 _FAST_COLORSPACES = {"YCbCr": None, "Gray": "grayscale"}  # colorspace -> the `transforms.CONVERSIONS` kind
 DCT_REDUCTIONS = (8, 4, 2)  # libjpeg-turbo's SIMD reduced decodes (PIL `draft` uses the same)
+# Gaussian pre-filter of a shrink by s < 2: sigma = ANTIALIAS_SIGMA * sqrt(s^2 - 1) input px (fitted
+# to PIL's anti-aliased bicubic in PSNR and sharpness; `tools/input_benchmark.py --candidates` measures both).
+ANTIALIAS_SIGMA = 0.55
+MAX_BLUR_SHRINK = 2.0  # both axes shrinking, one by this or more: INTER_AREA
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, PIL convention
 
@@ -102,8 +111,20 @@ def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
         return np.asarray(resized)
     left, top, right, bottom = (int(b) for b in box)
     crop = image[top:bottom, left:right]
-    shrink = crop.shape[0] > size and crop.shape[1] > size
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    scale_y, scale_x = crop.shape[0] / size, crop.shape[1] / size
+    if scale_x > 1 and scale_y > 1 and max(scale_x, scale_y) >= MAX_BLUR_SHRINK:
+        return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    if scale_x > 1 or scale_y > 1:
+        crop = antialias_blur(crop, scale_x, scale_y)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def antialias_blur(image: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """The Gaussian low-pass (module docstring) before a bicubic shrink by (scale_x, scale_y) < 2;
+    an axis that is not shrunk is left alone."""
+    sigmas = [ANTIALIAS_SIGMA * math.sqrt(max(s * s - 1.0, 0.0)) for s in (scale_x, scale_y)]
+    ksize = [2 * math.ceil(2.5 * g) + 1 if g > 0 else 1 for g in sigmas]  # +-2.5 sigma
+    return cv2.GaussianBlur(image, ksize, sigmaX=sigmas[0], sigmaY=sigmas[1], borderType=cv2.BORDER_REFLECT_101)
 
 
 def flip_left_right(image: np.ndarray) -> np.ndarray:

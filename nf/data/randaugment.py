@@ -53,6 +53,7 @@ results are deterministic per seed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -67,6 +68,7 @@ MAX_MAGNITUDE = 30.0
 FILL = 128
 TRANSLATE_CONST = 100.0  # px at M = 10 (reference RandAugment hparams)
 CUTOUT_CONST = 40.0  # half side in px at M = 10
+_MAX_REMAP_SIDE = 32767  # `affine` remaps images up to this side (int16 maps), PIL beyond
 _STREAM = 0x52414E44  # "RAND": keeps these per-example streams apart from the MixUp/CutMix stream
 
 # The reference order (the op index drawn by each layer refers to it).
@@ -194,17 +196,38 @@ def affine(image: np.ndarray, matrix: Sequence[float], fill: int = FILL) -> np.n
     """Output pixel (x, y) = input pixel nearest to (a x + b y + c, d x + e y + f), else `fill`.
 
     `matrix` = (a, b, c, d, e, f) in index coordinates (x = column, y = row, origin top-left);
-    "nearest" is floor(. + 0.5). Runs in PIL (`Image.transform`, NEAREST), whose sampling point
+    "nearest" is floor(. + 0.5). The sampling is PIL's (`Image.transform`, NEAREST), whose point
     for output pixel (x, y) is the matrix applied to the pixel centre (x + 0.5, y + 0.5), floored:
-    the offsets below convert between the two conventions.
+    the offsets below convert between the two conventions; it is applied by `cv2.remap` with the
+    maps PIL computes (`_nearest_maps`, cached per transform and image size).
     """
     a, b, c, d, e, f = (float(v) for v in matrix)
     h, w = image.shape[:2]
     data = (a, b, c + 0.5 * (1 - a - b), d, e, f + 0.5 * (1 - d - e))
-    out = Image.fromarray(image).transform(
-        (w, h), Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST, fillcolor=(fill,) * 3
+    if max(h, w) > _MAX_REMAP_SIDE:
+        out = Image.fromarray(image).transform(
+            (w, h), Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST, fillcolor=(fill,) * 3
+        )
+        return np.asarray(out)
+    border = (fill,) * 3
+    maps = _nearest_maps(data, w, h)
+    return cv2.remap(image, maps, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+@functools.lru_cache(maxsize=64)  # at a fixed magnitude, 10 transforms (5 ops x 2 signs) per shape
+def _nearest_maps(data: tuple[float, ...], width: int, height: int) -> np.ndarray:
+    """`cv2.remap` maps (int16 (H, W, 2) of x, y; -1 outside) of PIL's NEAREST affine `data`.
+
+    PIL transforms an image of pixel indices (mode "I": 32-bit pixels like RGB's, so the same
+    sampling code), so the remap takes exactly the pixels PIL's transform of the image would, at
+    about half the per-call cost (no PIL image round trip)."""
+    index = Image.fromarray(np.arange(width * height, dtype=np.int32).reshape(height, width), "I")
+    taken = np.asarray(
+        index.transform((width, height), Image.Transform.AFFINE, data, resample=Image.Resampling.NEAREST, fillcolor=-1)
     )
-    return np.asarray(out)
+    inside = taken >= 0
+    maps = np.stack([np.where(inside, taken % width, -1), np.where(inside, taken // width, -1)], axis=-1)
+    return maps.astype(np.int16)
 
 
 def rotate(image: np.ndarray, degrees: float, fill: int = FILL) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Per-example image transforms (numpy + PIL, picklable) and batch-level MixUp/CutMix.
 
 paper App. A. Train: decode -> Inception crop (area 0.08-1, aspect 3/4-4/3, 10 attempts, else
-the eval centre crop) -> horizontal flip -> resize to px (OpenCV: area averaging when shrinking,
-bicubic otherwise; `nf.data.decode`) -> normalize. Eval: either
+the eval centre crop) -> horizontal flip -> resize to px (OpenCV: an anti-aliasing Gaussian +
+bicubic when shrinking, bicubic otherwise; `nf.data.decode`) -> normalize. Eval: either
 "center_crop" (NF-RegNet: square centre crop of px/(px+32) of the short side, then resize),
 "resize_crop" (NFNet: resize to (px+32)x(px+32), then centre crop px) or "resize_short_crop"
 (timm: resize the short side to floor(px/crop_pct) keeping the aspect, then centre crop px).
@@ -287,9 +287,10 @@ class _ImageTransform:
 class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
     """Decode -> Inception crop -> random horizontal flip -> resize (uint8 RGB out).
 
-    JPEGs are decoded by libjpeg-turbo and resized by OpenCV (area averaging when shrinking,
-    bicubic otherwise; `nf.data.decode`), other files by PIL; the crop box and flip draws are
-    those of `inception_crop_box` and `rng.random() < 0.5`, in that order.
+    JPEGs are decoded by libjpeg-turbo, other files by PIL; images are resized by OpenCV
+    (anti-aliased like PIL's bicubic when shrinking, bicubic otherwise; `nf.data.decode`). The
+    crop box and flip draws are those of `inception_crop_box` and `rng.random() < 0.5`, in that
+    order.
 
     Args:
       image_size: output side px.
