@@ -38,6 +38,10 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv) -> None:
     del argv
+    from nf.train import console
+
+    console.quiet_libraries(verbose=console.verbosity_requested())  # one line per step, as nf-train
+    console.start_backends(verbose=console.verbosity_requested())
     if bool(_TRAIN.value) != bool(_EVAL.value):
         raise app.UsageError("--train and --eval go together (image folders or ArrayRecord dirs)")
     if _TRAIN.value:
