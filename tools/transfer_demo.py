@@ -1,6 +1,7 @@
 """Transfer demo on the bundled digit scenes: pretrained vs from-scratch, segmentation and depth.
 
     python tools/transfer_demo.py [--runs=runs] [--steps=300] [--seed=0 --seed=1 --seed=2] [--task=depth] [--json=FILE]
+    python tools/transfer_demo.py --markdown=tools/results/transfer_demo_seeds.json   # the docs table
 
 1. trains the quickstart classifier (configs/quickstart.py) into RUNS/quickstart unless it has a
    checkpoint there already;
@@ -40,10 +41,13 @@ _SEED = flags.DEFINE_multi_integer(
 )
 _TASKS = flags.DEFINE_multi_enum("task", ["segmentation", "depth"], ["segmentation", "depth"], "Which pairs to run.")
 _JSON = flags.DEFINE_string("json", "", "Write the results and their provenance to this file.")
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", "", "Print the docs table of a result file written by --json (figures with their markers); no runs."
+)
 
 # (task, config, the metrics shown: (key, label, format))
 TASKS = {
-    "segmentation": ("configs/scenes_seg.py", (("miou", "mIoU", "{:.1%}"), ("pixel_accuracy", "pixel acc", "{:.1%}"))),
+    "segmentation": ("configs/scenes_seg.py", (("miou", "mIoU", "{:.1%}"), ("pixel_accuracy", "pixel acc", "{:.2%}"))),
     "depth": (
         "configs/scenes_depth.py",
         (("delta1", "δ<1.25", "{:.1%}"), ("rms", "rms (m)", "{:.3f}"), ("rel", "rel", "{:.3f}")),
@@ -106,8 +110,45 @@ def summarize(per_seed: dict[int, dict]) -> dict:
     return out
 
 
+def markdown_rows(path: str) -> str:
+    """The table of docs/transfer.md from a `--json` result file: each figure followed by the
+    marker that tests/test_docs_figures.py checks against the file."""
+    record = json.loads(Path(path).read_text())
+
+    def cell(key: str, fmt: str) -> str:
+        value = record
+        for part in key.split("."):
+            value = value[part]
+        return fmt.format(value) + f"<!-- r {path} {key} {fmt} -->"
+
+    lines = [
+        "| task | metric | pretrained | from scratch | gain (pretrained − scratch) | beyond seed noise |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, (_, metrics) in TASKS.items():
+        if task not in record["summary"]:
+            continue
+        for key, label, fmt in metrics:
+            base = f"summary.{task}.{key}"
+            runs = []
+            for run in ("pretrained_spread", "scratch_spread"):
+                k = f"{base}.{run}"
+                runs.append(
+                    f"{cell(k + '.mean', fmt)} ± {cell(k + '.std', fmt)} "
+                    f"({cell(k + '.min', fmt)} – {cell(k + '.max', fmt)})"
+                )
+            signed = fmt.replace("{:", "{:+")
+            gain = f"{cell(base + '.gain.mean', signed)} ± {cell(base + '.gain.std', fmt)}"
+            verdict = "**yes**" if record["summary"][task][key]["gain_exceeds_seed_noise"] else "no"
+            lines.append(f"| {task} | {label} | {runs[0]} | {runs[1]} | {gain} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main(argv) -> None:
     del argv
+    if _MARKDOWN.value:
+        print(markdown_rows(_MARKDOWN.value))
+        return
     runs = Path(_RUNS.value).absolute()
     quickstart = runs / "quickstart"
     if not step_folders(quickstart / CHECKPOINTS):
