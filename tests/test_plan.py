@@ -193,6 +193,17 @@ def test_plan_flops_count_every_block_of_a_scanned_stage():
     assert deep["flops_per_device"] - shallow["flops_per_device"] == pytest.approx(8 * per_block, rel=0.02)
 
 
+def test_per_block_cost_matches_the_unrolled_compile():
+    """`cost="per_block"`: the step's own compile plus each scanned stage's block compiled alone,
+    (trips - 1) times, gives the FLOPs and bytes of the compile with every scan unrolled."""
+    deep = quickstart({**TINY_RUN, "model.depths": (1, 9)})
+    unrolled, per_block = (plan(deep, "v5e-4", search=False, cost=c) for c in ("unrolled", "per_block"))
+    assert per_block["cost_method"] == "per_block" and unrolled["cost_method"] == "unrolled"
+    assert per_block["flops_per_device"] == pytest.approx(unrolled["flops_per_device"], rel=0.02)
+    assert per_block["bytes_accessed_per_device"] == pytest.approx(unrolled["bytes_accessed_per_device"], rel=0.1)
+    assert per_block["hbm_bytes"] == unrolled["hbm_bytes"]  # memory: the step nf-train runs, either way
+
+
 @pytest.mark.slow  # two compiles with their cost compiles: ~30 s idle, longer loaded
 def test_accumulated_step_costs_every_micro_batch():
     """With `optimizer.accum_steps=4` the step does the same arithmetic over the same images as

@@ -42,6 +42,7 @@ _OUT = flags.DEFINE_string("out", None, "Result JSON (rows appended as they fini
 _MODELS = flags.DEFINE_list("models", list(RECIPES), "Recipes, in order (smallest first).")
 _GENERATIONS = flags.DEFINE_list("generations", list(GENERATION_NAMES), "Generations of part `generations`.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the markdown page from the result files.")
+_COST = flags.DEFINE_enum("cost", "unrolled", ["unrolled", "per_block"], "nf.plan.planner.plan's cost method.")
 V3_RESULT = "tools/results/tpu_plan_v3_32.json"
 _RESULTS = flags.DEFINE_list(
     "results",
@@ -103,7 +104,7 @@ def _summary(plan: dict) -> dict:
             "image_size", "fits", "margin_bytes", "hbm_bytes", "state_bytes_per_device", "eval_hbm_bytes",
             "flops_per_device", "bytes_accessed_per_device", "collectives", "roofline_bound",
             "roofline_step_seconds", "roofline_images_per_second_per_chip", "host_images_per_second_needed",
-            "compile_seconds", "compile_error", "suggestions", "cost_counts_loops_once")  # fmt: skip
+            "compile_seconds", "compile_error", "suggestions", "cost_counts_loops_once", "cost_method")  # fmt: skip
     return {k: plan.get(k) for k in keep}
 
 
@@ -116,7 +117,7 @@ def measure_v3(out: str, models: list[str]) -> None:
     for model in models:
         if model in done:
             continue
-        result = plan(v3_config(model), V3_TOPOLOGY, search=False)
+        result = plan(v3_config(model), V3_TOPOLOGY, search=False, cost=_COST.value)
         row = {"model": model, "deepmind_step_ms": DEEPMIND_TPUV3_STEP_MS.get(model)} | _summary(result)
         row["loadavg_end"] = os.getloadavg()
         data["rows"].append(row)
@@ -155,7 +156,7 @@ def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
         start = next((i for i, t in enumerate(slices) if predicted(t) <= t.hbm_bytes_per_device), len(slices) - 1)
     tried, found, i = [], None, start
     while i < len(slices):
-        result = plan(config, slices[i].name, search=False)
+        result = plan(config, slices[i].name, search=False, cost=_COST.value)
         tried.append({"topology": slices[i].name, "fits": result["fits"], "hbm_total": result["hbm_bytes"]["total"]})
         if not result["fits"]:
             i += 1

@@ -53,6 +53,29 @@ def unrolled_scans() -> Iterator[None]:
         jax.lax.scan = original
 
 
+@contextlib.contextmanager
+def recorded_scans(records: list) -> Iterator[None]:
+    """Within the block, `jax.lax.scan` runs as written (a loop) and appends `(body, carry, x, n)`
+    to `records`: its body, the carry's and one iteration's inputs as ShapeDtypeStructs, and its trip
+    count (for costing a body alone, `nf.plan`). A scan that names its own `unroll` is not recorded."""
+    original = jax.lax.scan
+
+    @functools.wraps(original)
+    def scan(f, init, xs=None, length=None, **kwargs):
+        if "unroll" not in kwargs:
+            n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
+            carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), init)
+            x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+            records.append((f, carry, x, n))
+        return original(f, init, xs, length=length, **kwargs)
+
+    jax.lax.scan = scan
+    try:
+        yield
+    finally:
+        jax.lax.scan = original
+
+
 def abstract_model(model: ModelOrFactory) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """`(graphdef, variables, rest)` of a model without allocating its variables.
 
