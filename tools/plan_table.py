@@ -225,6 +225,14 @@ def markdown(paths: list[str]) -> str:
         "- The cost compile with the scans unrolled is the slow part for deep recipes (NF-RegNet-B5: 358 s",
         "  train, 2,168 s unrolled, under load) and needs host memory: NFNet-F2's was killed by the",
         "  kernel's out-of-memory killer at 17.8 GB resident on the 24 GB development machine.",
+        "  `--cost=per_block` costs each loop body compiled alone instead, (trips - 1) times, beside the",
+        "  step's own compile: for NF-RegNet-B2 and NFNet-F1 within 0.1 % of the unrolled FLOPs and 4 %",
+        "  of its bytes (`tools/plan_cost_check.py`, `tools/results/plan_cost_methods.json`) at a fraction",
+        "  of the time and memory; rows measured that way say so (`cost_method`).",
+        "- NFNet-F3 to F7 do not fit a v3 core's 16 GiB at 32 images per core as is (XLA asks for 38 to 190",
+        "  GiB); DeepMind's published step times at that setting imply a leaner step. With",
+        "  `--config.model.remat=block` F3 fits in 9.13 GiB per core, roofline bound 227 ms against",
+        "  DeepMind's 532.2 ms (`tools/results/tpu_plan_f3_remat_v3_32.json`).",
         "- Gradient accumulation seemed to raise the temporaries (10.0 -> 17.5 GiB): that was the plan's",
         "  own cost compile, which unrolled the accumulation loop so XLA held every micro-batch at once;",
         "  the loop now stays rolled there and one micro-batch's forward and backward pass, compiled",
@@ -273,7 +281,8 @@ def markdown(paths: list[str]) -> str:
                     f"{_gib(r['hbm_bytes']['total'])} | {_gib(ev)} | "
                     f"{(r['flops_per_device'] or 0) / 1e12:.3f} | {(r['bytes_accessed_per_device'] or 0) / 1e9:.2f} | "
                     f"{bound * 1e3:.1f} ({r['roofline_bound']}) | {dm or '–'} | {ratio} | "
-                    f"{sum((r.get('compile_seconds') or {}).values()):.0f} |"
+                    f"{sum((r.get('compile_seconds') or {}).values()):.0f}"
+                    f"{' (per block)' if r.get('cost_method') == 'per_block' else ''} |"
                     if bound
                     else f"| {r['model']} | {r['image_size']} | NO | {_gib(r['hbm_bytes']['total'])} | – | – | – | – | "
                     f"{dm or '–'} | – | – |"
