@@ -1,6 +1,6 @@
 """How far `nf-plan --cost=per_block` is from the unrolled cost compile, per recipe on v3-32.
 
-    python tools/plan_cost_check.py --models=nf_regnet_b2,nfnet_f1 --json=tools/results/plan_cost_methods.json
+    python tools/plan_cost_check.py --recipes=nf_regnet_b2,nfnet_f1 --json=tools/results/plan_cost_methods.json
 
 Plans each recipe at the v3-32 table's setting (`tools/plan_table.py`) with `cost="per_block"` and
 compares its FLOPs and bytes accessed per device with the row of `tools/results/tpu_plan_v3_32.json`
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plan_table
 from provenance import provenance
 
-_MODELS = flags.DEFINE_list("models", ["nf_regnet_b2", "nfnet_f1"], "Recipes with an unrolled v3-32 row.")
+_RECIPES = flags.DEFINE_list("recipes", ["nf_regnet_b2", "nfnet_f1"], "Recipes with an unrolled v3-32 row.")
 _JSON = flags.DEFINE_string("json", "", "Write the comparison and its provenance to this file.")
 
 
@@ -31,7 +31,7 @@ def main(argv):
 
     table = {r["model"]: r for r in json.loads((plan_table.REPO / plan_table.V3_RESULT).read_text())["rows"]}
     rows = []
-    for model in _MODELS.value:
+    for model in _RECIPES.value:
         unrolled = table[model]
         result = plan(plan_table.v3_config(model), plan_table.V3_TOPOLOGY, search=False, cost="per_block")
         row = {"model": model}
