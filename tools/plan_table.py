@@ -154,10 +154,13 @@ def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
     start = 0
     if predict is not None:
         start = next((i for i, t in enumerate(slices) if predicted(t) <= t.hbm_bytes_per_device), len(slices) - 1)
-    tried, found, i = [], None, start
+    tried, found, i, plans = [], None, start, {}
     while i < len(slices):
-        result = plan(config, slices[i].name, search=False, cost=_COST.value)
-        tried.append({"topology": slices[i].name, "fits": result["fits"], "hbm_total": result["hbm_bytes"]["total"]})
+        name = slices[i].name
+        if name not in plans:  # stepping back up after the slice below failed: already compiled
+            plans[name] = result = plan(config, name, search=False, cost=_COST.value)
+            tried.append({"topology": name, "fits": result["fits"], "hbm_total": result["hbm_bytes"]["total"]})
+        result = plans[name]
         if not result["fits"]:
             i += 1
             continue

@@ -35,45 +35,40 @@ ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
 
 @contextlib.contextmanager
-def unrolled_scans() -> Iterator[None]:
+def _scan_replaced(replacement: Callable) -> Iterator[None]:
+    """Within the block, `jax.lax.scan` is `replacement(original_scan)` (cost analysis only)."""
+    original = jax.lax.scan
+    jax.lax.scan = functools.wraps(original)(replacement(original))
+    try:
+        yield
+    finally:
+        jax.lax.scan = original
+
+
+def unrolled_scans():
     """Within the block, `jax.lax.scan` fully unrolls its loop (for cost analysis only); a scan
     that names its own `unroll` keeps it (gradient accumulation, which would otherwise hold every
     micro-batch's activations at once)."""
-    original = jax.lax.scan
-
-    @functools.wraps(original)
-    def scan(*args, **kwargs):
-        kwargs.setdefault("unroll", True)
-        return original(*args, **kwargs)
-
-    jax.lax.scan = scan
-    try:
-        yield
-    finally:
-        jax.lax.scan = original
+    return _scan_replaced(lambda original: lambda *args, **kwargs: original(*args, **{"unroll": True, **kwargs}))
 
 
-@contextlib.contextmanager
-def recorded_scans(records: list) -> Iterator[None]:
+def recorded_scans(records: list):
     """Within the block, `jax.lax.scan` runs as written (a loop) and appends `(body, carry, x, n)`
     to `records`: its body, the carry's and one iteration's inputs as ShapeDtypeStructs, and its trip
     count (for costing a body alone, `nf.plan`). A scan that names its own `unroll` is not recorded."""
-    original = jax.lax.scan
 
-    @functools.wraps(original)
-    def scan(f, init, xs=None, length=None, **kwargs):
-        if "unroll" not in kwargs:
-            n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
-            carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), init)
-            x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
-            records.append((f, carry, x, n))
-        return original(f, init, xs, length=length, **kwargs)
+    def replacement(original):
+        def scan(f, init, xs=None, length=None, **kwargs):
+            if "unroll" not in kwargs:
+                n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
+                carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), init)
+                x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+                records.append((f, carry, x, n))
+            return original(f, init, xs, length=length, **kwargs)
 
-    jax.lax.scan = scan
-    try:
-        yield
-    finally:
-        jax.lax.scan = original
+        return scan
+
+    return _scan_replaced(replacement)
 
 
 def abstract_model(model: ModelOrFactory) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
