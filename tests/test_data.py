@@ -194,7 +194,8 @@ def test_same_seed_same_batches_other_seed_differs(digits_train):
     assert not np.array_equal(a[0]["label"], c[0]["label"])
     assert not np.array_equal(a[0]["image"], c[0]["image"])
     batch = a[0]
-    assert batch["image"].shape == (16, 16, 16, 3) and batch["image"].dtype == np.float32
+    # Training batches are raw uint8 pixels; the step normalizes them on the device.
+    assert batch["image"].shape == (16, 16, 16, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32 and batch["mask"].all()
     np.testing.assert_array_equal(batch["label_onehot"].argmax(1), batch["label"])
     # Successive epochs are shuffled differently but each covers the set.

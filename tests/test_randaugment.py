@@ -281,6 +281,38 @@ def test_finalize_order_mix_then_randaugment_then_normalize():
     assert (ra_only["image"][-1] == 0).all()
 
 
+def test_device_normalized_batches_equal_host_normalized_ones():
+    """keep_uint8 (ClassificationTrain's default) hands the uint8 batch to the step, whose
+    `model_images` normalizes it on the device: the same model input as the host's `normalize`.
+    A float mixture (MixUp/CutMix without RandAugment) is still normalized on the host."""
+    import jax.numpy as jnp
+
+    from nf.tasks.base import model_images
+
+    batch, ra = _raw_batch(), R.RandAugment(2, 9)
+    for mix, aug in ((0.0, None), (0.2, ra), (0.0, ra)):
+        host = _FinalizeBatch(3, 7, 1, mix, mix > 0, aug).map_with_index(4, dict(batch))
+        device = _FinalizeBatch(3, 7, 1, mix, mix > 0, aug, keep_uint8=True).map_with_index(4, dict(batch))
+        assert device["image"].dtype == np.uint8 and host["image"].dtype == np.float32
+        np.testing.assert_array_equal(T.normalize(device["image"]), host["image"])
+        on_device = np.asarray(model_images({"image": jnp.asarray(device["image"])}))
+        np.testing.assert_allclose(on_device, host["image"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(device["label_onehot"], host["label_onehot"])
+    mixture = _FinalizeBatch(3, 7, 1, 0.2, True, None, keep_uint8=True).map_with_index(4, dict(batch))
+    assert mixture["image"].dtype == np.float32  # not rounded: normalized on the host as before
+    floats = mixture["image"]
+    assert model_images({"image": floats}) is floats  # float batches pass through untouched
+    with pytest.raises(ValueError, match="device_normalize=False"):
+        data.ClassificationTrain(8, mean=(0.0, 0.0, 0.0))
+    assert data.ClassificationTrain(8, mean=(0.0, 0.0, 0.0), device_normalize=False).batch_map(
+        _Classes(), data.LoaderSettings(batch_size=2, seed=0)
+    ).map_with_index(0, dict(batch))["image"].dtype == np.float32
+
+
+class _Classes:
+    num_classes = 3
+
+
 # ------------------------------------------------------------------------------------------------
 # pipeline integration on a tiny generated image folder
 
@@ -332,7 +364,7 @@ def _assert_same(a, b):
 def test_pipeline_randaugment_deterministic_and_worker_independent():
     a = _batches()
     _assert_same(a, _batches())
-    assert a[0]["image"].shape == (8, 12, 12, 3) and a[0]["image"].dtype == np.float32
+    assert a[0]["image"].shape == (8, 12, 12, 3) and a[0]["image"].dtype == np.uint8  # normalized on the device
     off = _batches(randaugment_layers=0)
     for x, y in zip(a, off, strict=True):  # same examples and mixing, other pixels
         np.testing.assert_array_equal(x["label"], y["label"])

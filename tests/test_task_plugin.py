@@ -167,7 +167,9 @@ def test_a_registered_toy_task_trains_through_nf_train(parity_task, tiny_config,
     train_iter = data.train_iter()
     batch = next(train_iter)
     train_iter.close()
-    z = np.asarray(logits_of(task.build_model(), jnp.asarray(batch["image"]))).astype(np.float64)
+    assert batch["image"].dtype == np.uint8  # raw pixels: the step normalizes them (model_images)
+    images = jnp.asarray(nf_data.normalize(batch["image"]))  # the host's normalization, independently
+    z = np.asarray(logits_of(task.build_model(), images)).astype(np.float64)
     bce, odd = np_bce(z, batch["label"])
     weight = np.where(odd, config.toy.odd_weight, 1.0)
     assert train[0]["loss"] == pytest.approx(np.mean(weight * bce), rel=1e-5)

@@ -9,7 +9,13 @@ RandAugment, eval crops; batched by the engine in `nf.data.batching`.
 
 Batch format (every batch, train and eval; B = per-process `batch_size`, C = `num_classes`):
 
-    image         float32 (B, px, px, 3)  normalized (transforms.normalize), NHWC
+    image         uint8   (B, px, px, 3)  training: raw 0..255 pixels, NHWC, normalized on the device
+                                          by the step (`nf.tasks.base.model_images`, ImageNet's
+                                          mean/std; a quarter of float32's host copies and
+                                          host->device bytes)
+                  float32 (B, px, px, 3)  evaluation (the card's mean/std), and training batches
+                                          whose MixUp/CutMix mixture is not rounded for RandAugment:
+                                          normalized on the host (transforms.normalize)
     label         int32   (B,)            class index of the (primary) image
     label_onehot  float32 (B, C)          the training target: one-hot, or the MixUp/CutMix
                                           mixture (rows sum to 1); all-zero rows where mask is False
@@ -23,7 +29,8 @@ Train: the engine's shuffle/repeat/shard (`nf.data.batching`) around a per-examp
 augmentation seeded by (seed, global example index; uint8); each batch then gets one-hot targets,
 MixUp/CutMix (on float 0..255 images) with a numpy Generator seeded by (seed, shard_index, step),
 RandAugment (uint8, optional) with a Generator per example from (seed, shard_index, step, example
-in batch), and normalization. Eval: one padded pass with the eval crop.
+in batch), and normalization (on the device for uint8 batches). Eval: one padded pass with the
+eval crop, normalized on the host.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
     (linear, so this equals mixing normalized images); RandAugment then works on the mixture
     rounded to uint8, each example with its own Generator from (seed, shard, step, example);
     finally `normalize`. Without mixing or RandAugment the uint8 batch is normalized directly.
+    With `keep_uint8`, a batch that is uint8 at the end stays so: the step normalizes it on the
+    device with ImageNet's mean/std (`nf.tasks.base.model_images`).
     """
 
     def __init__(
@@ -61,8 +70,10 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
         randaugment: RandAugment | None = None,
         mean: Sequence[float] = tuple(T.MEAN_RGB),
         std: Sequence[float] = tuple(T.STDDEV_RGB),
+        keep_uint8: bool = False,
     ):
         self.num_classes, self.seed, self.shard_index = num_classes, seed, shard_index
+        self.keep_uint8 = keep_uint8
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.mixup_alpha, self.cutmix = mixup_alpha, cutmix
         self.randaugment = randaugment
@@ -91,8 +102,9 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
             if self.randaugment is not None:
                 image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
                 image = self.randaugment.augment_batch(image, key, mask)
-        image = T.normalize(image, self.mean, self.std)
-        image[~mask] = 0.0
+        if not (self.keep_uint8 and image.dtype == np.uint8):
+            image = T.normalize(image, self.mean, self.std)
+        image[~mask] = 0  # blank slots: zero after normalization (masked out of every metric)
         return {
             "image": image,
             "label": labels.astype(np.int32),
@@ -117,6 +129,9 @@ class ClassificationTrain:
         random ops per image (0: off) at this magnitude (10-scale), applied after MixUp/CutMix on the
         uint8-rounded images, before normalization (the NFNet recipe).
       mean, std: per-channel normalization on the 0..255 scale (default ImageNet's).
+      device_normalize: deliver uint8 batches, normalized by the train step on the device with
+        ImageNet's mean/std (`nf.tasks.base.model_images`): the host skips a float32 pass over
+        every pixel and sends a quarter of the bytes. Other `mean`/`std` need it off.
       on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming the
         file, counts it (`it.num_skipped`) and replaces it by the next good image.
       fast_jpeg: decode large JPEGs at a reduced DCT scale when the crop allows (never below px).
@@ -135,9 +150,16 @@ class ClassificationTrain:
     std: tuple[float, ...] = tuple(T.STDDEV_RGB)
     on_corrupt: str = "error"
     fast_jpeg: bool = True
+    device_normalize: bool = True
     train: ClassVar[bool] = True
 
     def __post_init__(self):
+        imagenet = (tuple(T.MEAN_RGB), tuple(T.STDDEV_RGB))
+        if self.device_normalize and (tuple(self.mean), tuple(self.std)) != imagenet:
+            raise ValueError(
+                "device_normalize normalizes with ImageNet's mean/std on the device; pass "
+                f"device_normalize=False to normalize with mean={self.mean}, std={self.std} on the host"
+            )
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0 (0 turns MixUp off), got {self.mixup_alpha}")
         RandAugment(self.randaugment_layers, self.randaugment_magnitude)  # validates both
@@ -163,6 +185,7 @@ class ClassificationTrain:
             randaugment if randaugment.num_layers else None,
             self.mean,
             self.std,
+            keep_uint8=self.device_normalize,
         )
 
     def fingerprint(self) -> dict[str, Any]:

@@ -30,13 +30,14 @@ from nf.inference.checkpoint import load_trees
 from nf.inference.progress import with_progress
 from nf.models.pure import ModelFns
 from nf.tasks import Classification, Task
+from nf.tasks.base import model_images
 
 
 def make_eval_step(fns: ModelFns, task: Task) -> Callable:
     """`(params, model_state, batch) -> the task's eval sums` of the model's outputs (to jit)."""
 
     def eval_step(params, model_state, batch):
-        outputs, _ = fns.apply(params, model_state, batch["image"], train=False)
+        outputs, _ = fns.apply(params, model_state, model_images(batch), train=False)
         return task.eval_sums(outputs, batch)
 
     return eval_step

@@ -47,13 +47,16 @@ def _with(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_co
     return cfg
 
 
-def abstract_batch(task: Any, batch_size: int, image_size: int, mesh: jax.sharding.Mesh) -> dict:
-    """The task's batch (`synthetic_batch`'s keys and dtypes) at the global `batch_size`, as
+def abstract_batch(task: Any, batch_size: int, image_size: int, mesh: jax.sharding.Mesh, train: bool) -> dict:
+    """The task's batch (`synthetic_batch`'s keys and dtypes; training images in the task's
+    `train_image_dtype`, as its pipeline delivers them) at the global `batch_size`, as
     ShapeDtypeStructs sharded over the mesh's batch axes (`nf.train.sharding.batch_sharding`)."""
     from nf.train.sharding import batch_sharding
 
     channels = getattr(nnx.eval_shape(task.build_model), "in_channels", 3)
     small = task.synthetic_batch(1, image_size, channels)
+    if train:
+        small["image"] = small["image"].astype(task.train_image_dtype)
     shard = batch_sharding(mesh)
     return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=shard) for k, v in small.items()}
 
@@ -99,8 +102,9 @@ def _compile_steps(
     check_batch_size(config.batch_size, mesh)
     task = get_task(config, num_classes or task_class(config).benchmark_num_classes)
     data = config.data
-    train_batch = abstract_batch(task, config.batch_size, data.image_size, mesh)
-    eval_batch = abstract_batch(task, config.batch_size, data.get("eval_image_size") or data.image_size, mesh)
+    train_batch = abstract_batch(task, config.batch_size, data.image_size, mesh, train=True)
+    eval_size = data.get("eval_image_size") or data.image_size
+    eval_batch = abstract_batch(task, config.batch_size, eval_size, mesh, train=False)
 
     def lower_train():
         setup = setup_training(config, task, mesh, abstract=True)
@@ -220,7 +224,8 @@ def _micro_batch_grads(setup, task, config, mesh):
     """The forward and backward pass of one micro-batch of an accumulating step, lowered."""
     from nf.train.step import make_grads_fn
 
-    batch = abstract_batch(task, config.batch_size // int(config.optimizer.accum_steps), config.data.image_size, mesh)
+    micro = config.batch_size // int(config.optimizer.accum_steps)
+    batch = abstract_batch(task, micro, config.data.image_size, mesh, train=True)
     state = setup.state
     return jax.jit(make_grads_fn(setup.fns, task)).lower(
         state["params"], state["model_state"], batch, jax.random.key(config.seed)

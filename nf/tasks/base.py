@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from nf.data.transforms import MEAN_RGB, STDDEV_RGB
 from nf.models.registry import model_kwargs
 from nf.tasks.data import TrainData
 
@@ -36,6 +37,17 @@ def model_overrides(config: ml_collections.ConfigDict, exclude: tuple[str, ...] 
 def random_images(rng: np.random.Generator, batch_size: int, image_size: int, channels: int) -> np.ndarray:
     """Standard-normal float32 images (B, H, W, C) for synthetic batches."""
     return rng.standard_normal((batch_size, image_size, image_size, channels), dtype=np.float32)
+
+
+def model_images(batch: Batch) -> jax.Array:
+    """The model's input from a batch's "image": uint8 pixels (training batches of
+    `nf.data.ClassificationTrain`) normalized here, on the device, with ImageNet's mean/std as
+    `nf.data.transforms.normalize` does on the host; float images arrive normalized."""
+    images = batch["image"]
+    if images.dtype != jnp.uint8:
+        return images
+    mean, std = jnp.asarray(MEAN_RGB, jnp.float32), jnp.asarray(STDDEV_RGB, jnp.float32)
+    return (images.astype(jnp.float32) - mean) / std  # unit-scale input, as with host normalization
 
 
 def example_mask(batch: Batch, batch_size: int) -> jax.Array:
@@ -93,6 +105,8 @@ class Task(abc.ABC):
     # The class count a benchmark of this task builds its model with (its reference dataset), or
     # None when the model has no class outputs.
     benchmark_num_classes: int | None = None
+    # The dtype of the images in its training batches (uint8: raw pixels, see `model_images`).
+    train_image_dtype: ClassVar[type] = np.float32
 
     def synthetic_batch(self, batch_size: int, image_size: int, channels: int, seed: int = 0) -> dict[str, np.ndarray]:
         """A random training batch of this task's layout (`tools/benchmark.py` times steps on it):

@@ -58,6 +58,7 @@ class Classification(Task):
 
     name = "classification"
     benchmark_num_classes = 1000  # ImageNet
+    train_image_dtype = np.uint8  # ClassificationTrain's batches: normalized on the device
 
     @classmethod
     def build_data(cls, config: ml_collections.ConfigDict, workdir: str) -> TrainData:

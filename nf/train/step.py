@@ -16,6 +16,7 @@ from flax import nnx
 from nf.layers import set_conv_impl
 from nf.models.pure import LeafInfo, ModelFns
 from nf.tasks import Task
+from nf.tasks.base import model_images
 from nf.train import guard, transfer
 from nf.train.optim import ema_update, learning_rate_schedule, make_optimizer
 from nf.train.sharding import FSDP_MIN_SIZE, replicated, train_state_shardings
@@ -27,7 +28,7 @@ def make_grads_fn(fns: ModelFns, task: Task) -> Callable:
 
     def grads_of(params, model_state, batch, key):
         def loss_fn(p):
-            outputs, new_state = fns.apply(p, model_state, batch["image"], train=True, key=key)
+            outputs, new_state = fns.apply(p, model_state, model_images(batch), train=True, key=key)
             loss, task_metrics = task.loss(outputs, batch)
             return loss, (task_metrics, new_state)
 
