@@ -304,9 +304,13 @@ def test_device_normalized_batches_equal_host_normalized_ones():
     assert model_images({"image": floats}) is floats  # float batches pass through untouched
     with pytest.raises(ValueError, match="device_normalize=False"):
         data.ClassificationTrain(8, mean=(0.0, 0.0, 0.0))
-    assert data.ClassificationTrain(8, mean=(0.0, 0.0, 0.0), device_normalize=False).batch_map(
-        _Classes(), data.LoaderSettings(batch_size=2, seed=0)
-    ).map_with_index(0, dict(batch))["image"].dtype == np.float32
+    assert (
+        data.ClassificationTrain(8, mean=(0.0, 0.0, 0.0), device_normalize=False)
+        .batch_map(_Classes(), data.LoaderSettings(batch_size=2, seed=0))
+        .map_with_index(0, dict(batch))["image"]
+        .dtype
+        == np.float32
+    )
 
 
 class _Classes:
