@@ -111,6 +111,27 @@ def test_shrinks_below_two_are_antialiased_like_pil_and_plain_bicubic_is_not():
     assert np.mean(sharp["plain"]) / np.mean(sharp["pil"]) > 1.15  # aliasing: the bound above catches it
 
 
+def test_antialias_off_is_the_plain_bicubic_of_the_same_draws():
+    # data.antialias=False: tf.data's filter (plain bicubic of the whole-pixel box), same box and
+    # flip. (fast_jpeg off: a crop of twice the output or more is otherwise decoded DCT-reduced.)
+    on, off = T.TrainTransform(64, fast_jpeg=False), T.TrainTransform(64, antialias=False, fast_jpeg=False)
+    image = _photo(320, 240, seed=3)
+    record = {"image": _jpeg(image), "label": 0, "path": "a.jpg"}
+    decoded = np.asarray(Image.open(io.BytesIO(record["image"])).convert("RGB"))
+    sharper = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        left, top, right, bottom = (int(v) for v in T.inception_crop_box(320, 240, rng, fallback_fraction=64 / 96))
+        plain = cv2.resize(decoded[top:bottom, left:right], (64, 64), interpolation=cv2.INTER_CUBIC)
+        if rng.random() < 0.5:
+            plain = plain[:, ::-1]
+        got = off.random_map(record, np.random.default_rng(seed))["image"]
+        np.testing.assert_array_equal(got, plain)
+        smooth = on.random_map(record, np.random.default_rng(seed))["image"]
+        sharper += _laplacian_energy(got) > _laplacian_energy(smooth)
+    assert sharper >= 18  # every crop here shrinks: without the low-pass the output aliases
+
+
 def test_antialias_blur_leaves_an_axis_that_is_not_shrunk_alone():
     rng = np.random.default_rng(0)
     columns = np.repeat(rng.integers(0, 256, (1, 50, 3), np.uint8), 40, axis=0)  # varies along x only

@@ -10,14 +10,17 @@ alike; every figure is a median over rounds. A round builds the pipeline, takes 
 batch, then times `--batches` batches of `--batch_size`:
 
 * `nf`: `make_pipeline` of this tree with the recipe's data settings (worker_count=0,
-  read_threads=1), the batch as the trainer gets it (float32 normalized images, one-hot targets),
-  reading --data repeated to ImageNet's 1,281,167 records (`RepeatedSource`, --records);
+  read_threads=1), the batch as the trainer gets it (uint8 images, which the train step
+  normalizes on the device; one-hot targets), reading --data repeated to ImageNet's 1,281,167
+  records (`RepeatedSource`, --records); with --no_antialias, `data.antialias=False` (tf.data's
+  plain bicubic filter: the same per-image work as the tf.data side);
 * `baseline` (with --baseline_tree): the same through another checkout of nf (e.g. the commit
   before a change), to measure a speed-up in the same run;
 * `tfdata` (with --peer=tfdata): the input of DeepMind's NFNet code and of big_vision in
   --peer_python (any Python with tensorflow): `sample_distorted_bounding_box` (area 0.08-1,
   aspect 3/4-4/3, 10 attempts), `decode_and_crop_jpeg` of that box, bicubic resize to the recipe's
-  px, random flip, batch; no RandAugment or MixUp on this side.
+  px, random flip, batch (float32 0..255 images: the resize's output); no RandAugment or MixUp on
+  this side.
 
 Both wall-clock images/s and images per CPU-second of the process (all its threads) are reported;
 on a shared machine the CPU-second figure is the steadier per-core rate. With --scaling, nf's
@@ -221,6 +224,8 @@ def _median(rounds: list[dict], key: str) -> float | None:
 
 def benchmark(args) -> dict:
     settings = recipe_settings(args.recipe)
+    if args.no_antialias:
+        settings["antialias"] = False
     contenders = {"nf": (sys.executable, REPO, "nf")}
     if args.baseline_tree:
         contenders["baseline"] = (sys.executable, Path(args.baseline_tree).resolve(), "nf")
@@ -448,6 +453,11 @@ def main(argv=None) -> None:
     parser.add_argument("--peer_python", help="the Python (with tensorflow) that runs the peer")
     parser.add_argument("--baseline_tree", help="another nf checkout to measure in the same rounds")
     parser.add_argument("--baseline_label", help="what --baseline_tree holds (default: its git commit)")
+    parser.add_argument(
+        "--no_antialias",
+        action="store_true",
+        help="nf with data.antialias=False (tf.data's plain bicubic filter) instead of the recipe's default",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=32)

@@ -135,6 +135,7 @@ class ClassificationTrain:
       on_corrupt: "error" raises `CorruptImageError` naming the file; "skip" logs a warning naming the
         file, counts it (`it.num_skipped`) and replaces it by the next good image.
       fast_jpeg: decode large JPEGs at a reduced DCT scale when the crop allows (never below px).
+      antialias: low-pass before shrinking, like PIL's bicubic; False: tf.data's plain bicubic.
     """
 
     image_size: int
@@ -150,6 +151,7 @@ class ClassificationTrain:
     std: tuple[float, ...] = tuple(T.STDDEV_RGB)
     on_corrupt: str = "error"
     fast_jpeg: bool = True
+    antialias: bool = True
     device_normalize: bool = True
     train: ClassVar[bool] = True
 
@@ -172,6 +174,7 @@ class ClassificationTrain:
             hflip=self.hflip,
             on_corrupt=self.on_corrupt,
             fast_jpeg=self.fast_jpeg,
+            antialias=self.antialias,
         )
 
     def batch_map(self, source, loader: LoaderSettings) -> _FinalizeBatch:

@@ -409,10 +409,9 @@ class RandAugment:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"augment_batch expects uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
-        out = images.copy()
+        out = np.empty_like(images)  # every row is written below: no copy of the batch first
         for k in range(images.shape[0]):
-            if mask is None or mask[k]:
-                out[k] = self(images[k], example_rng(*key, k))
+            out[k] = self(images[k], example_rng(*key, k)) if mask is None or mask[k] else images[k]
         return out
 
     def __repr__(self) -> str:

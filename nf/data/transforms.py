@@ -299,6 +299,8 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
       hflip: random left-right flip with p=0.5 (turn off for e.g. digits).
       on_corrupt: "error" (raise naming the file) or "skip" (warn naming the file, mark it).
       fast_jpeg: decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the crop stays >= px.
+      antialias: low-pass before shrinking, like PIL's bicubic (default); False: the plain bicubic
+        of the tf.data reference pipelines (aliases; `nf.data.decode`).
     """
 
     def __init__(
@@ -311,8 +313,10 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         hflip: bool = True,
         on_corrupt: str = "error",
         fast_jpeg: bool = True,
+        antialias: bool = True,
     ):
         super().__init__(image_size, on_corrupt, fast_jpeg)
+        self.antialias = antialias
         if not (0 < area_range[0] <= area_range[1] <= 1):
             raise ValueError(f"area_range must satisfy 0 < lo <= hi <= 1, got {area_range}")
         if not (0 < aspect_range[0] <= aspect_range[1]):
@@ -347,7 +351,7 @@ class TrainTransform(_ImageTransform, grain.transforms.RandomMap):
         else:
             sx, sy = array.shape[1] / width, array.shape[0] / height  # 1, or a DCT reduction's
             box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        image = decode.crop_resize(array, box, px)
+        image = decode.crop_resize(array, box, px, self.antialias)
         return decode.flip_left_right(image) if flip else image
 
     def _decode_fast(self, data: bytes, header: decode.JpegHeader, box: Box) -> np.ndarray | None:
@@ -473,9 +477,11 @@ def _mix_into(
         y = targets[:split].copy()
         r = rng.beta(alpha, alpha, size=split).astype(np.float32)
         x = source[:split]
-        mixed = np.multiply(x, r[:, None, None, None], dtype=np.float32)
-        mixed += np.multiply(x[::-1], (1 - r)[:, None, None, None], dtype=np.float32)
-        images[:split] = np.rint(mixed, out=mixed) if images.dtype == np.uint8 else mixed
+        mixed, partner = np.empty((2, *x.shape[1:]), np.float32)  # one example at a time: in cache
+        for k in range(split):
+            np.multiply(x[k], r[k], out=mixed, dtype=np.float32)
+            mixed += np.multiply(x[split - 1 - k], 1 - r[k], out=partner, dtype=np.float32)
+            images[k] = np.rint(mixed, out=mixed) if images.dtype == np.uint8 else mixed
         targets[:split] = r[:, None] * y + (1 - r)[:, None] * y[::-1]
     if split < n:
         xp, y = source[split:][::-1], targets[split:].copy()
@@ -512,6 +518,8 @@ def mix_batch(
     Returns new (images of `dtype`, float32 targets); inputs are not modified.
     """
     source = np.asarray(images, dtype)
-    images, targets = source.copy(), np.array(targets, np.float32, copy=True)
-    _mix_into(images, source, targets, rng, _mix_split(images.shape[0], mixup_alpha, cutmix), mixup_alpha)
+    split = _mix_split(source.shape[0], mixup_alpha, cutmix)
+    images, targets = np.empty_like(source), np.array(targets, np.float32, copy=True)
+    images[split:] = source[split:]  # CutMix pastes into these; MixUp writes rows [0, split) whole
+    _mix_into(images, source, targets, rng, split, mixup_alpha)
     return images, targets

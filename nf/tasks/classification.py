@@ -76,6 +76,7 @@ class Classification(Task):
             num_classes,
             crop_area_range=tuple(cfg.get("crop_area_range", nf_data.INCEPTION_CROP_AREA)),
             hflip=cfg.get("hflip", True),
+            antialias=cfg.get("antialias", True),
             mixup_alpha=cfg.get("mixup_alpha", 0.0),
             cutmix=cfg.get("cutmix", False),
             randaugment_layers=cfg.get("randaugment_layers", 0),  # 0 = off

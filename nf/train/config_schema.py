@@ -63,6 +63,7 @@ KEYS: dict[str, float | None] = {
     "data.crop_padding": 0,
     "data.eval_crop": None,
     "data.hflip": None,
+    "data.antialias": None,
     "data.workers": 0,
     "data.prefetch": 0,
     "data.mixup_alpha": 0,
