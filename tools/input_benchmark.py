@@ -12,10 +12,12 @@ batch, then times `--batches` batches of `--batch_size`:
 * `nf`: `make_pipeline` of this tree with the recipe's data settings (worker_count=0,
   read_threads=1), the batch as the trainer gets it (uint8 images, which the train step
   normalizes on the device; one-hot targets), reading --data repeated to ImageNet's 1,281,167
-  records (`RepeatedSource`, --records); with --no_antialias, `data.antialias=False` (tf.data's
-  plain bicubic filter: the same per-image work as the tf.data side);
+  records (`RepeatedSource`, --records); `data.antialias` as the recipe sets it (off for the
+  ImageNet recipes: tf.data's plain bicubic, the same per-image work as the tf.data side) or as
+  --antialias=on|off says;
 * `baseline` (with --baseline_tree): the same through another checkout of nf (e.g. the commit
-  before a change), to measure a speed-up in the same run;
+  before a change), to measure a speed-up in the same run (a checkout from before
+  `nf.data.LoaderSettings` always anti-aliases, with PIL);
 * `tfdata` (with --peer=tfdata): the input of DeepMind's NFNet code and of big_vision in
   --peer_python (any Python with tensorflow): `sample_distorted_bounding_box` (area 0.08-1,
   aspect 3/4-4/3, 10 attempts), `decode_and_crop_jpeg` of that box, bicubic resize to the recipe's
@@ -115,6 +117,7 @@ def recipe_settings(recipe: str) -> dict:
         "cutmix": bool(data.cutmix),
         "randaugment_layers": int(data.randaugment_layers),
         "randaugment_magnitude": float(data.randaugment_magnitude),
+        "antialias": bool(data.get("antialias", True)),
     }
 
 
@@ -151,6 +154,7 @@ def nf_pipeline(data: str, settings: dict, batch_size: int, worker_count: int, r
     source = benchmark_source(data, records)
     loader = dict(batch_size=batch_size, seed=0, worker_count=worker_count, read_threads=read_threads)
     if not hasattr(nf_data, "LoaderSettings"):  # a --baseline_tree from before nf.data.LoaderSettings
+        settings = {k: v for k, v in settings.items() if k != "antialias"}  # it always anti-aliased (PIL)
         return nf_data.make_pipeline(source, train=True, **loader, **settings)
     transform = nf_data.ClassificationTrain(**settings)
     return nf_data.make_pipeline(source, transform, nf_data.LoaderSettings(**loader))
@@ -224,8 +228,8 @@ def _median(rounds: list[dict], key: str) -> float | None:
 
 def benchmark(args) -> dict:
     settings = recipe_settings(args.recipe)
-    if args.no_antialias:
-        settings["antialias"] = False
+    if args.antialias != "recipe":
+        settings["antialias"] = args.antialias == "on"
     contenders = {"nf": (sys.executable, REPO, "nf")}
     if args.baseline_tree:
         contenders["baseline"] = (sys.executable, Path(args.baseline_tree).resolve(), "nf")
@@ -454,9 +458,10 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline_tree", help="another nf checkout to measure in the same rounds")
     parser.add_argument("--baseline_label", help="what --baseline_tree holds (default: its git commit)")
     parser.add_argument(
-        "--no_antialias",
-        action="store_true",
-        help="nf with data.antialias=False (tf.data's plain bicubic filter) instead of the recipe's default",
+        "--antialias",
+        choices=("recipe", "on", "off"),
+        default="recipe",
+        help="nf's data.antialias: the recipe's (off for the ImageNet recipes: tf.data's plain bicubic), or on/off",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10)
