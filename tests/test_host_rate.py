@@ -17,7 +17,9 @@ def _config(name: str):
     return load_config(str(REPO / "configs" / name))
 
 
-@pytest.mark.parametrize("rate", [host_rate.RESNET, host_rate.NFNET_F0])
+@pytest.mark.parametrize(
+    "rate", [host_rate.RESNET, host_rate.NFNET_F0, host_rate.RESNET_ANTIALIAS, host_rate.NFNET_F0_ANTIALIAS]
+)
 def test_constants_are_the_committed_medians(rate):
     result = json.loads((REPO / rate.source).read_text())
     assert result["recipe"] == rate.recipe
@@ -34,6 +36,13 @@ def test_recipe_rates_follow_the_configs_augmentation():
     assert host_rate.rate_for(_config("nfnet_imagenet.py:f3").data) is host_rate.NFNET_F0
     assert host_rate.rate_for(_config("nf_regnet_imagenet.py:b0").data) is host_rate.NFNET_F0  # MixUp/CutMix
     assert host_rate.rate_for(_config("resnet_imagenet.py:nf_resnet50").data) is host_rate.RESNET
+    smooth = _config("resnet_imagenet.py:nf_resnet50").data
+    smooth.antialias = True
+    assert host_rate.rate_for(smooth) is host_rate.RESNET_ANTIALIAS
+    assert host_rate.rate_for(_config("quickstart.py").data) is host_rate.RESNET_ANTIALIAS
+    # The measured cost of the anti-aliasing: each antialiased rate is below its plain one.
+    assert host_rate.RESNET_ANTIALIAS.images_per_core_second < host_rate.RESNET.images_per_core_second
+    assert host_rate.NFNET_F0_ANTIALIAS.images_per_core_second < host_rate.NFNET_F0.images_per_core_second
 
 
 def test_cores_needed_and_bad_inputs(tmp_path):

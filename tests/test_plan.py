@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from nf.cli.common import load_config
+from nf.data import host_rate
 from nf.plan import compiled as xla
 from nf.plan.planner import _with, plan
 from nf.plan.tpus import GENERATIONS, SLICE_SIZES, parse_slice, topology_devices
@@ -156,7 +157,7 @@ def test_plan_of_the_quickstart_model(topology):
     leaves = jax.tree.leaves(setup.state)
     state_bytes = sum(x.size * x.dtype.itemsize for x in leaves)  # replicated: every device holds it
     per_device = config.batch_size // 4
-    batch = [((per_device, 32, 32, 3), 4), ((per_device,), 4)]  # images float32, labels int32
+    batch = [((per_device, 32, 32, 3), 1), ((per_device,), 4)]  # images uint8 (as nf-train feeds), labels int32
     batch_bytes = sum(math.prod(s) * n for s, n in batch)
     h = result["hbm_bytes"]
     assert result["state_bytes_per_device"] == state_bytes
@@ -180,6 +181,12 @@ def test_plan_of_the_quickstart_model(topology):
     assert result["roofline_step_seconds"] == pytest.approx(step)
     assert result["roofline_images_per_second_per_chip"] == pytest.approx(config.batch_size / 4 / step)
     assert result["host_images_per_second_needed"] == pytest.approx(config.batch_size / step)  # one host
+    # The host's cores at the measured per-core rate of the config's augmentation (nf.data.host_rate).
+    host, rate = result["host_input"], host_rate.rate_for(config.data)
+    assert host["images_per_core_second"] == rate.images_per_core_second
+    assert host["cores_needed"] == pytest.approx(config.batch_size / step / rate.images_per_core_second)
+    assert host["host_vcpus"] == {"v5e-4": 112, "v4-8": 240}[topology]  # one 4-chip TPU VM
+    assert host["hosts_can_feed"] == (host["cores_needed"] <= host["host_vcpus"])
     json.dumps(result)  # plain data
 
 

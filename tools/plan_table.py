@@ -197,7 +197,8 @@ def _gib(n) -> str:
 
 def markdown(paths: list[str]) -> str:
     """docs/tpu_plan.md from the result files."""
-    from nf.plan.tpus import GENERATIONS
+    from nf.plan.planner import host_input
+    from nf.plan.tpus import GENERATIONS, HOST_SOURCE, parse_slice
 
     lines = [
         "# Planning TPU runs without a TPU",
@@ -244,15 +245,16 @@ def markdown(paths: list[str]) -> str:
         "## TPU generations",
         "",
         "| generation | cores/chip | JAX devices/chip | chips/host | HBM/chip | peak bf16/chip "
-        "| HBM bandwidth/chip | source |",
-        "|---|---|---|---|---|---|---|---|",
+        "| HBM bandwidth/chip | vCPUs/host | source |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in GENERATIONS.values():
         lines.append(
             f"| {g.name} | {g.cores_per_chip} | {g.devices_per_chip} | {g.chips_per_host} | "
             f"{g.hbm_bytes_per_chip / 2**30:.1f} GiB | {g.peak_bf16_flops_per_chip / 1e12:.0f} TFLOP/s | "
-            f"{g.hbm_bytes_per_second_per_chip / 1e9:.0f} GB/s | {g.source} |"
+            f"{g.hbm_bytes_per_second_per_chip / 1e9:.0f} GB/s | {g.host_vcpus} | {g.source} |"
         )
+    lines += ["", f"vCPUs per host of 4 chips (v3: 8 cores): the TPU VM machine types, {HOST_SOURCE}."]
     for path in paths:
         if not os.path.exists(path):
             continue
@@ -301,9 +303,14 @@ def markdown(paths: list[str]) -> str:
                 "fit with the settings `nf-plan` suggests. The search compiles upward from the slice the",
                 "v3-32 compile predicts, and the slice below the answer unless predicted over 150 % of HBM.",
                 "",
+                "Host vCPUs: what the bound's input rate per host needs at the per-core rate",
+                "`nf.data.host_rate` measured for the recipe's augmentation (one core of the development",
+                "CPU; `nf-plan` reports it as `host_input`), beside the vCPUs of one TPU VM.",
+                "",
                 "| recipe | generation | slice | images/device | HBM/device GiB | roofline bound ms "
-                "| images/s/chip (bound) | host input images/s (bound) | slices compiled (fits?) |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| images/s/chip (bound) | host input images/s (bound) | host vCPUs needed (of) "
+                "| slices compiled (fits?) |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             done = {(r["model"], r["generation"]) for r in rows}
             missing = [f"{m} on {g}" for m in RECIPES for g in GENERATION_NAMES if (m, g) not in done]
@@ -315,14 +322,16 @@ def markdown(paths: list[str]) -> str:
                     for t in r["tried"]
                 )
                 if not r.get("topology"):
-                    lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | {tried} |")
+                    lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | | {tried} |")
                     continue
                 bound = r["roofline_step_seconds"]
                 per_chip = r["batch_size"] / r["chips"] / bound
+                per_host = per_chip * r["chips"] / r["hosts"]
+                host = host_input(recipe(r["model"]), parse_slice(r["topology"]), per_host)
                 lines.append(
                     f"| {r['model']} | {r['generation']} | {r['topology']} | {r['batch_size'] // r['devices']} | "
-                    f"{_gib(r['hbm_bytes']['total'])} | {bound * 1e3:.1f} | {per_chip:.0f} | "
-                    f"{per_chip * r['chips'] / r['hosts']:.0f} | {tried} |"
+                    f"{_gib(r['hbm_bytes']['total'])} | {bound * 1e3:.1f} | {per_chip:.0f} | {per_host:.0f} | "
+                    f"{host['cores_needed']:.0f} ({host['host_vcpus']}) | {tried} |"
                 )
             if missing:
                 lines += [

@@ -92,7 +92,16 @@ def _compiled_lines(plan: dict[str, Any]) -> list[str]:
         f"ignored): {plan['roofline_step_seconds'] * 1e3:.2f} ms per step -> at most "
         f"{plan['roofline_images_per_second_per_chip']:.0f} images/s per chip; the input pipeline must then "
         f"deliver {plan['host_images_per_second_needed']:.0f} images/s per host",
+        _host_line(plan["host_input"]),
     ]
+
+
+def _host_line(h: dict[str, Any]) -> str:
+    verdict = "the hosts can feed it" if h["hosts_can_feed"] else "the hosts CANNOT feed it at that rate"
+    return (
+        f"Host input at {h['images_per_core_second']:.0f} images/s per core ({h['rate_source']}, one core of "
+        f"the development CPU): {h['cores_needed']:.0f} of the host's {h['host_vcpus']} vCPUs: {verdict}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -28,18 +28,26 @@ class HostRate:
     source: str
 
 
-# Inception crop + flip, 224 px (NF-ResNets, NF-RegNets: no RandAugment, no MixUp/CutMix).
-RESNET = HostRate("resnet", 546.1, "tools/results/input_resnet.json")
-# + MixUp/CutMix + RandAugment (4 layers, magnitude 5), 192 px (the NFNet-F0 recipe).
-NFNET_F0 = HostRate("nfnet_f0", 444.0, "tools/results/input_nfnet_f0.json")
+# Inception crop + flip, 224 px (NF-ResNets, NF-RegNets: no RandAugment, no MixUp/CutMix), resized
+# as the ImageNet recipes do (data.antialias=False, the reference pipelines' plain bicubic) ...
+RESNET = HostRate("resnet", 706.1, "tools/results/input_resnet.json")
+# ... and with nf's anti-aliasing (data.antialias=True).
+RESNET_ANTIALIAS = HostRate("resnet", 641.9, "tools/results/input_resnet_antialias.json")
+# + MixUp/CutMix + RandAugment (4 layers, magnitude 5), 192 px (the NFNet-F0 recipe), likewise.
+NFNET_F0 = HostRate("nfnet_f0", 512.7, "tools/results/input_nfnet_f0.json")
+NFNET_F0_ANTIALIAS = HostRate("nfnet_f0", 454.1, "tools/results/input_nfnet_f0_antialias.json")
 
 
 def rate_for(data_config: Any) -> HostRate:
     """The measured rate of the recipe whose augmentation `data_config` (a config's `data`) uses:
-    `NFNET_F0` with RandAugment or MixUp/CutMix (conservative for MixUp/CutMix alone, e.g. the
-    NF-RegNets), else `RESNET` (Inception crop + flip only)."""
+    the NFNet-F0 rate with RandAugment or MixUp/CutMix (conservative for MixUp/CutMix alone, e.g.
+    the NF-RegNets), else the ResNet rate (Inception crop + flip only); each with or without the
+    anti-aliasing, as `data.antialias` says (default on)."""
     heavy = getattr(data_config, "randaugment_layers", 0) or getattr(data_config, "mixup_alpha", 0.0)
-    return NFNET_F0 if heavy or getattr(data_config, "cutmix", False) else RESNET
+    heavy = heavy or getattr(data_config, "cutmix", False)
+    if getattr(data_config, "antialias", True):
+        return NFNET_F0_ANTIALIAS if heavy else RESNET_ANTIALIAS
+    return NFNET_F0 if heavy else RESNET
 
 
 def cores_needed(images_per_second: float, rate: HostRate | float) -> float:

@@ -188,9 +188,28 @@ def _compile_steps(
         "roofline_step_seconds": step_s,
         "roofline_images_per_second_per_chip": per_chip,
         "host_images_per_second_needed": per_chip * chips / hosts,
+        "host_input": host_input(config, tpu, per_chip * chips / hosts),
         "compile_seconds": {"train": train_seconds, "eval": eval_seconds, "unrolled_for_cost": unrolled_seconds},
         "compile_error": None,
         "suggestions": [],
+    }
+
+
+def host_input(config: ml_collections.ConfigDict, tpu: TpuSlice, images_per_second: float) -> dict[str, Any]:
+    """Whether one TPU VM's vCPUs can feed `images_per_second` training images (the roofline's
+    rate: an upper bound of what the step can take) at the per-core rate `nf.data.host_rate`
+    measured for the config's augmentation (one core of the development CPU: measure your own)."""
+    from nf.data.host_rate import cores_needed, rate_for
+
+    rate = rate_for(config.data)
+    cores = cores_needed(images_per_second, rate)
+    return {
+        "images_per_second_needed": images_per_second,
+        "images_per_core_second": rate.images_per_core_second,
+        "rate_source": rate.source,
+        "cores_needed": cores,
+        "host_vcpus": tpu.host_vcpus,
+        "hosts_can_feed": bool(cores <= tpu.host_vcpus),
     }
 
 
@@ -283,6 +302,7 @@ def _out_of_memory(config, tpu, slices, devices, mesh, state_bytes, batch, requi
         "roofline_step_seconds": None,
         "roofline_images_per_second_per_chip": None,
         "host_images_per_second_needed": None,
+        "host_input": None,
         "compile_seconds": {},
         "compile_error": next((line for line in message.splitlines() if "HBM" in line), message)[:500],
         "suggestions": [],

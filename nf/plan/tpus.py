@@ -26,6 +26,7 @@ class TpuGeneration:
     cores_per_chip: int  # TensorCores
     devices_per_chip: int  # JAX devices: 2 on v3 (one per core), 1 where the cores act as one (megacore)
     chips_per_host: int  # chips attached to each TPU VM of a multi-host slice
+    host_vcpus: int  # vCPUs of that TPU VM (`HOST_SOURCE`): what decodes and augments the input
     hbm_bytes_per_chip: int
     peak_bf16_flops_per_chip: float
     hbm_bytes_per_second_per_chip: float
@@ -41,35 +42,39 @@ GENERATIONS: dict[str, TpuGeneration] = {
         # "Peak compute per chip 123 teraflops (bf16); HBM2 capacity and bandwidth 32 GiB, 900 GBps";
         # "Each v3 TPU chip contains two TensorCores"; 4 chips (8 cores) per host (v3-8).
         TpuGeneration(
-            "v3", "v3", "TPU v3", 2, 2, 4, 32 * GiB, 123e12, 900e9, 2, "cores", False,
+            "v3", "v3", "TPU v3", 2, 2, 4, 96, 32 * GiB, 123e12, 900e9, 2, "cores", False,
             "https://cloud.google.com/tpu/docs/v3",
         ),
         # "Peak compute per chip 275 teraflops (bf16); HBM2 capacity and bandwidth 32 GiB, 1200 GBps";
         # two TensorCores per chip acting as one device (megacore); 4 chips per host.
         TpuGeneration(
-            "v4", "v4", "TPU v4", 2, 1, 4, 32 * GiB, 275e12, 1200e9, 3, "cores", True,
+            "v4", "v4", "TPU v4", 2, 1, 4, 240, 32 * GiB, 275e12, 1200e9, 3, "cores", True,
             "https://cloud.google.com/tpu/docs/v4",
         ),
         # "Peak compute per chip (bf16) 459 TFLOPs; HBM2e capacity and bandwidth 95 GiB, 2765 GBps";
         # two TensorCores per chip (megacore); 4 chips per host.
         TpuGeneration(
-            "v5p", "v5p", "TPU v5", 2, 1, 4, 95 * GiB, 459e12, 2765e9, 3, "cores", True,
+            "v5p", "v5p", "TPU v5", 2, 1, 4, 208, 95 * GiB, 459e12, 2765e9, 3, "cores", True,
             "https://cloud.google.com/tpu/docs/v5p",
         ),
         # "Peak compute per chip (bf16) 197 TFLOPs; HBM2 capacity and bandwidth 16 GB, 819 GBps";
         # one TensorCore per chip; 4 chips per host in multi-host slices (8 on the single-host v5e-8).
         TpuGeneration(
-            "v5e", "v5e", "TPU v5 lite", 1, 1, 4, 16 * GB, 197e12, 819e9, 2, "chips", False,
+            "v5e", "v5e", "TPU v5 lite", 1, 1, 4, 112, 16 * GB, 197e12, 819e9, 2, "chips", False,
             "https://cloud.google.com/tpu/docs/v5e",
         ),
         # "Peak compute per chip (bf16) 918 TFLOPs; HBM capacity 32 GB, HBM bandwidth 1640 GBps";
         # one TensorCore per chip; 4 chips per host in multi-host slices (8 on the single-host v6e-8).
         TpuGeneration(
-            "v6e", "v6e", "TPU v6 lite", 1, 1, 4, 32 * GB, 918e12, 1640e9, 2, "chips", False,
+            "v6e", "v6e", "TPU v6 lite", 1, 1, 4, 180, 32 * GB, 918e12, 1640e9, 2, "chips", False,
             "https://cloud.google.com/tpu/docs/v6e",
         ),
     )
 }  # fmt: skip
+
+# The TPU VM machine types' vCPUs per host of 4 chips (8 cores on v3): v3-8 96, ct4p-hightpu-4t 240,
+# ct5p-hightpu-4t 208, ct5lp-hightpu-4t 112, ct6e-standard-4t 180.
+HOST_SOURCE = "https://cloud.google.com/kubernetes-engine/docs/concepts/plan-tpus (TPU machine types)"
 
 # Slice sizes Cloud TPU offers (N as the name counts it), powers of two.
 SLICE_SIZES: dict[str, tuple[int, ...]] = {
@@ -105,6 +110,13 @@ class TpuSlice:
     @property
     def hbm_bandwidth_per_device(self) -> float:
         return self.generation.hbm_bytes_per_second_per_chip / self.generation.devices_per_chip
+
+    @property
+    def host_vcpus(self) -> int:
+        """vCPUs of one of its TPU VMs: a full host's, pro rata for slices of fewer chips (v5e-1,
+        v6e-1 run on smaller VMs: 24 and 44 vCPUs, near the 28 and 45 this gives)."""
+        g = self.generation
+        return g.host_vcpus * min(self.chips, g.chips_per_host) // g.chips_per_host
 
 
 def valid_names() -> list[str]:
