@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.hflip = False  # a mirrored digit is another symbol
     config.data.antialias = True  # low-pass before shrinking, like PIL (the ImageNet recipes: off, as tf.data)
     config.data.workers = 0
-    config.data.prefetch = 2
+    config.data.prefetch = 8  # absorbs the loader losing both cores to the step (data wait 3.5% -> ~1%)
     config.data.mixup_alpha = 0.0
     config.data.cutmix = False
     config.data.randaugment_layers = 0  # 0 = off (NFNets: 4 layers after MixUp/CutMix)
