@@ -4,7 +4,8 @@ Part `v3`: each recipe on v3-32 at 32 images per TensorCore (global batch 1024) 
 resolution, bf16, beside DeepMind's published TPUv3 train step times at that setting (NFNet paper:
 32 TPUv3 cores, 32 images per core, bf16). Part `generations`: each recipe at its own global batch
 (4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4, v5p, v5e and v6e slice where it
-fits as is (`smallest_fit`; smaller slices fit with the accumulation or remat `nf-plan` suggests).
+fits as is, else with `model.remat=block` (`smallest_fit`; smaller slices fit with the accumulation
+or remat `nf-plan` suggests).
 
     nice python tools/plan_table.py --part=v3 --out=tools/results/tpu_plan_v3_32.json
     nice python tools/plan_table.py --part=generations --out=tools/results/tpu_plan_generations.json
@@ -125,32 +126,62 @@ def measure_v3(out: str, models: list[str]) -> None:
         print(json.dumps({k: row[k] for k in ("model", "fits", "roofline_step_seconds", "compile_seconds")}))
 
 
-def predicted_bytes(v3_row: dict | None):
+REMAT = {"model.remat": "block"}  # the setting tried when a recipe fits no slice of a generation as is
+V3_REMAT_RESULT = "tools/results/tpu_plan_f3_remat_v3_32.json"  # NFNet-F3 on v3-32 with REMAT
+
+
+def remat_ratio() -> float | None:
+    """Non-state HBM with REMAT over without, from NFNet-F3's two v3-32 compiles (0.18): only to
+    choose where a REMAT search starts."""
+    path, v3 = REPO / V3_REMAT_RESULT, {r["model"]: r for r in _load(str(REPO / V3_RESULT))["rows"]}
+    if not path.exists() or "nfnet_f3" not in v3:
+        return None
+    remat, plain = json.loads(path.read_text())["plan"], v3["nfnet_f3"]
+    state = plain["state_bytes_per_device"]
+    return (remat["hbm_bytes"]["total"] - state) / (plain["hbm_bytes"]["total"] - state)
+
+
+def predicted_bytes(v3_row: dict | None, activation_ratio: float | None = 1.0):
     """Per-device HBM at `b` images per device, extrapolated from the recipe's v3-32 compile (the
-    state stays, the rest scales with the images): only to choose where the search starts."""
-    if not v3_row or not v3_row.get("state_bytes_per_device") or not v3_row.get("roofline_step_seconds"):
+    state stays, the rest scales with the images, times `activation_ratio` for a setting that
+    shrinks the activations): only to choose where the search starts."""
+    if not v3_row or not v3_row.get("state_bytes_per_device") or activation_ratio is None:
         return None
     state, total = v3_row["state_bytes_per_device"], v3_row["hbm_bytes"]["total"]
-    return lambda b: state + (total - state) * b / V3_IMAGES_PER_CORE
+    return lambda b: state + (total - state) * activation_ratio * b / V3_IMAGES_PER_CORE
 
 
 def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
     """The smallest slice of `generation` where the recipe's global batch fits as is (no
-    accumulation, no remat: one pass over the batch per step), found by compiling: the search starts
-    at the smallest slice the v3-32 compile predicts to fit and steps up until one fits; the slice
-    below the answer is compiled too unless the prediction puts it over 150 % of its HBM (the
-    prediction is then recorded). Slices the batch cannot be split over are skipped."""
-    from nf.plan.planner import plan
+    accumulation, no remat: one pass over the batch per step), else with REMAT, found by compiling
+    (`_search`); the row's `setting` says which. A recipe the v3-32 prediction puts over 150 % of
+    the largest slice's HBM as is goes straight to REMAT."""
+    from nf.plan.planner import _with
     from nf.plan.tpus import SLICE_SIZES, parse_slice
 
-    config = recipe(model)
-    slices = [parse_slice(f"{generation}-{n}") for n in SLICE_SIZES[generation]]
-    slices = [t for t in slices if config.batch_size % t.devices == 0]
-    predict = predicted_bytes(v3_row)
+    row = {"model": model, "generation": generation, "tried": []}
+    for setting, ratio in (({}, 1.0), (REMAT, remat_ratio())):
+        config = _with(recipe(model), setting)
+        slices = [parse_slice(f"{generation}-{n}") for n in SLICE_SIZES[generation]]
+        slices = [t for t in slices if config.batch_size % t.devices == 0]
+        tried, found = _search(config, slices, predicted_bytes(v3_row, ratio))
+        row["tried"] += [t | {"setting": setting} for t in tried] if setting else tried
+        if found:
+            return row | {"setting": setting} | _summary(found)
+    return row | {"fits": False}
+
+
+def _search(config, slices: list, predict) -> tuple[list[dict], dict | None]:
+    """Compile upward from the smallest slice `predict` puts within HBM until one fits; then the
+    slice below the answer too unless `predict` puts it over 150 % of its HBM (the prediction is
+    then recorded). With every slice predicted over 150 %, nothing is compiled."""
+    from nf.plan.planner import plan
 
     def predicted(t):
         return None if predict is None else predict(config.batch_size / t.devices)
 
+    if predict is not None and predicted(slices[-1]) > 1.5 * slices[-1].hbm_bytes_per_device:
+        return [{"topology": slices[-1].name, "fits": False, "predicted_hbm_total": predicted(slices[-1])}], None
     start = 0
     if predict is not None:
         start = next((i for i, t in enumerate(slices) if predicted(t) <= t.hbm_bytes_per_device), len(slices) - 1)
@@ -172,8 +203,7 @@ def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
             tried.append({"topology": below.name, "fits": False, "predicted_hbm_total": predicted(below)})
             break
         i -= 1  # compile the slice below: if it fits, it is the new answer
-    row = {"model": model, "generation": generation, "tried": tried}
-    return row | (_summary(found) if found else {"fits": False})
+    return tried, found
 
 
 def measure_generations(out: str, models: list[str], generations: list[str]) -> None:
@@ -299,38 +329,45 @@ def markdown(paths: list[str]) -> str:
             lines += [
                 "## Each recipe at its global batch on the smallest slice where it fits as is",
                 "",
-                "No accumulation and no remat (one pass over the global batch per step); smaller slices",
-                "fit with the settings `nf-plan` suggests. The search compiles upward from the slice the",
-                "v3-32 compile predicts, and the slice below the answer unless predicted over 150 % of HBM.",
+                "As is: no accumulation and no remat (one pass over the global batch per step); a recipe",
+                "that fits no slice of a generation as is is searched again with `model.remat=block`",
+                "(the `setting` column). Smaller slices fit with the settings `nf-plan` suggests. The search",
+                "compiles upward from the slice the v3-32 compile predicts, and the slice below the answer",
+                "unless predicted over 150 % of HBM.",
                 "",
                 "Host vCPUs: what the bound's input rate per host needs at the per-core rate",
                 "`nf.data.host_rate` measured for the recipe's augmentation (one core of the development",
                 "CPU; `nf-plan` reports it as `host_input`), beside the vCPUs of one TPU VM.",
                 "",
-                "| recipe | generation | slice | images/device | HBM/device GiB | roofline bound ms "
+                "| recipe | generation | slice | setting | images/device | HBM/device GiB | roofline bound ms "
                 "| images/s/chip (bound) | host input images/s (bound) | host vCPUs needed (of) "
                 "| slices compiled (fits?) |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             done = {(r["model"], r["generation"]) for r in rows}
             missing = [f"{m} on {g}" for m in RECIPES for g in GENERATION_NAMES if (m, g) not in done]
             for r in rows:
                 tried = ", ".join(
-                    f"{t['topology']} ({'yes' if t['fits'] else 'no'})"
-                    if "hbm_total" in t
-                    else f"{t['topology']} (predicted {_gib(t['predicted_hbm_total'])} GiB, not compiled)"
+                    (
+                        f"{t['topology']} ({'yes' if t['fits'] else 'no'})"
+                        if "hbm_total" in t
+                        else f"{t['topology']} (predicted {_gib(t['predicted_hbm_total'])} GiB, not compiled)"
+                    )
+                    + (" with remat" if t.get("setting") else "")
                     for t in r["tried"]
                 )
                 if not r.get("topology"):
-                    lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | | {tried} |")
+                    lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | | | {tried} |")
                     continue
+                setting = " ".join(f"{k}={v}" for k, v in (r.get("setting") or {}).items()) or "as is"
                 bound = r["roofline_step_seconds"]
                 per_chip = r["batch_size"] / r["chips"] / bound
                 per_host = per_chip * r["chips"] / r["hosts"]
                 host = host_input(recipe(r["model"]), parse_slice(r["topology"]), per_host)
                 lines.append(
-                    f"| {r['model']} | {r['generation']} | {r['topology']} | {r['batch_size'] // r['devices']} | "
-                    f"{_gib(r['hbm_bytes']['total'])} | {bound * 1e3:.1f} | {per_chip:.0f} | {per_host:.0f} | "
+                    f"| {r['model']} | {r['generation']} | {r['topology']} | {setting} | "
+                    f"{r['batch_size'] // r['devices']} | {_gib(r['hbm_bytes']['total'])} | {bound * 1e3:.1f} | "
+                    f"{per_chip:.0f} | {per_host:.0f} | "
                     f"{host['cores_needed']:.0f} ({host['host_vcpus']}) | {tried} |"
                 )
             if missing:
