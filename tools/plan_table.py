@@ -105,7 +105,8 @@ def _summary(plan: dict) -> dict:
             "image_size", "fits", "margin_bytes", "hbm_bytes", "state_bytes_per_device", "eval_hbm_bytes",
             "flops_per_device", "bytes_accessed_per_device", "collectives", "roofline_bound",
             "roofline_step_seconds", "roofline_images_per_second_per_chip", "host_images_per_second_needed",
-            "compile_seconds", "compile_error", "suggestions", "cost_counts_loops_once", "cost_method")  # fmt: skip
+            "compile_seconds", "compile_error", "suggestions", "cost_counts_loops_once", "cost_method",
+            "host_input")  # fmt: skip
     return {k: plan.get(k) for k in keep}
 
 
