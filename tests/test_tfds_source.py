@@ -134,8 +134,8 @@ def test_pipeline_over_tfds_resumes_exactly(tfds_dir):
 def test_trainer_trains_on_a_tfds_dataset(tfds_dir, digits_root, tmp_path):
     from absl import flags
     from conftest import CLASSIFIER_RUN, quickstart_config
-    from nf.inference.card import ModelCard
 
+    from nf.data.card import ModelCard
     from nf.train.trainer import train_and_evaluate
 
     if not flags.FLAGS.is_parsed():

@@ -294,9 +294,11 @@ def markdown(paths: list[str]) -> str:
         if not rows:
             continue
         run = data["runs"][-1]
+        commands = list(dict.fromkeys(r["command"] for r in data["runs"]))  # each resumed run's, in order
         lines += [
             "",
-            f"Measured by `{run['command']}` on {run['machine']}, {run['date']}, commit {run['commit'][:10]},",
+            "Measured by " + ", then ".join(f"`{c}`" for c in commands),
+            f"on {run['machine']}, last {run['date']} at commit {run['commit'][:10]},",
         ]
         lines += [f"jax {run['jax']}, libtpu {run['libtpu']}; result file `{path}`.", ""]
         if "generation" not in rows[0]:
