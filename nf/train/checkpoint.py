@@ -254,4 +254,8 @@ class Checkpoints:
         finally:
             if self._worker is not None:
                 self._worker.shutdown()
-            self.manager.close()
+            # After a full disk nf-train exits at once (the failed save is reported once); closing
+            # the manager would close Orbax's event loop under TensorStore callbacks still in
+            # flight, which then print "Event loop is closed" tracebacks.
+            if not self._disk_full:
+                self.manager.close()
