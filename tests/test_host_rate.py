@@ -54,3 +54,29 @@ def test_cores_needed_and_bad_inputs(tmp_path):
     bad.write_text(json.dumps({"model": "nf_resnet50"}))
     with pytest.raises(ValueError, match=r"other\.json is not a tools/input_benchmark\.py result"):
         host_rate.read_rate(bad)
+
+
+def test_input_benchmark_measures_nf_and_tfdata_side_by_side(tmp_path):
+    """The tool end to end on a few of its photo-like JPEGs: nf and the tf.data peer each in a
+    pinned child process, rates from their own clocks, the recipe's settings as overridden, and a
+    result `read_rate` accepts."""
+    import subprocess
+    import sys
+
+    tool = REPO / "tools" / "input_benchmark.py"
+    photos, out = tmp_path / "photos", tmp_path / "result.json"
+    subprocess.run([sys.executable, str(tool), f"--write_data={photos}", "--num_images=12"], check=True)
+    assert len(list(photos.glob("*/*.JPEG"))) == 12
+    args = ["--recipe=resnet", "--antialias=off", "--rounds=1", "--batches=2", "--batch_size=4", "--records=0"]
+    subprocess.run(
+        [sys.executable, str(tool), f"--data={photos}", "--peer=tfdata", *args, f"--json={out}"],
+        check=True,
+        cwd=REPO,
+    )
+    result = json.loads(out.read_text())
+    assert result["settings"]["antialias"] is False and result["settings"]["image_size"] == 224
+    nf, tf = result["one_core"]["nf"], result["one_core"]["tfdata"]
+    assert nf["images_per_cpu_sec"] > 0 and tf["images_per_cpu_sec"] > 0 and len(nf["rounds"]) == 1
+    ratio = nf["images_per_cpu_sec"] / tf["images_per_cpu_sec"]
+    assert result["nf_over_tfdata_images_per_cpu_sec"] == pytest.approx(ratio)
+    assert host_rate.read_rate(out).images_per_core_second == pytest.approx(nf["images_per_cpu_sec"])
