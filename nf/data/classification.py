@@ -104,7 +104,7 @@ class _FinalizeBatch(grain.transforms.MapWithIndex):
                 image = self.randaugment.augment_batch(image, key, mask)
         if not (self.keep_uint8 and image.dtype == np.uint8):
             image = T.normalize(image, self.mean, self.std)
-        image[~mask] = 0  # blank slots: zero after normalization (masked out of every metric)
+        image[~mask] = 0  # blank slots (eval padding; never in training): masked out of every metric
         return {
             "image": image,
             "label": labels.astype(np.int32),
