@@ -119,6 +119,7 @@ TINY_ARGS = (
 )
 
 
+@pytest.mark.slow  # 82 s on a 2-core CPU (every comparison compiles its own step); `pytest -m slow` runs it
 def test_benchmark_times_the_trainer_step_with_its_comparisons():
     """The default config is the quickstart recipe (reported as such); WS on/off, folded
     inference (same logits as unfolded) and NF vs BN are all measured in the one run."""
