@@ -2,10 +2,11 @@
 
 Part `v3`: each recipe on v3-32 at 32 images per TensorCore (global batch 1024) at its train
 resolution, bf16, beside DeepMind's published TPUv3 train step times at that setting (NFNet paper:
-32 TPUv3 cores, 32 images per core, bf16). Part `generations`: each recipe at its own global batch
-(4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4, v5p, v5e and v6e slice where it
-fits as is, else with `model.remat=block` (`smallest_fit`; smaller slices fit with the accumulation
-or remat `nf-plan` suggests).
+32 TPUv3 cores, 32 images per core, bf16); a recipe that does not fit as is is compiled again
+with each of `V3_LEANER` (remat, then remat with FSDP) until one fits. Part `generations`: each
+recipe at its own global batch (4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4,
+v5p, v5e and v6e slice where it fits as is, else with `model.remat=block` (`smallest_fit`;
+smaller slices fit with the accumulation or remat `nf-plan` suggests).
 
     nice python tools/plan_table.py --part=v3 --out=tools/results/tpu_plan_v3_32.json
     nice python tools/plan_table.py --part=generations --out=tools/results/tpu_plan_generations.json
@@ -138,7 +139,7 @@ def measure_v3(out: str, models: list[str]) -> None:
 
 REMAT = {"model.remat": "block"}  # the setting tried when a recipe fits no slice of a generation as is
 # Tried in turn on v3-32 for a recipe that does not fit as is: the same math at 32 images per core.
-V3_LEANER = (REMAT, REMAT | {"mesh.fsdp": 2, "mesh.data": -1})
+V3_LEANER = (REMAT, *(REMAT | {"mesh.fsdp": f, "mesh.data": -1} for f in (2, 8)))
 V3_REMAT_RESULT = "tools/results/tpu_plan_f3_remat_v3_32.json"  # NFNet-F3 on v3-32 with REMAT
 
 
@@ -283,9 +284,12 @@ def markdown(paths: list[str]) -> str:
         "  of its bytes (`tools/plan_cost_check.py`, `tools/results/plan_cost_methods.json`) at a fraction",
         "  of the time and memory; rows measured that way say so (`cost_method`).",
         "- NFNet-F3 to F7 do not fit a v3 core's 16 GiB at 32 images per core as is (XLA asks for 38 to 190",
-        "  GiB); DeepMind's published step times at that setting imply a leaner step. With",
-        "  `--config.model.remat=block` F3 fits in 9.13 GiB per core, roofline bound 227 ms against",
-        "  DeepMind's 532.2 ms (`tools/results/tpu_plan_f3_remat_v3_32.json`).",
+        "  GiB); DeepMind's published step times at that setting imply a leaner step. The same math fits",
+        "  with the blocks rematerialized (`--config.model.remat=block`): F3 in 9.13 GiB per core, F4 in",
+        "  13.28; F5 with the state also sharded over 2 cores (`--config.mesh.fsdp=2`, 14.31 GiB), F6 over",
+        "  8 (14.56 GiB). F7 does not fit at 32 images per core even so (XLA asks for 18.1 GiB of",
+        "  temporaries with FSDP over 8); it needs gradient accumulation there. DeepMind's measured times",
+        "  are 2.34 to 2.56 times these bounds for F3 to F5 (2.03 to 2.11 for F0 to F2 as is).",
         "- Gradient accumulation seemed to raise the temporaries (10.0 -> 17.5 GiB): that was the plan's",
         "  own cost compile, which unrolled the accumulation loop so XLA held every micro-batch at once;",
         "  the loop now stays rolled there and one micro-batch's forward and backward pass, compiled",
