@@ -336,6 +336,10 @@ def markdown(paths: list[str]) -> str:
                 for t in r.get("leaner", []):
                     setting = " ".join(f"{k}={v}" for k, v in t["setting"].items() if k != "mesh.data")
                     lines.append(_v3_line(f"{r['model']}, {setting}", t, r.get("deepmind_step_ms")))
+            by = [(r["model"], t["measured_by"]) for r in rows for t in r.get("leaner", []) if t.get("measured_by")]
+            if by:
+                lines += ["", "Made by `nf-plan` itself (the same compile; the tool keeps the row):"]
+                lines += [f"- {model}: `{command}`" for model, command in by]
             missing = [m for m in RECIPES if m not in {r["model"] for r in rows}]
             if missing:
                 lines += ["", f"Not measured yet: {', '.join(missing)} (rerun the command: finished rows are kept)."]
