@@ -3,10 +3,10 @@
 Part `v3`: each recipe on v3-32 at 32 images per TensorCore (global batch 1024) at its train
 resolution, bf16, beside DeepMind's published TPUv3 train step times at that setting (NFNet paper:
 32 TPUv3 cores, 32 images per core, bf16); a recipe that does not fit as is is compiled again
-with each of `V3_LEANER` (remat, then remat with FSDP) until one fits. Part `generations`: each
+with each of `LEANER` (remat, then remat with FSDP) until one fits. Part `generations`: each
 recipe at its own global batch (4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4,
-v5p, v5e and v6e slice where it fits as is, else with `model.remat=block` (`smallest_fit`;
-smaller slices fit with the accumulation or remat `nf-plan` suggests).
+v5p, v5e and v6e slice where it fits as is, else with the first of `LEANER` that fits some slice
+(`smallest_fit`; smaller slices fit with the accumulation or remat `nf-plan` suggests).
 
     nice python tools/plan_table.py --part=v3 --out=tools/results/tpu_plan_v3_32.json
     nice python tools/plan_table.py --part=generations --out=tools/results/tpu_plan_generations.json
@@ -112,7 +112,7 @@ def _summary(plan: dict) -> dict:
 
 
 def measure_v3(out: str, models: list[str]) -> None:
-    """Each recipe as is; one that does not fit is compiled again with each of `V3_LEANER` in turn
+    """Each recipe as is; one that does not fit is compiled again with each of `LEANER` in turn
     until one fits (`leaner`): the settings that bring the deep NFNets to DeepMind's timing setting."""
     from nf.plan.planner import _with, plan
 
@@ -128,7 +128,7 @@ def measure_v3(out: str, models: list[str]) -> None:
             data["rows"].append(row)
             _save(out, data)
         leaner = row.setdefault("leaner", []) if not row["fits"] else []
-        for setting in V3_LEANER[len(leaner) :]:
+        for setting in LEANER[len(leaner) :]:
             if leaner and leaner[-1]["fits"]:
                 break
             result = plan(_with(v3_config(model), setting), V3_TOPOLOGY, search=False, cost=_COST.value)
@@ -137,9 +137,10 @@ def measure_v3(out: str, models: list[str]) -> None:
         print(json.dumps({"model": model, "fits": row["fits"], "leaner": [t["fits"] for t in leaner]}))
 
 
-REMAT = {"model.remat": "block"}  # the setting tried when a recipe fits no slice of a generation as is
-# Tried in turn on v3-32 for a recipe that does not fit as is: the same math at 32 images per core.
-V3_LEANER = (REMAT, *(REMAT | {"mesh.fsdp": f, "mesh.data": -1} for f in (2, 8)))
+REMAT = {"model.remat": "block"}
+# Tried in turn for a recipe that does not fit as is (on v3-32; on every slice of a generation):
+# the same math in one pass over the batch, activations recomputed, then the state sharded too.
+LEANER = (REMAT, *(REMAT | {"mesh.fsdp": f, "mesh.data": -1} for f in (2, 8)))
 V3_REMAT_RESULT = "tools/results/tpu_plan_f3_remat_v3_32.json"  # NFNet-F3 on v3-32 with REMAT
 
 
@@ -154,30 +155,34 @@ def remat_ratio() -> float | None:
     return (remat["hbm_bytes"]["total"] - state) / (plain["hbm_bytes"]["total"] - state)
 
 
-def predicted_bytes(v3_row: dict | None, activation_ratio: float | None = 1.0):
+def predicted_bytes(v3_row: dict | None, activation_ratio: float | None = 1.0, fsdp: int = 1):
     """Per-device HBM at `b` images per device, extrapolated from the recipe's v3-32 compile (the
-    state stays, the rest scales with the images, times `activation_ratio` for a setting that
-    shrinks the activations): only to choose where the search starts."""
+    state stays, divided by the `fsdp` size; the rest scales with the images, times
+    `activation_ratio` for a setting that shrinks the activations): only to choose where the
+    search starts."""
     if not v3_row or not v3_row.get("state_bytes_per_device") or activation_ratio is None:
         return None
     state, total = v3_row["state_bytes_per_device"], v3_row["hbm_bytes"]["total"]
-    return lambda b: state + (total - state) * activation_ratio * b / V3_IMAGES_PER_CORE
+    return lambda b: state / fsdp + (total - state) * activation_ratio * b / V3_IMAGES_PER_CORE
 
 
 def smallest_fit(model: str, generation: str, v3_row: dict | None) -> dict:
     """The smallest slice of `generation` where the recipe's global batch fits as is (no
-    accumulation, no remat: one pass over the batch per step), else with REMAT, found by compiling
-    (`_search`); the row's `setting` says which. A recipe the v3-32 prediction puts over 150 % of
-    the largest slice's HBM as is goes straight to REMAT."""
+    accumulation, no remat: one pass over the batch per step), else with the first of `LEANER`
+    that fits some slice, found by compiling (`_search`); the row's `setting` says which. A
+    setting the v3-32 prediction puts over 150 % of the largest slice's HBM is not compiled."""
     from nf.plan.planner import _with
     from nf.plan.tpus import SLICE_SIZES, parse_slice
 
     row = {"model": model, "generation": generation, "tried": []}
-    for setting, ratio in (({}, 1.0), (REMAT, remat_ratio())):
+    for setting in ({}, *LEANER):
         config = _with(recipe(model), setting)
+        ratio = remat_ratio() if setting else 1.0
         slices = [parse_slice(f"{generation}-{n}") for n in SLICE_SIZES[generation]]
-        slices = [t for t in slices if config.batch_size % t.devices == 0]
-        tried, found = _search(config, slices, predicted_bytes(v3_row, ratio))
+        slices = [
+            t for t in slices if config.batch_size % t.devices == 0 and t.devices % setting.get("mesh.fsdp", 1) == 0
+        ]
+        tried, found = _search(config, slices, predicted_bytes(v3_row, ratio, setting.get("mesh.fsdp", 1)))
         row["tried"] += [t | {"setting": setting} for t in tried] if setting else tried
         if found:
             return row | {"setting": setting} | _summary(found)
@@ -222,6 +227,12 @@ def measure_generations(out: str, models: list[str], generations: list[str]) -> 
             data["rows"].append(row)
             _save(out, data)
             print(json.dumps({k: row.get(k) for k in ("model", "generation", "topology", "fits", "tried")}))
+
+
+def _setting_label(setting: dict) -> str:
+    """`remat`, `remat, FSDP 2`: a `LEANER` setting in the table's words."""
+    words = ["remat"] if "model.remat" in setting else []
+    return ", ".join(words + ([f"FSDP {setting['mesh.fsdp']}"] if "mesh.fsdp" in setting else []))
 
 
 def _gib(n) -> str:
@@ -348,9 +359,10 @@ def markdown(paths: list[str]) -> str:
                 "## Each recipe at its global batch on the smallest slice where it fits as is",
                 "",
                 "As is: no accumulation and no remat (one pass over the global batch per step); a recipe",
-                "that fits no slice of a generation as is is searched again with `model.remat=block`",
-                "(the `setting` column). Smaller slices fit with the settings `nf-plan` suggests. The search",
-                "compiles upward from the smallest slice the v3-32 compile predicts within 150 % of its HBM",
+                "that fits no slice of a generation as is is searched again with remat (`model.remat=block`),",
+                "then remat with FSDP 2, then FSDP 8 (the `setting` column). Smaller slices fit with the",
+                "settings `nf-plan` suggests. The search compiles upward from the smallest slice the v3-32",
+                "compile predicts within 150 % of its HBM (the state divided by the FSDP size)",
                 "(earlier rows: from the one predicted within 100 %, then the slice below it).",
                 "",
                 "Host vCPUs: what the bound's input rate per host needs at the per-core rate",
@@ -364,14 +376,15 @@ def markdown(paths: list[str]) -> str:
             ]
             done = {(r["model"], r["generation"]) for r in rows}
             missing = [f"{m} on {g}" for m in RECIPES for g in GENERATION_NAMES if (m, g) not in done]
-            for r in rows:
+            order = {(m, g): i for i, (m, g) in enumerate((m, g) for m in RECIPES for g in GENERATION_NAMES)}
+            for r in sorted(rows, key=lambda r: order.get((r["model"], r["generation"]), len(order))):
                 tried = ", ".join(
                     (
                         f"{t['topology']} ({'yes' if t['fits'] else 'no'})"
                         if "hbm_total" in t
                         else f"{t['topology']} (predicted {_gib(t['predicted_hbm_total'])} GiB, not compiled)"
                     )
-                    + (" with remat" if t.get("setting") else "")
+                    + (f" with {_setting_label(t['setting'])}" if t.get("setting") else "")
                     for t in r["tried"]
                 )
                 if not r.get("topology"):
