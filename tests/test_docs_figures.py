@@ -108,3 +108,16 @@ def test_the_check_catches_an_edited_figure_a_wrong_key_and_a_missing_file(text,
         assert problems == []
     else:
         assert len(problems) == 1 and problem in problems[0]
+
+
+def test_the_tpu_plan_page_is_the_one_its_result_files_make(monkeypatch):
+    """docs/tpu_plan.md is generated (`tools/plan_table.py --markdown`): a hand edit, or a result
+    file re-measured without regenerating the page, fails here."""
+    import importlib.util
+
+    monkeypatch.chdir(REPO)  # the page names its result files relative to the repository
+    spec = importlib.util.spec_from_file_location("nf_plan_table", REPO / "tools" / "plan_table.py")
+    plan_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plan_table)
+    made = plan_table.markdown([plan_table.V3_RESULT, "tools/results/tpu_plan_generations.json"])
+    assert (REPO / "docs" / "tpu_plan.md").read_text() == made
