@@ -200,10 +200,12 @@ def test_plan_flops_count_every_block_of_a_scanned_stage():
     assert deep["flops_per_device"] - shallow["flops_per_device"] == pytest.approx(8 * per_block, rel=0.02)
 
 
-def test_per_block_cost_matches_the_unrolled_compile():
+@pytest.mark.parametrize("accum_steps", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_per_block_cost_matches_the_unrolled_compile(accum_steps):
     """`cost="per_block"`: the step's own compile plus each scanned stage's block compiled alone,
-    (trips - 1) times, gives the FLOPs and bytes of the compile with every scan unrolled."""
-    deep = quickstart({**TINY_RUN, "model.depths": (1, 9)})
+    (trips - 1) times per micro-batch, plus one micro-batch compiled alone for the accumulation
+    loop's other trips, gives the FLOPs and bytes of the compile with every scan unrolled."""
+    deep = quickstart({**TINY_RUN, "model.depths": (1, 9), "batch_size": 32, "optimizer.accum_steps": accum_steps})
     unrolled, per_block = (plan(deep, "v5e-4", search=False, cost=c) for c in ("unrolled", "per_block"))
     assert per_block["cost_method"] == "per_block" and unrolled["cost_method"] == "unrolled"
     assert per_block["flops_per_device"] == pytest.approx(unrolled["flops_per_device"], rel=0.02)
