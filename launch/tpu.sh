@@ -12,8 +12,9 @@
 #           -- --config=configs/resnet_imagenet.py:nf_resnet50 --workdir=gs://BUCKET/runs/r50
 #           (the workdir must be on gs://, shared by all workers); output goes to ~/nf-train.log.
 #           First, on this machine, `nf-plan` compiles the config for --accelerator=TYPE (needs
-#           `pip install -e '.[tpu]'` here) and the run is refused when it does not fit HBM (the
-#           plan prints settings that do); --no-plan skips this. NF_PLAN overrides the command.
+#           `pip install -e '.[tpu]'` here; --cost=per_block: minutes, not an hour, for deep
+#           recipes) and the run is refused when it does not fit HBM (the plan prints settings
+#           that do); --no-plan skips this. NF_PLAN overrides the command.
 #   logs    the last lines of ~/nf-train.log of every worker
 #   ssh     a shell on worker 0 (or run the arguments after -- on all workers)
 #   delete  delete the TPU VM (and its queued resource with --queued)
@@ -129,7 +130,7 @@ plan_or_refuse() {
     case "${arg}" in --config=* | --config.*) plan_args+=("${arg}") ;; esac
   done
   read -r -a plan_cmd <<<"${NF_PLAN:-nf-plan}"
-  plan_cmd+=("--topology=$(plan_topology "${ACCELERATOR}")" "${plan_args[@]+"${plan_args[@]}"}")
+  plan_cmd+=("--topology=$(plan_topology "${ACCELERATOR}")" --cost=per_block "${plan_args[@]+"${plan_args[@]}"}")
   if ((DRY_RUN)); then
     run "${plan_cmd[@]}"
     return

@@ -245,7 +245,7 @@ EXPECTED = {
         [*SSH, "--command=pip install -U 'jax[tpu]' && pip install -e ~/nf"],
     ],
     "run": [
-        ["nf-plan", "--topology=v4-32", "--config=configs/resnet_imagenet.py:nf_resnet50"],
+        ["nf-plan", "--topology=v4-32", "--cost=per_block", "--config=configs/resnet_imagenet.py:nf_resnet50"],
         [
             *SSH,
             "--command=cd ~/nf && nohup nf-train --distributed=on --config=configs/resnet_imagenet.py:nf_resnet50 "
@@ -307,6 +307,7 @@ def test_tpu_sh_run_plans_for_the_slice_unless_told_not_to(no_gcloud):
     assert lines[0] == [
         "nf-plan",
         "--topology=v5e-64",
+        "--cost=per_block",
         "--config=configs/nfnet_f0_imagenet.py",
         "--config.batch_size=1024",
     ]

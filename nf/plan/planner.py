@@ -340,10 +340,12 @@ def suggest(
     slices: int = 1,
     num_classes: int | None = None,
     max_compiles: int = 12,
+    cost: str = "unrolled",
 ) -> list[dict[str, Any]]:
-    """Settings that make `config` fit, found by compiling them: for each knob the weakest value
-    that fits. The knobs advance together (round r tries each unsettled knob's r-th value), so a
-    compile budget is spread over all of them; sorted by roofline bound, lowest first."""
+    """Settings that make `config` fit, found by compiling them (FLOPs and bytes by `cost`, as in
+    `plan`): for each knob the weakest value that fits. The knobs advance together (round r tries
+    each unsettled knob's r-th value), so a compile budget is spread over all of them; sorted by
+    roofline bound, lowest first."""
     knobs = [list(k) for k in candidate_settings(config, tpu.devices * slices)]
     found, compiles, settled = [], 0, set()
     for r in range(max((len(k) for k in knobs), default=0)):
@@ -353,7 +355,7 @@ def suggest(
             compiles += 1
             overrides = knob[r]
             try:
-                result = compile_steps(_with(config, overrides), tpu, slices, num_classes)
+                result = compile_steps(_with(config, overrides), tpu, slices, num_classes, cost)
             except ValueError:  # e.g. a batch the mesh cannot split
                 continue
             if result["fits"]:
@@ -391,5 +393,5 @@ def plan(
     tpu = parse_slice(topology)
     result = compile_steps(config, tpu, slices, num_classes, cost)
     if not result["fits"] and search:
-        result["suggestions"] = suggest(config, tpu, slices, num_classes, max_compiles)
+        result["suggestions"] = suggest(config, tpu, slices, num_classes, max_compiles, cost)
     return result
