@@ -45,6 +45,12 @@ _MODELS = flags.DEFINE_list("models", list(RECIPES), "Recipes, in order (smalles
 _GENERATIONS = flags.DEFINE_list("generations", list(GENERATION_NAMES), "Generations of part `generations`.")
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Write the markdown page from the result files.")
 _COST = flags.DEFINE_enum("cost", "unrolled", ["unrolled", "per_block"], "nf.plan.planner.plan's cost method.")
+_RECOMPILE_REMAT = flags.DEFINE_bool(
+    "recompile_remat",
+    False,
+    "Compile every row measured with remat again at its slice and setting (before commit 5c1e0b0 the "
+    "per-block and unrolled costs left out the rematerialized blocks' recomputation).",
+)
 V3_RESULT = "tools/results/tpu_plan_v3_32.json"
 _RESULTS = flags.DEFINE_list(
     "results",
@@ -217,6 +223,29 @@ def _search(config, slices: list, predict) -> tuple[list[dict], dict | None]:
         if result["fits"]:
             return tried, result
     return tried, None
+
+
+def recompile_remat(out: str, models: list[str]) -> None:
+    """Each fitting row (or v3-32 `leaner` entry) of `models` whose setting has remat, compiled
+    again at its slice and setting; the row's other keys (`tried`) stay. Rows compiled since stay."""
+    from nf.plan.planner import _with, plan
+
+    data = _load(out)
+    data["runs"].append(run_info() | {"loadavg": os.getloadavg(), "recompiled": "remat rows"})
+    since = data["runs"][-1]["commit"]
+    for row in data["rows"]:
+        if row["model"] not in models:
+            continue
+        entries = [row] if "generation" in row else [e for e in row.get("leaner", []) if e["fits"]]
+        for entry in entries:
+            setting = entry.get("setting") or {}
+            if "model.remat" not in setting or entry.get("recompiled_at") == since:
+                continue
+            base = recipe(row["model"]) if "generation" in row else v3_config(row["model"])
+            result = plan(_with(base, setting), entry["topology"], search=False, cost=_COST.value)
+            entry.update(_summary(result) | {"recompiled_at": since, "loadavg_end": os.getloadavg()})
+            _save(out, data)
+            print(json.dumps({"model": row["model"], "topology": entry["topology"], "setting": setting}))
 
 
 def measure_generations(out: str, models: list[str], generations: list[str]) -> None:
@@ -436,7 +465,9 @@ def main(argv):
     if not (_PART.value and _OUT.value):
         raise app.UsageError("--part and --out (or --markdown)")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if _PART.value == "v3":
+    if _RECOMPILE_REMAT.value:
+        recompile_remat(_OUT.value, _MODELS.value)
+    elif _PART.value == "v3":
         measure_v3(_OUT.value, _MODELS.value)
     else:
         measure_generations(_OUT.value, _MODELS.value, _GENERATIONS.value)

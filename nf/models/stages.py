@@ -8,6 +8,7 @@ blocks under `jax.lax.scan`, so compile time does not grow with depth (short sta
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ UNROLL_MAX_BLOCKS = 6
 # backward pass ("block": only the block's input is saved), or a named `jax.checkpoint_policies`
 # policy deciding what a block saves (e.g. "dots_saveable": matmul/conv outputs kept).
 REMAT_NONE, REMAT_BLOCK = "none", "block"
+# True while a program is traced with its scans unrolled to count its cost (`nf.models.stats.
+# unrolled_scans`): a block's forward pass then sits beside its recomputation in one loop-free
+# program, and the checkpoint must keep XLA from merging the two, as the loop does when it runs.
+SCANS_UNROLLED = contextvars.ContextVar("nf_scans_unrolled", default=False)
 REMAT_POLICIES = (
     "nothing_saveable",
     "everything_saveable",
@@ -155,7 +160,7 @@ class Stage(nnx.Module):
 
         rest_keys = None if keys is None else keys[1:]
         looped = not (unstacked or self.depth - 1 <= UNROLL_MAX_BLOCKS)
-        body = rematerialized(body, self.remat, in_loop=looped)
+        body = rematerialized(body, self.remat, in_loop=looped and not SCANS_UNROLLED.get())
         if not looped:
             outs = []
             for i in range(self.depth - 1):

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.extend import core as jex_core
 
 from nf.layers import set_conv_impl
+from nf.models import stages
 
 ModelOrFactory = nnx.Module | Callable[[], nnx.Module]
 
@@ -45,11 +46,18 @@ def _scan_replaced(replacement: Callable) -> Iterator[None]:
         jax.lax.scan = original
 
 
-def unrolled_scans():
+@contextlib.contextmanager
+def unrolled_scans() -> Iterator[None]:
     """Within the block, `jax.lax.scan` fully unrolls its loop (for cost analysis only); a scan
     that names its own `unroll` keeps it (gradient accumulation, which would otherwise hold every
-    micro-batch's activations at once)."""
-    return _scan_replaced(lambda original: lambda *args, **kwargs: original(*args, **{"unroll": True, **kwargs}))
+    micro-batch's activations at once). Rematerialized blocks keep their recomputation
+    (`stages.SCANS_UNROLLED`)."""
+    token = stages.SCANS_UNROLLED.set(True)
+    try:
+        with _scan_replaced(lambda original: lambda *args, **kwargs: original(*args, **{"unroll": True, **kwargs})):
+            yield
+    finally:
+        stages.SCANS_UNROLLED.reset(token)
 
 
 def recorded_scans(records: list):

@@ -231,7 +231,10 @@ def _loop_bodies(loops: list, mesh, keys) -> dict[str, float]:
 
         def fwd_bwd(c, xs, body=body):
             out, vjp = jax.vjp(body, c, xs)
-            return vjp(jax.tree.map(jnp.ones_like, out))
+            # In the step the forward and backward passes are two loops: a rematerialized block's
+            # recomputation cannot merge into its forward pass; alone, only this barrier stops it.
+            out, vjp = jax.lax.optimization_barrier((out, vjp))
+            return out, vjp(jax.tree.map(jnp.ones_like, out))  # the output too: the step uses it
 
         # The carry is the stage's activations (batch first); the block's parameters are replicated.
         shards = (
