@@ -48,7 +48,7 @@ _COST = flags.DEFINE_enum("cost", "unrolled", ["unrolled", "per_block"], "nf.pla
 _RECOMPILE_REMAT = flags.DEFINE_bool(
     "recompile_remat",
     False,
-    "Compile every row measured with remat again at its slice and setting (before commit 5c1e0b0 the "
+    "Compile every row measured with remat again at its slice and setting (before commit aa90593 the "
     "per-block and unrolled costs left out the rematerialized blocks' recomputation).",
 )
 V3_RESULT = "tools/results/tpu_plan_v3_32.json"
