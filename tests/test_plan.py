@@ -213,6 +213,29 @@ def test_per_block_cost_matches_the_unrolled_compile(accum_steps):
     assert per_block["hbm_bytes"] == unrolled["hbm_bytes"]  # memory: the step nf-train runs, either way
 
 
+@pytest.mark.slow  # five plans of a tiny model: ~40 s
+def test_rematerialized_blocks_cost_their_recomputation(monkeypatch):
+    """With `model.remat=block` a block's forward pass runs again in the backward loop, where XLA
+    cannot merge it into the forward loop's. The rolled step's own counts (each loop body once) at
+    stage depths 1, 9 and 17 give one block's true cost: depth 9 adds one body and 8 blocks'
+    parameter-sized work, which depth 17 doubles. Both cost methods add that per extra trip."""
+    import nf.plan.planner as planner
+
+    def rolled(depth):  # the step as XLA counts it: the planner's loop correction switched off
+        with monkeypatch.context() as m:
+            m.setattr(planner, "_has_loops", lambda hlo: False)
+            config = quickstart({**TINY_RUN, "model.depths": (1, depth), "model.remat": "block"})
+            return plan(config, "v5e-1", search=False, cost="per_block")["flops_per_device"]
+
+    r1, r9, r17 = rolled(1), rolled(9), rolled(17)
+    block = r9 - r1 - (r17 - r9)  # one body, less the parameter-sized work of 8 blocks
+    deep = quickstart({**TINY_RUN, "model.depths": (1, 9), "model.remat": "block"})
+    for cost in ("per_block", "unrolled"):
+        result = plan(deep, "v5e-1", search=False, cost=cost)
+        assert result["cost_method"] == cost
+        assert (result["flops_per_device"] - r9) / 7 == pytest.approx(block, rel=0.01), cost
+
+
 @pytest.mark.slow  # two compiles with their cost compiles: ~30 s idle, longer loaded
 def test_accumulated_step_costs_every_micro_batch():
     """With `optimizer.accum_steps=4` the step does the same arithmetic over the same images as
