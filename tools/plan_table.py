@@ -391,7 +391,12 @@ def markdown(paths: list[str]) -> str:
                 for t in r.get("leaner", []):
                     setting = " ".join(f"{k}={v}" for k, v in t["setting"].items() if k != "mesh.data")
                     lines.append(_v3_line(f"{r['model']}, {setting}", t, r.get("deepmind_step_ms")))
-            by = [(r["model"], t["measured_by"]) for r in rows for t in r.get("leaner", []) if t.get("measured_by")]
+            by = [
+                (r["model"], t["measured_by"])
+                for r in rows
+                for t in r.get("leaner", [])
+                if t.get("measured_by") and not t.get("recompiled_at")  # else this tool compiled it again
+            ]
             if by:
                 lines += ["", "Made by `nf-plan` itself (the same compile; the tool keeps the row):"]
                 lines += [f"- {model}: `{command}`" for model, command in by]
@@ -462,8 +467,8 @@ def main(argv):
     if _MARKDOWN.value:
         Path(_MARKDOWN.value).write_text(markdown(_RESULTS.value))
         return
-    if not (_PART.value and _OUT.value):
-        raise app.UsageError("--part and --out (or --markdown)")
+    if not (_OUT.value and (_PART.value or _RECOMPILE_REMAT.value)):
+        raise app.UsageError("--out with --part or --recompile_remat (or --markdown)")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if _RECOMPILE_REMAT.value:
         recompile_remat(_OUT.value, _MODELS.value)
