@@ -3,10 +3,11 @@
 Part `v3`: each recipe on v3-32 at 32 images per TensorCore (global batch 1024) at its train
 resolution, bf16, beside DeepMind's published TPUv3 train step times at that setting (NFNet paper:
 32 TPUv3 cores, 32 images per core, bf16); a recipe that does not fit as is is compiled again
-with each of `LEANER` (remat, then remat with FSDP, then with accumulation too) until one fits. Part `generations`: each
-recipe at its own global batch (4096 NFNets, 1024 NF-ResNet-50 and NF-RegNets) on the smallest v4,
-v5p, v5e and v6e slice where it fits as is, else with the first of `LEANER` that fits some slice
-(`smallest_fit`; smaller slices fit with the accumulation or remat `nf-plan` suggests).
+with each of `LEANER` (remat, then remat with FSDP, then with accumulation too) until one fits.
+Part `generations`: each recipe at its own global batch (4096 NFNets, 1024 NF-ResNet-50 and
+NF-RegNets) on the smallest v4, v5p, v5e and v6e slice where it fits as is, else with the first of
+`LEANER` that fits some slice (`smallest_fit`; smaller slices fit with the accumulation or remat
+`nf-plan` suggests).
 
     nice python tools/plan_table.py --part=v3 --out=tools/results/tpu_plan_v3_32.json
     nice python tools/plan_table.py --part=generations --out=tools/results/tpu_plan_generations.json
@@ -265,11 +266,19 @@ def measure_generations(out: str, models: list[str], generations: list[str]) -> 
 
 def _setting_label(setting: dict) -> str:
     """`remat`, `remat, FSDP 2`: a `LEANER` setting in the table's words."""
-    words = ["remat"] if "model.remat" in setting else []
-    words += [f"FSDP {setting['mesh.fsdp']}"] if "mesh.fsdp" in setting else []
-    return ", ".join(
-        words + ([f"{setting['optimizer.accum_steps']} accumulated"] if "optimizer.accum_steps" in setting else [])
-    )
+    words = []
+    if "model.remat" in setting:
+        words.append("remat")
+    if "mesh.fsdp" in setting:
+        words.append(f"FSDP {setting['mesh.fsdp']}")
+    if "optimizer.accum_steps" in setting:
+        words.append(f"{setting['optimizer.accum_steps']} accumulated")
+    return ", ".join(words)
+
+
+def _setting_flags(setting: dict | None) -> str:
+    """A setting as the `--config.` overrides that reproduce it, without the prefix."""
+    return " ".join(f"{k}={v}" for k, v in (setting or {}).items())
 
 
 def _gib(n) -> str:
@@ -416,8 +425,9 @@ def markdown(paths: list[str]) -> str:
             for r in rows:
                 lines.append(_v3_line(r["model"], r, r.get("deepmind_step_ms")))
                 for t in r.get("leaner", []):
-                    setting = " ".join(f"{k}={v}" for k, v in t["setting"].items() if k != "mesh.data")
-                    lines.append(_v3_line(f"{r['model']}, {setting}", t, r.get("deepmind_step_ms")))
+                    lines.append(
+                        _v3_line(f"{r['model']}, {_setting_flags(t['setting'])}", t, r.get("deepmind_step_ms"))
+                    )
             by = [
                 (r["model"], t["measured_by"])
                 for r in rows
@@ -467,7 +477,7 @@ def markdown(paths: list[str]) -> str:
                 if not r.get("topology"):
                     lines.append(f"| {r['model']} | {r['generation']} | none fits | | | | | | | | {tried} |")
                     continue
-                setting = " ".join(f"{k}={v}" for k, v in (r.get("setting") or {}).items()) or "as is"
+                setting = _setting_flags(r.get("setting")) or "as is"
                 bound = r["roofline_step_seconds"]
                 per_chip = r["batch_size"] / r["chips"] / bound
                 per_host = per_chip * r["chips"] / r["hosts"]
